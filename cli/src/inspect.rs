@@ -53,10 +53,15 @@ pub fn run(path: &Path, inputs: &[InputShape], json: bool) -> Result<()> {
     }
     let mut parameters = 0u64;
     let mut parameter_bytes = 0u64;
-    for init in &model.graph.initializer {
-        let count: u64 = init.dims.iter().map(|&d| d.max(0) as u64).product();
+    let constants = model
+        .constants
+        .iter()
+        .flat_map(|&c| model.graph.node[c].attribute.iter())
+        .filter_map(|a| a.t.as_ref());
+    for tensor in model.graph.initializer.iter().chain(constants) {
+        let count: u64 = tensor.dims.iter().map(|&d| d.max(0) as u64).product();
         parameters += count;
-        parameter_bytes += count * onnx::dtype_size(init.data_type()) as u64;
+        parameter_bytes += count * onnx::dtype_size(tensor.data_type()) as u64;
     }
     let unsupported = analyse::unsupported_ops(&model, &bytes)?;
     let analysis = if unsupported.is_empty() {

@@ -12,22 +12,59 @@
 //! peak live activation bytes of its stage (see [`evaluate`]).
 //!
 //! # Algorithm
-//! [`solve`] enumerates the non-empty subsets `S` of present tiers, solves each exactly with one
-//! minimum cut (Ishikawa construction charging communication along `S`'s chain, see `cut.rs`),
-//! and keeps the plan with the best *true* cost. Constraints are handled by Lagrangian
-//! relaxation over the same cuts, with an exact branch-and-bound fallback for small graphs.
+//! * **Unconstrained** (no latency budget, no memory caps): for every non-empty subset `S` of the
+//!   present tiers, one minimum cut (Ishikawa-style layered construction, see `cut.rs`) finds the
+//!   best placement labelled from `S` when communication is charged along `S`'s chain. The best
+//!   *true* cost over all subsets is the exact optimum over all monotone placements, provided the
+//!   hop costs satisfy the triangle inequality (proof at `Engine::minimise`). Cuts are computed
+//!   with the Boykov–Kolmogorov max-flow algorithm (`maxflow.rs`).
+//! * **Constrained**: after quick exits (the unconstrained optimum is feasible; the latency budget
+//!   is below the fastest plan; a node fits under no tier's memory cap), a Lagrangian relaxation
+//!   penalises latency and per-tier parameter bytes (a linear lower bound of memory). Each
+//!   relaxed problem is solved exactly by the same cuts; multipliers are searched by Polyak
+//!   subgradient steps, escalation and bisection; every plan met on the way (and crossovers of
+//!   plans across the feasibility boundary) is checked against the true constraints. The best
+//!   dual value is a proven lower bound. Graphs of at most [`EXHAUSTIVE_SEARCH_MAX_NODES`] nodes
+//!   whose gap stays open are settled by exact branch-and-bound.
+//!
+//! ```
+//! use strata_planner::partition::*;
+//!
+//! // One node fed by a model input, whose output returns to the device.
+//! let link = HopCost { fixed: 1.0, up_per_byte: 1e-6, down_per_byte: 1e-6 };
+//! let mut hop = [[HopCost::default(); TIER_COUNT]; TIER_COUNT];
+//! hop[0][1] = link;
+//! hop[1][2] = link;
+//! hop[0][2] = link;
+//! let problem = Problem {
+//!     node_count: 1,
+//!     tensors: vec![
+//!         Tensor { producer: None, consumers: vec![0], is_model_output: false, bytes: 1e3 },
+//!         Tensor { producer: Some(0), consumers: vec![], is_model_output: true, bytes: 1e3 },
+//!     ],
+//!     param_bytes: vec![1e6],
+//!     tier_present: [true, true, true],
+//!     latency: CostLayer { node_cost: vec![[50.0, 10.0, 2.0]], hop },
+//!     energy: CostLayer { node_cost: vec![[100.0, 1.0, 1.0]], hop },
+//! };
+//! let plan = solve(&problem, &Constraints::unconstrained(Objective::Latency))?;
+//! assert_eq!(plan.tier, vec![2]); // 2 ms on the cloud, 1 ms hop, 0.002 ms of transfers
+//! assert!(plan.exact && (plan.latency_ms - 3.002).abs() < 1e-9);
+//! # Ok::<(), PartitionError>(())
+//! ```
 
 // Tier loops index several parallel per-tier arrays at once; ranges read better than zips.
 #![allow(clippy::needless_range_loop)]
 
-mod bk;
 mod cut;
 mod error;
 mod eval;
 mod maxflow;
 mod search;
 
-pub use error::{Infeasibility, PartitionError};
+pub use error::PartitionError;
+
+use error::Infeasibility;
 
 use cut::{CutSolver, Layer};
 use error::{fmt_bytes, fmt_num};
@@ -136,7 +173,7 @@ impl Constraints {
 /// A placement returned by [`solve`] or [`brute_force`].
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// tier[v] in 0..3, monotone: for every tensor, tier[producer] <= tier[consumer].
+    /// `tier[v]` in 0..3, monotone: for every tensor, `tier[producer] <= tier[consumer]`.
     pub tier: Vec<u8>,
     /// Predicted latency of the plan (ms).
     pub latency_ms: f64,
@@ -416,9 +453,11 @@ fn validate_constraints(constraints: &Constraints) -> Result<(), PartitionError>
         ));
     }
     for (t, cap) in constraints.memory_cap_bytes.iter().enumerate() {
-        if cap.is_some_and(f64::is_nan) {
+        if let Some(cap) = *cap
+            && (cap.is_nan() || cap < 0.0)
+        {
             return Err(PartitionError::InvalidConstraints(format!(
-                "the {} memory cap is NaN",
+                "the {} memory cap is {cap} bytes; it must be a non-negative number",
                 TIER_NAMES[t]
             )));
         }
@@ -528,16 +567,18 @@ struct Engine<'a> {
 impl Engine<'_> {
     /// Minimises `weights` exactly over monotone placements restricted to `allowed`.
     ///
-    /// Why the minimum over subsets is exact: let `x*` be optimal with used tiers `U`. The
-    /// cut for `S = U` charges `x*` exactly its true cost, so `min_S cut_S <= OPT`. Conversely,
-    /// the cut for `S` returns a plan `x_S` whose labels lie in `S` but which may leave some
-    /// tier of `S` empty; its true chain is then a sub-chain of `S`'s chain (both start at the
-    /// device, and the producer/consumer tiers of every tensor are on both). `S`'s chain replaces
-    /// a true hop `0 -> 2` by `0 -> 1 -> 2` (costing at least as much, by the triangle
-    /// inequality) or adds hops at the top (non-negative costs), so `true(x_S) <= cut_S(x_S)`.
-    /// Hence `min_S true(x_S) <= min_S cut_S <= OPT <= min_S true(x_S)`. With `prune`, subsets
-    /// whose lower bound cannot beat the best true cost so far are skipped; this keeps exactness
-    /// (if `U`'s subset is skipped, its bound, which is at most `OPT`, is already matched).
+    /// Why the minimum over subsets is exact. Let `x*` be optimal with used tiers `U`; the cut
+    /// for `S = U` charges `x*` exactly its true cost, so `min_S cut_S <= OPT`. Conversely, the
+    /// cut for `S` returns a plan `x_S` labelled from `S` that may leave some tier of `S` empty.
+    /// Its true chain `C_U` is then a subsequence of `S`'s chain `C_S`; both contain the device
+    /// and every tier `x_S` uses, hence every tensor's producer and max-consumer tiers. Between
+    /// two tiers of `C_U`, `C_S` has either the same hop or `0 -> 1 -> 2` in place of `0 -> 2`,
+    /// which costs at least as much (fixed, up and down components) by the triangle inequality;
+    /// above the last used tier `C_S` may add hops, whose fixed costs are non-negative. So
+    /// `true(x_S) <= cut_S(x_S) = min cut_S`, and
+    /// `OPT <= min_S true(x_S) <= min_S cut_S <= OPT`. With `prune`, a subset is skipped when a
+    /// lower bound of its cut value is no better than the best true cost found so far; if that
+    /// skips `S = U`, the best so far already equals `OPT` (bound of `U` <= `OPT`).
     fn minimise(
         &mut self,
         weights: &Weights,
@@ -960,10 +1001,9 @@ impl Engine<'_> {
         let no_caps = [None; TIER_COUNT];
         let caps = constraints.memory_cap_bytes;
         check_structure(problem, &self.prep, &self.prep.base_allowed, &no_caps)
-            .map_err(PartitionError::Infeasible)?;
+            .map_err(PartitionError::from)?;
         let allowed = self.prep.memory_allowed(problem, &caps);
-        check_structure(problem, &self.prep, &allowed, &caps)
-            .map_err(PartitionError::Infeasible)?;
+        check_structure(problem, &self.prep, &allowed, &caps).map_err(PartitionError::from)?;
         if problem.node_count == 0 {
             let eval = self.evaluator.eval(problem, &[]);
             if eval.meets(constraints) {
@@ -973,14 +1013,14 @@ impl Engine<'_> {
                     f64::INFINITY,
                 ));
             }
-            return Err(PartitionError::Infeasible(Infeasibility::LatencyBudget {
+            return Err(PartitionError::from(Infeasibility::LatencyBudget {
                 budget_ms: constraints.latency_budget_ms.unwrap_or(0.0),
                 fastest_ms: eval.latency_ms,
                 scope: "",
             }));
         }
         let unreachable = || {
-            PartitionError::Infeasible(Infeasibility::Combined {
+            PartitionError::from(Infeasibility::Combined {
                 constraints: describe_constraints(problem, constraints),
                 detail: "no finite-cost monotone placement exists".into(),
             })
@@ -1007,7 +1047,7 @@ impl Engine<'_> {
             let fastest_ms = fastest.best.eval.latency_ms;
             if fastest_ms > budget * (1.0 + 1e-9) + 1e-12 {
                 let restricted = allowed != self.prep.base_allowed;
-                return Err(PartitionError::Infeasible(Infeasibility::LatencyBudget {
+                return Err(PartitionError::from(Infeasibility::LatencyBudget {
                     budget_ms: budget,
                     fastest_ms,
                     scope: if restricted {
@@ -1037,7 +1077,7 @@ impl Engine<'_> {
             incumbent,
         };
         let mut nu = [0.0; MULTIPLIERS];
-        let mut nu_infeasible = Some(nu);
+        let mut nu_infeasible = nu;
         let mut nu_feasible = None;
         let mut plan_infeasible = base.best.tier.clone();
         let mut plan_feasible: Option<Vec<u8>> = None;
@@ -1055,7 +1095,7 @@ impl Engine<'_> {
                 nu_feasible = Some(nu);
                 plan_feasible = Some(probe.argmin.clone());
             } else {
-                nu_infeasible = Some(nu);
+                nu_infeasible = nu;
                 plan_infeasible = probe.argmin.clone();
             }
             if probe.improved {
@@ -1103,14 +1143,20 @@ impl Engine<'_> {
                 nu_feasible = Some(nu);
                 plan_feasible = Some(probe.argmin.clone());
             } else {
-                nu_infeasible = Some(nu);
+                nu_infeasible = nu;
                 plan_infeasible = probe.argmin.clone();
             }
             violation = probe.violation;
+            if search.incumbent.is_none()
+                && let Some(reason) = self.infeasibility_certificate(&m, &nu, &allowed, constraints)
+            {
+                return Err(reason.into());
+            }
         }
         // Bisect between the last multipliers with an infeasible and a feasible minimiser: the
         // feasible plans found closest to the boundary are usually the best ones.
-        if let (Some(mut lo), Some(mut hi)) = (nu_infeasible, nu_feasible) {
+        if let Some(mut hi) = nu_feasible {
+            let mut lo = nu_infeasible;
             for _ in 0..BISECTION_STEPS {
                 if search.gap_closed(objective) {
                     break;
@@ -1142,52 +1188,29 @@ impl Engine<'_> {
                 self.crossover(&best, &base.best.tier, constraints, &mut search.incumbent);
             }
         }
-        let LagrangeSearch {
-            mut lower_bound,
-            mut incumbent,
-        } = search;
-        let gap_closed = |lb: f64, inc: &Option<Candidate>| {
-            inc.as_ref().is_some_and(|c| {
-                let v = c.eval.objective(objective);
-                v - lb <= 1e-9 * (1.0 + v.abs())
-            })
-        };
-
         // 4. Exact branch-and-bound when the bound is not tight (small graphs) or nothing
         //    feasible was found.
         let small = problem.node_count <= options.exhaustive_search_max_nodes;
-        let limited = incumbent.is_none() && options.search_work_limit > 0;
-        if !gap_closed(lower_bound, &incumbent) && (small || limited) {
+        let limited = search.incumbent.is_none() && options.search_work_limit > 0;
+        if !search.gap_closed(objective) && (small || limited) {
             let work_limit = (!small).then_some(options.search_work_limit);
-            let objective_layer = base_weights.layer(problem, &allowed);
-            let latency_layer = Weights::of(Objective::Latency).layer(problem, &allowed);
-            let outcome = search::branch_and_bound(
-                problem,
-                &self.prep,
-                &allowed,
-                &objective_layer,
-                &latency_layer,
-                constraints,
-                incumbent.as_ref().map(|c| c.eval.objective(objective)),
-                work_limit,
-            );
+            let incumbent_value = search
+                .incumbent
+                .as_ref()
+                .map(|c| c.eval.objective(objective));
+            let outcome = self.branch_and_bound(&allowed, constraints, incumbent_value, work_limit);
             if let Some((tier, eval)) = outcome.best {
-                incumbent = Some(Candidate { tier, eval });
+                search.incumbent = Some(Candidate { tier, eval });
             }
-            match (&incumbent, outcome.completed) {
+            match (&search.incumbent, outcome.completed) {
                 (Some(c), true) => {
                     // Proven optimal: the search covered every plan that could beat it.
-                    lower_bound = c.eval.objective(objective);
+                    search.lower_bound = c.eval.objective(objective);
                 }
                 (None, true) => {
-                    return Err(PartitionError::Infeasible(Infeasibility::Combined {
-                        constraints: describe_constraints(problem, constraints),
-                        detail: format!(
-                            "an exhaustive search over the monotone placements of the \
-                             {}-node graph found none (each constraint alone can be met)",
-                            problem.node_count
-                        ),
-                    }));
+                    return Err(PartitionError::from(
+                        self.explain_exhaustive_infeasibility(&allowed, constraints),
+                    ));
                 }
                 (None, false) => {
                     return Err(PartitionError::SearchLimit {
@@ -1200,14 +1223,120 @@ impl Engine<'_> {
                 (Some(_), false) => {}
             }
         }
-        match incumbent {
-            Some(c) => Ok(placement(c, objective, lower_bound)),
+        match search.incumbent {
+            Some(c) => Ok(placement(c, objective, search.lower_bound)),
             None => Err(PartitionError::SearchLimit {
                 constraints: describe_constraints(problem, constraints),
                 nodes: problem.node_count,
                 work_limit: 0,
                 exhaustive_nodes: options.exhaustive_search_max_nodes,
             }),
+        }
+    }
+}
+
+impl Engine<'_> {
+    /// Exact branch-and-bound over the placements `allowed` permits.
+    fn branch_and_bound(
+        &self,
+        allowed: &[[bool; TIER_COUNT]],
+        constraints: &Constraints,
+        incumbent: Option<f64>,
+        work_limit: Option<u64>,
+    ) -> search::SearchOutcome {
+        let objective_layer = Weights::of(constraints.objective).layer(self.problem, allowed);
+        let latency_layer = Weights::of(Objective::Latency).layer(self.problem, allowed);
+        search::branch_and_bound(
+            self.problem,
+            &self.prep,
+            allowed,
+            &objective_layer,
+            &latency_layer,
+            constraints,
+            incumbent,
+            work_limit,
+        )
+    }
+
+    /// Proves infeasibility when `min_x sum_i nu_i g_i(x) > 0`, with `g` the relaxed (linear)
+    /// constraint violations: every plan then violates some relaxed constraint, and the relaxed
+    /// constraints are implied by the true ones (memory >= parameter bytes).
+    fn infeasibility_certificate(
+        &mut self,
+        m: &Multipliers,
+        nu: &[f64; MULTIPLIERS],
+        allowed: &[[bool; TIER_COUNT]],
+        constraints: &Constraints,
+    ) -> Option<Infeasibility> {
+        // Try the memory caps alone first, to name the smallest set of constraints.
+        let mut memory_only = *nu;
+        memory_only[0] = 0.0;
+        let tries = if nu[0] > 0.0 && memory_only.iter().any(|&x| x > 0.0) {
+            vec![memory_only, *nu]
+        } else {
+            vec![*nu]
+        };
+        for nu in tries {
+            let mut penalties = m.weights(&nu);
+            penalties.latency -= m.base.latency;
+            penalties.energy -= m.base.energy;
+            let run = self.minimise(&penalties, allowed, true)?;
+            let rhs = m.rhs(&nu);
+            if run.best_value - rhs <= 1e-9 * (1.0 + rhs.abs()) {
+                continue;
+            }
+            let involved = Constraints {
+                objective: constraints.objective,
+                latency_budget_ms: constraints.latency_budget_ms.filter(|_| nu[0] > 0.0),
+                memory_cap_bytes: std::array::from_fn(|t| {
+                    constraints.memory_cap_bytes[t].filter(|_| nu[1 + t] > 0.0)
+                }),
+            };
+            let what = describe_constraints(self.problem, &involved);
+            let detail = "every monotone placement violates them even when memory is counted as \
+                          parameter bytes only (Lagrangian infeasibility certificate)";
+            return Some(if involved.latency_budget_ms.is_none() {
+                Infeasibility::MemoryCaps {
+                    detail: format!("no plan fits {what}: {detail}"),
+                }
+            } else {
+                Infeasibility::Combined {
+                    constraints: what,
+                    detail: detail.into(),
+                }
+            });
+        }
+        None
+    }
+
+    /// Says which constraints an exhaustive search found unsatisfiable together.
+    fn explain_exhaustive_infeasibility(
+        &self,
+        allowed: &[[bool; TIER_COUNT]],
+        constraints: &Constraints,
+    ) -> Infeasibility {
+        let problem = self.problem;
+        let n = problem.node_count;
+        let memory_only = Constraints {
+            latency_budget_ms: None,
+            ..constraints.clone()
+        };
+        let memory_alone = self.branch_and_bound(allowed, &memory_only, None, None);
+        if memory_alone.best.is_none() {
+            return Infeasibility::MemoryCaps {
+                detail: format!(
+                    "every monotone placement of the {n}-node graph exceeds {} (exhaustive \
+                     search; each node alone fits some tier)",
+                    describe_constraints(problem, &memory_only)
+                ),
+            };
+        }
+        Infeasibility::Combined {
+            constraints: describe_constraints(problem, constraints),
+            detail: format!(
+                "each can be met alone, but an exhaustive search over the monotone placements \
+                 of the {n}-node graph found no plan meeting both"
+            ),
         }
     }
 }
@@ -1271,5 +1400,5 @@ pub fn brute_force(
             },
         }
     };
-    Err(PartitionError::Infeasible(reason))
+    Err(PartitionError::from(reason))
 }

@@ -36,9 +36,14 @@ pub enum PlanError {
     /// The cost model could not be built.
     #[error(transparent)]
     Cost(#[from] CostError),
-    /// No feasible placement, or the partitioner refused the problem.
-    #[error(transparent)]
-    Partition(#[from] PartitionError),
+    /// No feasible placement, or the partitioner refused the problem. `message` names nodes by name.
+    #[error("{message}")]
+    Partition {
+        /// The partitioner's error.
+        reason: PartitionError,
+        /// Its message with node indices replaced by node names and operators.
+        message: String,
+    },
     /// A stage could not be extracted.
     #[error(transparent)]
     Extract(#[from] ExtractError),
@@ -301,7 +306,19 @@ pub fn plan_analysed(
         latency_budget_ms: options.latency_budget_ms,
         memory_cap_bytes,
     };
-    let placement: Placement = partition::solve(&problem, &constraints)?;
+    let placement: Placement = partition::solve(&problem, &constraints).map_err(|e| {
+        let excluded = match options.privacy {
+            Privacy::Device => {
+                " (privacy \"device\" keeps every node on the device: edge and cloud are excluded)"
+            }
+            Privacy::Edge => " (privacy \"edge\" excludes the cloud tier)",
+            Privacy::Features | Privacy::Open => "",
+        };
+        PlanError::Partition {
+            message: name_nodes(&e.to_string(), model) + excluded,
+            reason: e,
+        }
+    })?;
     let plan_ms = ms_since(started);
 
     let started = Instant::now();
@@ -356,6 +373,30 @@ pub fn plan_analysed(
         stages,
     };
     Ok(PlannedModel { plan, stage_models })
+}
+
+/// Rewrites "node 12" in a partitioner message as `node "conv3" (Conv)`.
+fn name_nodes(message: &str, model: &Model) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("node ") {
+        out.push_str(&rest[..at + 5]);
+        rest = &rest[at + 5..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| model.nodes.get(i))
+        {
+            Some(node) if digits > 0 => {
+                out.push_str(&format!("\"{}\" ({})", node.name, node.op_type));
+                rest = &rest[digits..];
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn ms_since(t: Instant) -> f64 {

@@ -66,8 +66,40 @@ fn clusters() -> Vec<(String, Cluster)> {
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(out.len(), 3, "three example clusters");
+    out.push((
+        "offload (test only)".into(),
+        Cluster::from_toml(OFFLOAD).expect("offload cluster"),
+    ));
     out
 }
+
+/// A cluster that forces every model across all three tiers: a very slow device, an edge that is fast but holds
+/// only a few nodes (so its memory cap binds and the constrained search runs), a fast cloud, fast links.
+const OFFLOAD: &str = r#"
+name = "offload"
+[tiers.device]
+gflops = 0.0001
+memory_mib = 4096
+active_w = 2.0
+idle_w = 0.1
+tx_nj_per_byte = 1.0
+[tiers.edge]
+gflops = 60.0
+memory_mib = 0.05
+[tiers.cloud]
+gflops = 50.0
+memory_mib = 65536
+[[links]]
+from = "device"
+to = "edge"
+up_mbps = 10000.0
+rtt_ms = 0.1
+[[links]]
+from = "edge"
+to = "cloud"
+up_mbps = 10000.0
+rtt_ms = 0.1
+"#;
 
 struct Loaded {
     entry: Entry,
@@ -326,7 +358,10 @@ fn check_model(name: &str) {
                     0.0,
                 ) {
                     Ok(p) => p,
-                    Err(PlanError::Partition(PartitionError::Infeasible(why))) => {
+                    Err(PlanError::Partition {
+                        reason: PartitionError::Infeasible(why),
+                        ..
+                    }) => {
                         // Only a device-only plan may be impossible on these clusters: the wearable holds 8 MiB.
                         assert_eq!(
                             privacy,
@@ -364,6 +399,14 @@ fn check_model(name: &str) {
         }
     }
     assert!(planned_count > 0, "{name}: no plan at all");
+    let split_plans = dirs.iter().filter(|d| {
+        let text = std::fs::read_to_string(d.join("plan.json")).unwrap_or_default();
+        serde_json::from_str::<PlanFile>(&text).is_ok_and(|p| p.stages.len() >= 2)
+    });
+    assert!(
+        split_plans.count() >= 1,
+        "{name}: the planner never split this model; the offload cluster should force it"
+    );
 
     for cut in manual_cuts(&l.model) {
         let stage_of = split::stage_assignment(&l.model, &cut)

@@ -18,13 +18,16 @@
 //!   `b(c,k)=1`, cost `w_k = bytes * up_k`. With one consumer this is the reverse capacity
 //!   `w_k` of the monotonicity pair (`b(c,k) -> b(p,k)`). With several consumers an auxiliary
 //!   node `y_k` ("some consumer >= k") gets infinite arcs `b(c,k) -> y_k` (so `y_k >= b(c,k)`)
-//!   and the arc `y_k -> b(p,k)` of capacity `w_k`. Model inputs have `b(p,k) = 0`: the arc
-//!   goes `y_k -> t` (or is unary when the input has a single consumer).
+//!   and the arc `y_k -> b(p,k)` of capacity `w_k` (its infinite reverse arc only restates
+//!   `b(p,k) <= b(c,k) <= y_k`). A minimum cut puts `y_k` on the sink side unless forced, so
+//!   `y_k` is the OR of the consumers' bits and the tensor pays `w_k` once per hop, however many
+//!   consumers cross it. Model inputs have `b(p,k) = 0`: the arc goes `y_k -> t` (or is unary
+//!   when the input has a single consumer).
 //!
 //! Constant terms (fixed hop costs, hops below the first label) are left out: callers re-evaluate
 //! the returned placement with the true cost function.
 
-use super::bk::FlowNetwork;
+use super::maxflow::FlowNetwork;
 use super::{HopCost, Prepared, TIER_COUNT};
 
 /// Node and hop costs of one (possibly combined) cost layer. `INFINITY` = node not allowed.
@@ -93,7 +96,7 @@ pub(crate) fn subset_lower_bound(prep: &Prepared, layer: &Layer, mask: u8) -> f6
     bound
 }
 
-/// Reusable buffers for [`solve_subset`].
+/// Reusable buffers for [`CutSolver::solve_subset`].
 #[derive(Debug, Default)]
 pub(crate) struct CutSolver {
     net: FlowNetwork,

@@ -21,11 +21,11 @@ pub enum PartitionError {
         layer: &'static str,
         /// "fixed", "up_per_byte" or "down_per_byte".
         component: &'static str,
-        /// hop[0][2] component.
+        /// `hop[0][2]` component.
         direct: f64,
-        /// hop[0][1] component.
+        /// `hop[0][1]` component.
         device_edge: f64,
-        /// hop[1][2] component.
+        /// `hop[1][2]` component.
         edge_cloud: f64,
     },
     /// The brute-force oracle refuses graphs that are too large to enumerate.
@@ -39,9 +39,10 @@ pub enum PartitionError {
         /// Largest node count accepted.
         max_nodes: usize,
     },
-    /// No placement satisfies the constraints (proven).
+    /// No placement satisfies the constraints (proven). The message names the constraint(s)
+    /// and why, e.g. "latency budget 5 ms is below the fastest possible plan, 7.3 ms".
     #[error("no feasible placement: {0}")]
-    Infeasible(Infeasibility),
+    Infeasible(String),
     /// The constrained search gave up before finding a feasible placement; one may still exist.
     #[error(
         "no placement meeting {constraints} was found: the Lagrangian search found none and the \
@@ -60,9 +61,9 @@ pub enum PartitionError {
     },
 }
 
-/// The reason no feasible placement exists.
+/// The reason no feasible placement exists (rendered into [`PartitionError::Infeasible`]).
 #[derive(Clone, Debug, Error, PartialEq)]
-pub enum Infeasibility {
+pub(crate) enum Infeasibility {
     /// A node can run on no tier at all.
     #[error("node {node} can run on no tier: {detail}")]
     NodeHasNoTier {
@@ -113,6 +114,12 @@ pub enum Infeasibility {
         /// How this was established.
         detail: String,
     },
+}
+
+impl From<Infeasibility> for PartitionError {
+    fn from(reason: Infeasibility) -> PartitionError {
+        PartitionError::Infeasible(reason.to_string())
+    }
 }
 
 /// Formats a number with at most 3 decimals, trailing zeros removed.

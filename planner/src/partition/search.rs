@@ -193,7 +193,7 @@ pub(crate) struct BruteOutcome {
     pub best: Option<(Vec<u8>, Evaluation)>,
     /// Number of monotone allowed placements.
     pub placements: u64,
-    /// Fastest plan among those meeting the memory caps: (latency, plan).
+    /// Latency of the fastest plan among those meeting the memory caps.
     pub fastest_within_memory: Option<f64>,
     /// Smallest worst-tier memory overshoot (bytes over cap, tier) among all placements.
     pub least_overshoot: Option<(f64, usize)>,
