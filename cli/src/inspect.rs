@@ -98,7 +98,7 @@ pub fn run(path: &Path, inputs: &[InputShape], json: bool) -> Result<()> {
             .flat_map(|n| n.outputs.iter())
             .map(|t| (t, a.tensor_bytes(t)))
             .collect();
-        acts.sort_by(|x, y| y.1.cmp(&x.1));
+        acts.sort_by_key(|a| std::cmp::Reverse(a.1));
         for (name, b) in acts.into_iter().take(5) {
             let info = &a.tensors[name];
             largest.push(TensorLine {

@@ -173,9 +173,8 @@ pub fn stages_from_assignment(
             return Err(PlanError::OutputNotComputed(out.clone()));
         }
     }
-    let stage_count = tiers.len();
     let mut stages = Vec::new();
-    for s in 0..stage_count {
+    for (s, &tier) in tiers.iter().enumerate() {
         let nodes: Vec<usize> = (0..model.nodes.len())
             .filter(|&v| stage_of[v] == s)
             .collect();
@@ -209,7 +208,7 @@ pub fn stages_from_assignment(
             }
         }
         stages.push(StageSpec {
-            tier: tiers[s],
+            tier,
             nodes,
             inputs,
             outputs,
