@@ -251,13 +251,16 @@ pub fn to_tract(t: &TensorData) -> Result<Tensor, RuntimeError> {
 
 /// Tract's tensor → ours (one copy). TDim tensors (shapes) become int64.
 pub fn from_tract(t: &Tensor) -> Result<TensorData, RuntimeError> {
-    let t = if t.datum_type() == DatumType::TDim {
-        t.cast_to::<i64>()
-            .map_err(|e| RuntimeError::Run(one_line(&e)))?
-            .into_owned()
-    } else {
-        t.clone()
-    };
+    if t.datum_type() == DatumType::TDim {
+        let cast = t
+            .cast_to::<i64>()
+            .map_err(|e| RuntimeError::Run(one_line(&e)))?;
+        return plain_from_tract(&cast);
+    }
+    plain_from_tract(t)
+}
+
+fn plain_from_tract(t: &Tensor) -> Result<TensorData, RuntimeError> {
     let dtype = dtype_of(t.datum_type()).ok_or_else(|| {
         RuntimeError::Run(format!("output of unsupported type {:?}", t.datum_type()))
     })?;
