@@ -145,23 +145,24 @@ pub fn run(path: &Path, inputs: &[InputShape], json: bool) -> Result<()> {
         largest_activations: largest,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
-    println!("model       {}", report.model);
-    println!(
+    say!("model       {}", report.model)?;
+    say!(
         "ir version  {}    opsets {:?}",
-        report.ir_version, report.opsets
-    );
-    println!(
+        report.ir_version,
+        report.opsets
+    )?;
+    say!(
         "nodes       {}    parameters {} ({})",
         report.nodes,
         report.parameters,
         human_bytes(report.parameter_bytes as f64)
-    );
+    )?;
     match (report.flops, &report.analysis_error) {
-        (Some(f), _) => println!("FLOPs       {:.3} G", f / 1e9),
-        (None, Some(e)) => println!("FLOPs       unknown: {e}"),
+        (Some(f), _) => say!("FLOPs       {:.3} G", f / 1e9)?,
+        (None, Some(e)) => say!("FLOPs       unknown: {e}")?,
         _ => {}
     }
     for (title, lines) in [
@@ -169,20 +170,20 @@ pub fn run(path: &Path, inputs: &[InputShape], json: bool) -> Result<()> {
         ("outputs", &report.outputs),
         ("largest activations", &report.largest_activations),
     ] {
-        println!("{title}:");
+        say!("{title}:")?;
         for l in lines.iter() {
             let size = l.bytes.map(|b| human_bytes(b as f64)).unwrap_or_default();
-            println!("  {:<40} {:<8} {:<24} {}", l.name, l.dtype, l.shape, size);
+            say!("  {:<40} {:<8} {:<24} {}", l.name, l.dtype, l.shape, size)?;
         }
     }
-    println!("ops:");
+    say!("ops:")?;
     for (op, count) in &report.ops {
-        println!("  {op:<24} {count}");
+        say!("  {op:<24} {count}")?;
     }
     if !report.unsupported.is_empty() {
-        println!("unsupported operators (tract cannot run this model):");
+        say!("unsupported operators (tract cannot run this model):")?;
         for u in &report.unsupported {
-            println!("  node \"{}\" ({})", u.node, u.op_type);
+            say!("  node \"{}\" ({})", u.node, u.op_type)?;
         }
     }
     Ok(())

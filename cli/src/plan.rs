@@ -150,15 +150,21 @@ fn write_plan(out: &Path, plan: &PlanFile, protos: &[ModelProto]) -> Result<()> 
 
 fn report(plan: &PlanFile, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(plan)?);
+        say!("{}", serde_json::to_string_pretty(plan)?)?;
         return Ok(());
     }
-    println!(
+    say!(
         "{:<6} {:<7} {:>6} {:>9} {:>12} {:>11} {:>11}  file",
-        "stage", "tier", "nodes", "GFLOPs", "predicted ms", "bytes in", "memory"
-    );
+        "stage",
+        "tier",
+        "nodes",
+        "GFLOPs",
+        "predicted ms",
+        "bytes in",
+        "memory"
+    )?;
     for s in &plan.stages {
-        println!(
+        say!(
             "{:<6} {:<7} {:>6} {:>9.3} {:>12} {:>11} {:>11}  {}",
             s.index,
             s.tier,
@@ -172,29 +178,32 @@ fn report(plan: &PlanFile, json: bool) -> Result<()> {
                 "-".into()
             },
             s.file
-        );
+        )?;
     }
     if let Some(p) = &plan.predicted {
-        println!(
+        say!(
             "predicted: {:.2} ms end to end, {:.2} mJ on the device",
-            p.latency_ms, p.device_energy_mj
-        );
+            p.latency_ms,
+            p.device_energy_mj
+        )?;
     }
     if let Some(o) = &plan.optimality {
         if o.exact {
-            println!("optimal: yes (exact over all monotone placements)");
+            say!("optimal: yes (exact over all monotone placements)")?;
         } else {
-            println!(
+            say!(
                 "optimal: within {:.2}% of the relaxed optimum (lower bound {:.3})",
                 o.gap * 100.0,
                 o.lower_bound
-            );
+            )?;
         }
     }
     let t = &plan.timings_ms;
-    println!(
+    say!(
         "planner time: analyse {:.1} ms, plan {:.2} ms, extract {:.1} ms",
-        t.analyse, t.plan, t.extract
-    );
+        t.analyse,
+        t.plan,
+        t.extract
+    )?;
     Ok(())
 }

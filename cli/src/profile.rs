@@ -68,20 +68,23 @@ pub fn run(
             })
             .collect(),
     };
-    println!(
+    say!(
         "{}: {:.3} ms per run (median of {runs}), {:.2} GFLOP/s effective on {}",
-        profile.model, profile.total_ms, profile.effective_gflops, profile.machine
-    );
+        profile.model,
+        profile.total_ms,
+        profile.effective_gflops,
+        profile.machine
+    )?;
     let mut top: Vec<&NodeTime> = profile.nodes.iter().collect();
     top.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    println!("{:<48} {:<20} {:>10}", "node", "op", "ms");
+    say!("{:<48} {:<20} {:>10}", "node", "op", "ms")?;
     for n in top.iter().take(15) {
-        println!("{:<48} {:<20} {:>10.4}", n.name, n.op_type, n.ms);
+        say!("{:<48} {:<20} {:>10.4}", n.name, n.op_type, n.ms)?;
     }
     if let Some(out) = out {
         std::fs::write(out, serde_json::to_string_pretty(&profile)?)
             .with_context(|| format!("cannot write {}", out.display()))?;
-        println!("profile written to {}", out.display());
+        say!("profile written to {}", out.display())?;
     }
     Ok(())
 }

@@ -50,11 +50,11 @@ pub fn run(target: &Path, input_args: &[String], output_dir: &Path) -> Result<()
         }
         let values = run_plan(target, &plan, inputs, &shapes)?;
         write_outputs(output_dir, &plan.outputs, &values)?;
-        println!(
+        say!(
             "wrote {} output(s) to {}",
             plan.outputs.len(),
             output_dir.display()
-        );
+        )?;
         return Ok(());
     }
     let (bytes, model) = load_model(target)?;
@@ -84,18 +84,18 @@ pub fn run(target: &Path, input_args: &[String], output_dir: &Path) -> Result<()
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = Instant::now();
     let outputs = stage.run(&inputs)?;
-    println!(
+    say!(
         "ran {} in {:.2} ms (load {:.0} ms)",
         target.display(),
         started.elapsed().as_secs_f64() * 1e3,
         load_ms
-    );
+    )?;
     write_outputs(output_dir, &model.outputs, &outputs)?;
-    println!(
+    say!(
         "wrote {} output(s) to {}",
         model.outputs.len(),
         output_dir.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -132,13 +132,13 @@ pub fn run_plan(
         let out = loaded
             .run(&feed)
             .with_context(|| format!("stage {} ({})", stage.index, stage.file))?;
-        println!(
+        say!(
             "stage {} on {:<6} {:>8.2} ms  {} node(s)",
             stage.index,
             stage.tier.to_string(),
             started.elapsed().as_secs_f64() * 1e3,
             stage.nodes
-        );
+        )?;
         values.extend(out);
     }
     Ok(values)

@@ -288,3 +288,20 @@ fn run_of_a_directory_without_plan_is_refused() {
     ]);
     assert_clean_error(&out, &["plan.json"]);
 }
+
+#[test]
+fn output_to_a_closed_pipe_is_not_a_crash() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["inspect", corpus("resnet50.onnx").to_str().expect("utf8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strata starts");
+    // Close the read end before strata writes anything, as `strata inspect | head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("strata ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "a closed pipe is not an error: {stderr}");
+}
