@@ -303,5 +303,8 @@ fn output_to_a_closed_pipe_is_not_a_crash() {
     let out = child.wait_with_output().expect("strata ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(out.status.success(), "a closed pipe is not an error: {stderr}");
+    assert!(
+        out.status.success(),
+        "a closed pipe is not an error: {stderr}"
+    );
 }
