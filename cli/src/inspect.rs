@@ -100,7 +100,9 @@ pub fn run(path: &Path, inputs: &[InputShape], json: bool) -> Result<()> {
             .collect();
         acts.sort_by_key(|a| std::cmp::Reverse(a.1));
         for (name, b) in acts.into_iter().take(5) {
-            let info = &a.tensors[name];
+            let Some(info) = a.tensors.get(name) else {
+                continue;
+            };
             largest.push(TensorLine {
                 name: name.clone(),
                 dtype: onnx::dtype_name(info.elem_type).to_string(),
