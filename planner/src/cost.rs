@@ -84,12 +84,26 @@ pub fn node_ms(
                         (Some(ms), Some(p)) => ms[v] * p.effective_gflops / spec.gflops,
                         _ => analysis.node_flops[v] / (spec.gflops * 1e9) * 1e3,
                     };
-                    row[tier.index()] = compute + spec.op_overhead_us * 1e-3;
+                    let overhead = if is_layout_only(&model.nodes[v].op_type) {
+                        0.0
+                    } else {
+                        spec.op_overhead_us * 1e-3
+                    };
+                    row[tier.index()] = compute + overhead;
                 }
             }
             row
         })
         .collect())
+}
+
+/// Operators that runtimes turn into no-ops or views (tract declutters them away; GPU runtimes alias the
+/// buffer), so they pay no per-operator overhead.
+fn is_layout_only(op_type: &str) -> bool {
+    matches!(
+        op_type,
+        "Identity" | "Dropout" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Shape"
+    )
 }
 
 /// Builds the partitioning problem: latency (ms) and device-energy (mJ) layers, tensors, parameters, and the

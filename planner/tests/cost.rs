@@ -1,0 +1,107 @@
+//! The cost model: per-node milliseconds from FLOPs and tier speed, per-op overhead, privacy as placement rules.
+
+use prost::Message;
+use strata_planner::analyse;
+use strata_planner::cluster::Cluster;
+use strata_planner::cost;
+use strata_planner::model::Model;
+use strata_planner::onnx::{self, proto};
+use strata_planner::privacy::Privacy;
+
+fn node(op: &str, name: &str, input: &str, output: &str) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// x → Identity → Relu → y, float [1, 1000].
+fn identity_relu() -> (Vec<u8>, Model) {
+    let graph = proto::GraphProto {
+        name: Some("ir".into()),
+        node: vec![
+            node("Identity", "copy", "x", "a"),
+            node("Relu", "relu", "a", "y"),
+        ],
+        input: vec![onnx::tensor_value_info("x", 1, &[1, 1000])],
+        output: vec![onnx::tensor_value_info("y", 1, &[1, 1000])],
+        ..Default::default()
+    };
+    let bytes = proto::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let model = Model::from_bytes(&bytes).expect("valid model");
+    (bytes, model)
+}
+
+const CLUSTER: &str = r#"
+[tiers.device]
+gflops = 1.0
+op_overhead_us = 100.0
+memory_mib = 64
+[tiers.cloud]
+gflops = 1000.0
+memory_mib = 64
+[[links]]
+from = "device"
+to = "cloud"
+up_mbps = 10.0
+rtt_ms = 20.0
+"#;
+
+#[test]
+fn layout_only_ops_pay_no_per_op_overhead() {
+    let (bytes, model) = identity_relu();
+    let analysis = analyse::analyse(&model, &bytes, &[]).expect("analysis");
+    let cluster = Cluster::from_toml(CLUSTER).expect("cluster");
+    let ms = cost::node_ms(&model, &analysis, &cluster, None).expect("costs");
+    let compute_ms = 1000.0 / 1e9 * 1e3; // 1000 output elements at 1 GFLOP/s
+    let identity = model.node_index("copy").expect("copy");
+    let relu = model.node_index("relu").expect("relu");
+    assert!(
+        (ms[identity][0] - compute_ms).abs() < 1e-12,
+        "{}",
+        ms[identity][0]
+    );
+    assert!(
+        (ms[relu][0] - (compute_ms + 0.1)).abs() < 1e-12,
+        "{}",
+        ms[relu][0]
+    );
+    assert!(ms[relu][1].is_infinite(), "no edge tier in this cluster");
+}
+
+#[test]
+fn features_privacy_pins_readers_of_raw_inputs_to_the_device() {
+    let (bytes, model) = identity_relu();
+    let analysis = analyse::analyse(&model, &bytes, &[]).expect("analysis");
+    let cluster = Cluster::from_toml(CLUSTER).expect("cluster");
+    let reader = model.node_index("copy").expect("copy");
+    let other = model.node_index("relu").expect("relu");
+    let open =
+        cost::build_problem(&model, &analysis, &cluster, Privacy::Open, None).expect("problem");
+    assert!(open.latency.node_cost[reader][2].is_finite());
+    let features =
+        cost::build_problem(&model, &analysis, &cluster, Privacy::Features, None).expect("problem");
+    assert!(
+        features.latency.node_cost[reader][2].is_infinite()
+            && features.energy.node_cost[reader][2].is_infinite()
+    );
+    assert!(
+        features.latency.node_cost[other][2].is_finite(),
+        "later nodes may still leave the device"
+    );
+    let device =
+        cost::build_problem(&model, &analysis, &cluster, Privacy::Device, None).expect("problem");
+    assert_eq!(device.tier_present, [true, false, false]);
+}
