@@ -308,3 +308,69 @@ fn output_to_a_closed_pipe_is_not_a_crash() {
         "a closed pipe is not an error: {stderr}"
     );
 }
+
+#[test]
+fn profile_of_another_model_is_refused() {
+    let dir = tmp();
+    let profile = dir.path().join("squeezenet.json");
+    let out = strata(&[
+        "profile",
+        corpus("squeezenet.onnx").to_str().expect("utf8"),
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        profile.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = strata(&[
+        "plan",
+        corpus("shufflenet.onnx").to_str().expect("utf8"),
+        "--cluster",
+        cluster("glasses-phone-cloud.toml").to_str().expect("utf8"),
+        "--profile",
+        profile.to_str().expect("utf8"),
+        "--out",
+        dir.path().join("o").to_str().expect("utf8"),
+    ]);
+    assert_clean_error(&out, &["profile does not match", "node"]);
+}
+
+#[test]
+fn plan_run_with_wrong_input_shape_is_refused() {
+    let dir = tmp();
+    let model = corpus("squeezenet.onnx");
+    let plan_dir = dir.path().join("plan");
+    let out = strata(&[
+        "plan",
+        model.to_str().expect("utf8"),
+        "--cluster",
+        cluster("glasses-phone-cloud.toml").to_str().expect("utf8"),
+        "--out",
+        plan_dir.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = strata_runtime::TensorData::from_f32(vec![1, 3, 8, 8], &[0.5; 192]).expect("tensor");
+    let npy = write(dir.path(), "small.npy", &strata_runtime::npy::encode(&t));
+    let out = strata(&[
+        "run",
+        plan_dir.to_str().expect("utf8"),
+        "--input",
+        &format!("data_0={}", npy.display()),
+        "--output-dir",
+        dir.path().join("o").to_str().expect("utf8"),
+    ]);
+    assert_clean_error(
+        &out,
+        &["data_0", "the plan was made for shape", "[1, 3, 224, 224]"],
+    );
+}
