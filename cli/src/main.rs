@@ -100,6 +100,9 @@ enum Command {
         /// Concrete shape for a model input: NAME=d0,d1,.. (repeatable).
         #[arg(long = "input", value_name = "NAME=D0,D1,..")]
         inputs: Vec<InputShape>,
+        /// Predict latency, device energy and memory of this split on a cluster (TOML).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
         /// Directory for plan.json and the stage models.
         #[arg(long)]
         out: PathBuf,
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             model,
             at,
             inputs,
+            cluster,
             out,
             json,
         } => {
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
                         .collect()
                 })
                 .collect();
-            plan::split(&model, &boundaries, &inputs, &out, json)
+            plan::split(&model, &boundaries, &inputs, cluster.as_deref(), &out, json)
         }
         Command::Run {
             model_or_plan,

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use prost::Message;
 use strata_planner::analyse::{self, InputShape};
 use strata_planner::cluster::{Cluster, Tier};
-use strata_planner::cost::Profile;
+use strata_planner::cost::{self, Profile};
 use strata_planner::onnx::ModelProto;
-use strata_planner::partition::Objective;
-use strata_planner::plan::{self as planner, PlanFile, PlanOptions, Timings};
+use strata_planner::partition::{self, Objective};
+use strata_planner::plan::{self as planner, PlanFile, PlanOptions, Predicted, Timings};
 use strata_planner::privacy::Privacy;
 use strata_planner::split;
 
@@ -30,10 +30,7 @@ pub struct PlanArgs<'a> {
 
 pub fn plan(args: &PlanArgs) -> Result<()> {
     let (bytes, model) = load_model(args.model)?;
-    let cluster_text = std::fs::read_to_string(args.cluster)
-        .with_context(|| format!("cannot read cluster file {}", args.cluster.display()))?;
-    let cluster =
-        Cluster::from_toml(&cluster_text).with_context(|| args.cluster.display().to_string())?;
+    let cluster = read_cluster(args.cluster)?;
     let profile: Option<Profile> = match args.profile {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -73,6 +70,7 @@ pub fn split(
     model_path: &Path,
     boundaries: &[Vec<String>],
     inputs: &[InputShape],
+    cluster_path: Option<&Path>,
     out: &Path,
     json: bool,
 ) -> Result<()> {
@@ -89,20 +87,70 @@ pub fn split(
     let specs = planner::stages_from_assignment(&model, &stage_of, &tiers)?;
     let plan_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = std::time::Instant::now();
-    let (stages, protos) = planner::build_stages(&model, &analysis, &specs, None, None)?;
+    // With a cluster, score the manual split with the same cost model the planner optimises.
+    let mut cluster_name = None;
+    let mut predicted = None;
+    let mut node_ms = None;
+    let mut memory = None;
+    if let Some(path) = cluster_path {
+        let cluster = read_cluster(path)?;
+        let tiers: Vec<u8> = stage_of.iter().map(|&s| s.min(2) as u8).collect();
+        for spec in &specs {
+            if cluster.tier(spec.tier).is_none() {
+                anyhow::bail!(
+                    "{}: the split puts a stage on the {} tier, which the cluster does not have",
+                    path.display(),
+                    spec.tier
+                );
+            }
+        }
+        let problem = cost::build_problem(&model, &analysis, &cluster, Privacy::Open, None)?;
+        let ev = partition::evaluate(&problem, &tiers);
+        node_ms = Some(
+            tiers
+                .iter()
+                .enumerate()
+                .map(|(v, &t)| problem.latency.node_cost[v][t as usize])
+                .collect::<Vec<f64>>(),
+        );
+        memory = Some(ev.memory_bytes);
+        predicted = Some(Predicted {
+            latency_ms: ev.latency_ms,
+            device_energy_mj: ev.device_energy_mj,
+        });
+        cluster_name = Some(cluster.name.clone());
+        for tier in Tier::ALL {
+            if let Some(spec) = cluster.tier(tier)
+                && ev.memory_bytes[tier.index()] > spec.memory_mib * 1024.0 * 1024.0
+            {
+                eprintln!(
+                    "warning: the {tier} stage needs {} but the {tier} tier has {}",
+                    human_bytes(ev.memory_bytes[tier.index()]),
+                    human_bytes(spec.memory_mib * 1024.0 * 1024.0)
+                );
+            }
+        }
+    }
+    let (stages, protos) = planner::build_stages(
+        &model,
+        &analysis,
+        &specs,
+        node_ms.as_deref(),
+        memory.as_ref(),
+    )?;
     let plan = PlanFile {
         model: model_name(model_path),
         privacy: None,
         objective: "manual".into(),
         latency_budget_ms: None,
-        cluster: None,
+        cluster: cluster_name,
         input_shapes: analysis
             .input_shapes
             .iter()
             .map(|s| (s.name.clone(), s.dims.clone()))
             .collect(),
         outputs: model.outputs.clone(),
-        predicted: None,
+        predicted,
         optimality: None,
         timings_ms: Timings {
             analyse: analyse_ms,
@@ -113,6 +161,12 @@ pub fn split(
     };
     write_plan(out, &plan, &protos)?;
     report(&plan, json)
+}
+
+fn read_cluster(path: &Path) -> Result<Cluster> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cluster file {}", path.display()))?;
+    Cluster::from_toml(&text).with_context(|| path.display().to_string())
 }
 
 fn model_name(path: &Path) -> String {

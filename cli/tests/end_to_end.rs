@@ -337,3 +337,66 @@ fn energy_objective_with_budget_meets_the_budget() {
     let gap = plan["optimality"]["gap"].as_f64().expect("gap");
     assert!((0.0..1.0).contains(&gap), "gap {gap}");
 }
+
+#[test]
+fn no_manual_split_beats_the_plan() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = corpus("squeezenet.onnx");
+    let c = cluster("glasses-phone-cloud.toml");
+    let plan_dir = dir.path().join("plan");
+    ok(&strata(&[
+        "plan",
+        s(&model),
+        "--cluster",
+        s(&c),
+        "--out",
+        s(&plan_dir),
+    ]));
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plan_dir.join("plan.json")).expect("plan"))
+            .expect("json");
+    let best = plan["predicted"]["latency_ms"].as_f64().expect("latency");
+    let report: serde_json::Value =
+        serde_json::from_slice(&ok(&strata(&["inspect", s(&model), "--json"])).into_bytes())
+            .expect("json");
+    let acts: Vec<String> = report["largest_activations"]
+        .as_array()
+        .expect("acts")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name").to_string())
+        .collect();
+    let mut scored = 0;
+    for a in &acts {
+        for b in &acts {
+            let out = dir.path().join(format!("split-{scored}"));
+            let run = strata(&[
+                "split",
+                s(&model),
+                "--at",
+                a,
+                "--at",
+                b,
+                "--cluster",
+                s(&c),
+                "--out",
+                s(&out),
+            ]);
+            if !run.status.success() {
+                continue; // a boundary that adds nothing is refused, as tested elsewhere
+            }
+            let split: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("plan.json")).expect("plan"),
+            )
+            .expect("json");
+            let manual = split["predicted"]["latency_ms"]
+                .as_f64()
+                .expect("manual split is scored");
+            assert!(
+                manual >= best - 1e-9,
+                "split at {a} | {b}: {manual} ms beats the optimum {best} ms"
+            );
+            scored += 1;
+        }
+    }
+    assert!(scored >= 3, "only {scored} manual splits were scored");
+}
