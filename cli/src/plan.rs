@@ -214,7 +214,7 @@ fn report(plan: &PlanFile, json: bool) -> Result<()> {
         "nodes",
         "GFLOPs",
         "predicted ms",
-        "bytes in",
+        "bytes sent",
         "memory"
     )?;
     for s in &plan.stages {
