@@ -36,6 +36,30 @@ fn max_diff(a: &Path, b: &Path) -> f64 {
     a.max_relative_diff(&b).expect("same dtype and shape")
 }
 
+/// `DIR/plan.json` as JSON.
+fn read_plan(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("plan.json")).expect("plan.json written");
+    serde_json::from_str(&text).expect("plan.json parses")
+}
+
+/// `strata inspect --json MODEL`.
+fn inspect(model: &Path) -> serde_json::Value {
+    serde_json::from_slice(&ok(&strata(&["inspect", s(model), "--json"])).into_bytes())
+        .expect("inspect --json")
+}
+
+/// `strata run TARGET --input INPUT --output-dir OUT`, which must succeed; returns its stdout.
+fn run(target: &Path, input: &str, out: &Path) -> String {
+    ok(&strata(&[
+        "run",
+        s(target),
+        "--input",
+        input,
+        "--output-dir",
+        s(out),
+    ]))
+}
+
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -65,10 +89,7 @@ fn plan_then_run_matches_whole_model() {
         table.contains("device") && table.contains("predicted:"),
         "{table}"
     );
-    let plan: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(plan_dir.join("plan.json")).expect("plan.json"),
-    )
-    .expect("json");
+    let plan: serde_json::Value = read_plan(&plan_dir);
     // The plan.json contract.
     for key in [
         "model",
@@ -122,26 +143,12 @@ fn plan_then_run_matches_whole_model() {
 
     let split_out = dir.path().join("split-out");
     let whole_out = dir.path().join("whole-out");
-    let route = ok(&strata(&[
-        "run",
-        s(&plan_dir),
-        "--input",
-        &input,
-        "--output-dir",
-        s(&split_out),
-    ]));
+    let route = run(&plan_dir, &input, &split_out);
     assert!(
         route.contains("stage 0 on device") && route.contains("stage 1"),
         "{route}"
     );
-    ok(&strata(&[
-        "run",
-        s(&model),
-        "--input",
-        &input,
-        "--output-dir",
-        s(&whole_out),
-    ]));
+    run(&model, &input, &whole_out);
     let out = "softmaxout_1.npy";
     let d = max_diff(&split_out.join(out), &whole_out.join(out));
     assert!(d <= 1e-4, "split output differs by {d}");
@@ -152,9 +159,7 @@ fn split_then_run_matches_whole_model() {
     let dir = tempfile::tempdir().expect("tmp");
     let model = corpus("skip_long.onnx");
     let (_, input) = input_arg("skip_long");
-    let report: serde_json::Value =
-        serde_json::from_slice(&ok(&strata(&["inspect", s(&model), "--json"])).into_bytes())
-            .expect("json");
+    let report: serde_json::Value = inspect(&model);
     let outputs: Vec<String> = report["outputs"]
         .as_array()
         .expect("outputs")
@@ -193,9 +198,7 @@ fn split_then_run_matches_whole_model() {
     args = chosen.expect("some pair of activations splits skip_long in three");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&strata(&refs));
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(plan_dir.join("plan.json")).expect("plan"))
-            .expect("json");
+    let plan: serde_json::Value = read_plan(&plan_dir);
     let tiers: Vec<&str> = plan["stages"]
         .as_array()
         .expect("stages")
@@ -205,22 +208,8 @@ fn split_then_run_matches_whole_model() {
     assert_eq!(tiers, ["device", "edge", "cloud"]);
     let split_out = dir.path().join("a");
     let whole_out = dir.path().join("b");
-    ok(&strata(&[
-        "run",
-        s(&plan_dir),
-        "--input",
-        &input,
-        "--output-dir",
-        s(&split_out),
-    ]));
-    ok(&strata(&[
-        "run",
-        s(&model),
-        "--input",
-        &input,
-        "--output-dir",
-        s(&whole_out),
-    ]));
+    run(&plan_dir, &input, &split_out);
+    run(&model, &input, &whole_out);
     for o in outputs {
         let f = format!("{o}.npy");
         let d = max_diff(&split_out.join(&f), &whole_out.join(&f));
@@ -268,18 +257,13 @@ fn profile_feeds_the_planner() {
         "--out",
         s(&out),
     ]));
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).expect("plan"))
-            .expect("json");
+    let plan: serde_json::Value = read_plan(&out);
     assert_eq!(plan["optimality"]["exact"], true);
 }
 
 #[test]
 fn inspect_reports_resnet50_figures() {
-    let report: serde_json::Value = serde_json::from_slice(
-        &ok(&strata(&["inspect", s(&corpus("resnet50.onnx")), "--json"])).into_bytes(),
-    )
-    .expect("json");
+    let report: serde_json::Value = inspect(&corpus("resnet50.onnx"));
     // ResNet-50: 25.6 M parameters and 4.1 G multiply-adds (He et al. 2016) = 8.2 GFLOPs.
     let params = report["parameters"].as_f64().expect("parameters");
     assert!((params - 25.6e6).abs() < 0.1e6, "parameters {params}");
@@ -303,9 +287,7 @@ fn energy_objective_with_budget_meets_the_budget() {
         s(&fast),
         "--json",
     ]));
-    let fast: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fast.join("plan.json")).expect("plan"))
-            .expect("json");
+    let fast: serde_json::Value = read_plan(&fast);
     let fastest = fast["predicted"]["latency_ms"].as_f64().expect("latency");
     let budget = fastest * 1.5;
     let out = dir.path().join("frugal");
@@ -321,9 +303,7 @@ fn energy_objective_with_budget_meets_the_budget() {
         "--out",
         s(&out),
     ]));
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).expect("plan"))
-            .expect("json");
+    let plan: serde_json::Value = read_plan(&out);
     assert!(plan["predicted"]["latency_ms"].as_f64().expect("latency") <= budget + 1e-9);
     assert!(
         plan["predicted"]["device_energy_mj"]
@@ -352,13 +332,9 @@ fn no_manual_split_beats_the_plan() {
         "--out",
         s(&plan_dir),
     ]));
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(plan_dir.join("plan.json")).expect("plan"))
-            .expect("json");
+    let plan: serde_json::Value = read_plan(&plan_dir);
     let best = plan["predicted"]["latency_ms"].as_f64().expect("latency");
-    let report: serde_json::Value =
-        serde_json::from_slice(&ok(&strata(&["inspect", s(&model), "--json"])).into_bytes())
-            .expect("json");
+    let report: serde_json::Value = inspect(&model);
     let acts: Vec<String> = report["largest_activations"]
         .as_array()
         .expect("acts")
@@ -384,10 +360,7 @@ fn no_manual_split_beats_the_plan() {
             if !run.status.success() {
                 continue; // a boundary that adds nothing is refused, as tested elsewhere
             }
-            let split: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("plan.json")).expect("plan"),
-            )
-            .expect("json");
+            let split: serde_json::Value = read_plan(&out);
             let manual = split["predicted"]["latency_ms"]
                 .as_f64()
                 .expect("manual split is scored");
