@@ -193,6 +193,19 @@ fn lowest_placement(problem: &Problem) -> Option<Vec<u8>> {
     Some(tier)
 }
 
+/// Concrete constraints from a spec: the budget relative to the fastest plan, caps relative to all the
+/// bytes in the graph. None when the graph has no plan at all.
+fn constraints_for(problem: &Problem, spec: &ConstraintSpec) -> Option<Constraints> {
+    let fastest = brute_force(problem, &Constraints::unconstrained(Objective::Latency)).ok()?;
+    let total: f64 = problem.param_bytes.iter().sum::<f64>()
+        + problem.tensors.iter().map(|t| t.bytes).sum::<f64>();
+    Some(Constraints {
+        objective: spec.objective,
+        latency_budget_ms: spec.budget_factor.map(|f| f * fastest.latency_ms),
+        memory_cap_bytes: spec.cap_factors.map(|f| f.map(|f| f * total)),
+    })
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()))
 }
@@ -255,16 +268,8 @@ proptest! {
         problem in problem(),
         spec in constraint_spec(),
     ) {
-        let Ok(fastest) = brute_force(&problem, &Constraints::unconstrained(Objective::Latency))
-        else {
+        let Some(c) = constraints_for(&problem, &spec) else {
             return Ok(());
-        };
-        let total: f64 = problem.param_bytes.iter().sum::<f64>()
-            + problem.tensors.iter().map(|t| t.bytes).sum::<f64>();
-        let c = Constraints {
-            objective: spec.objective,
-            latency_budget_ms: spec.budget_factor.map(|f| f * fastest.latency_ms),
-            memory_cap_bytes: spec.cap_factors.map(|f| f.map(|f| f * total)),
         };
         let eps = |x: f64| 1e-6 * (1.0 + x.abs());
         match (solve(&problem, &c), brute_force(&problem, &c)) {
@@ -288,16 +293,8 @@ proptest! {
     /// and its lower bound is valid.
     #[test]
     fn lagrangian_lower_bound_is_valid(problem in problem(), spec in constraint_spec()) {
-        let Ok(fastest) = brute_force(&problem, &Constraints::unconstrained(Objective::Latency))
-        else {
+        let Some(c) = constraints_for(&problem, &spec) else {
             return Ok(());
-        };
-        let total: f64 = problem.param_bytes.iter().sum::<f64>()
-            + problem.tensors.iter().map(|t| t.bytes).sum::<f64>();
-        let c = Constraints {
-            objective: spec.objective,
-            latency_budget_ms: spec.budget_factor.map(|f| f * fastest.latency_ms),
-            memory_cap_bytes: spec.cap_factors.map(|f| f.map(|f| f * total)),
         };
         let options = SolveOptions {
             exhaustive_search_max_nodes: 0,
