@@ -10,11 +10,14 @@ macro_rules! say {
     }};
 }
 
+mod infer;
 mod inspect;
 mod io;
 mod plan;
 mod profile;
+mod remote;
 mod run;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +30,39 @@ use strata_planner::privacy::Privacy;
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about, propagate_version = true)]
 struct Cli {
+    /// Cluster address(es): a control plane or an agent, host:port (comma-separated for several).
+    #[arg(long, global = true, env = "STRATA_ENDPOINT", value_delimiter = ',', default_value = DEFAULT_ENDPOINT)]
+    endpoint: Vec<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where `strata up` serves its control plane by default, and where commands look for one.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Upload a model (content-addressed; pushing new content bumps the version).
+    Push {
+        /// The ONNX file.
+        file: PathBuf,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        /// What data may leave the device: device, edge, features, open.
+        #[arg(long, default_value = "features")]
+        privacy: String,
+        /// Concrete shape for a symbolic model input: NAME=d0,d1,.. (repeatable).
+        #[arg(long = "input", value_name = "NAME=D0,D1,..")]
+        inputs: Vec<String>,
+    },
+    /// List models.
+    Ls,
+    /// Remove a model.
+    Rm {
+        /// Model name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +155,86 @@ enum Command {
         #[arg(long = "output-dir")]
         output_dir: PathBuf,
     },
+    /// Control plane, an edge agent and a cloud agent in one process, with a demo model: a cluster to try.
+    Up {
+        /// Where state, blobs and stage caches live.
+        #[arg(long, default_value = "strata-data")]
+        data_dir: PathBuf,
+        /// Control-plane address; the agents take the next two ports.
+        #[arg(long, default_value = DEFAULT_ENDPOINT)]
+        listen: String,
+        /// Cluster profile for the planner (TOML; default: glasses + phone + cloud).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Demo model to push (default: corpus/models/squeezenet.onnx when present).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Push no demo model.
+        #[arg(long)]
+        no_demo: bool,
+    },
+    /// Run a control plane on the embedded store.
+    ControlPlane {
+        /// Directory of the embedded state store and blobs.
+        #[arg(long, default_value = "strata-data/control-plane")]
+        store: PathBuf,
+        /// Address to serve on.
+        #[arg(long, default_value = DEFAULT_ENDPOINT)]
+        listen: String,
+        /// Cluster profile for the planner (TOML; default: glasses + phone + cloud).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// A node is dropped this long after its last heartbeat.
+        #[arg(long, default_value_t = 3000)]
+        node_ttl_ms: u64,
+    },
+    /// Models on the cluster.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Registered agents and their load.
+    Nodes,
+    /// A model's plans, and which one a request with the given constraints would get now.
+    Routes {
+        /// Model name.
+        model: String,
+        /// Latency budget, ms.
+        #[arg(long = "latency-ms")]
+        latency_ms: Option<f64>,
+        /// Device energy budget, mJ.
+        #[arg(long = "energy-mj")]
+        energy_mj: Option<f64>,
+        /// Privacy level for the request (may only tighten the model's).
+        #[arg(long)]
+        privacy: Option<strata_device_sdk::Privacy>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model as a device: the device stage here, the rest on the cluster.
+    Infer {
+        /// Model name.
+        model: String,
+        /// A model input: NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Latency budget, ms.
+        #[arg(long = "latency-ms")]
+        latency_ms: Option<f64>,
+        /// Device energy budget, mJ.
+        #[arg(long = "energy-mj")]
+        energy_mj: Option<f64>,
+        /// Privacy level for the request (may only tighten the model's).
+        #[arg(long)]
+        privacy: Option<strata_device_sdk::Privacy>,
+        /// End-to-end deadline, ms.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// Where to write each model output as <name>.npy.
+        #[arg(long = "output-dir")]
+        output_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -203,6 +317,78 @@ fn main() -> ExitCode {
             inputs,
             output_dir,
         } => run::run(&model_or_plan, &inputs, &output_dir),
+        Command::Up {
+            data_dir,
+            listen,
+            cluster,
+            model,
+            no_demo,
+        } => up::up(&up::UpArgs {
+            data_dir: &data_dir,
+            listen: &listen,
+            cluster: cluster.as_deref(),
+            model: model.as_deref(),
+            no_demo,
+        }),
+        Command::ControlPlane {
+            store,
+            listen,
+            cluster,
+            node_ttl_ms,
+        } => up::control_plane(&up::ControlPlaneArgs {
+            store: &store,
+            listen: &listen,
+            cluster: cluster.as_deref(),
+            node_ttl_ms,
+        }),
+        Command::Model { command } => match command {
+            ModelCommand::Push {
+                file,
+                name,
+                privacy,
+                inputs,
+            } => remote::push(&cli.endpoint, &file, &name, &privacy, &inputs),
+            ModelCommand::Ls => remote::list(&cli.endpoint),
+            ModelCommand::Rm { name } => remote::remove(&cli.endpoint, &name),
+        },
+        Command::Nodes => remote::nodes(&cli.endpoint),
+        Command::Routes {
+            model,
+            latency_ms,
+            energy_mj,
+            privacy,
+            json,
+        } => {
+            let constraints = strata_device_sdk::Constraints {
+                latency_ms,
+                energy_mj,
+                privacy,
+            };
+            remote::routes(&cli.endpoint, &model, &constraints, json)
+        }
+        Command::Infer {
+            model,
+            inputs,
+            latency_ms,
+            energy_mj,
+            privacy,
+            timeout_ms,
+            output_dir,
+        } => {
+            let constraints = strata_device_sdk::Constraints {
+                latency_ms,
+                energy_mj,
+                privacy,
+            };
+            infer::infer(
+                &cli.endpoint,
+                &model,
+                &inputs,
+                constraints,
+                timeout_ms,
+                &output_dir,
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

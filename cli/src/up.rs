@@ -1,0 +1,211 @@
+//! `strata up` (control plane + one edge agent + one cloud agent in one process, with a demo model) and
+//! `strata control-plane`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use strata_control_plane::{ControlPlane, Settings, server};
+use strata_edge_agent::{Agent, AgentConfig};
+use strata_planner::cluster::Cluster;
+use strata_proto::v1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Settings of `strata control-plane`.
+pub struct ControlPlaneArgs<'a> {
+    pub store: &'a Path,
+    pub listen: &'a str,
+    pub cluster: Option<&'a Path>,
+    pub node_ttl_ms: u64,
+}
+
+fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read cluster {}", p.display()))?,
+        None => server::DEFAULT_CLUSTER.to_string(),
+    };
+    Cluster::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn make_plane(store: &Path, cluster: Option<&Path>, node_ttl_ms: u64) -> Result<Arc<ControlPlane>> {
+    let (state, blobs) = server::open_embedded(store).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ControlPlane::new(
+        state,
+        blobs,
+        Settings {
+            cluster: load_cluster(cluster)?,
+            node_ttl: Duration::from_millis(node_ttl_ms),
+            max_model_bytes: 4 << 30,
+        },
+    ))
+}
+
+async fn bind(address: &str) -> Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!(
+            "cannot listen on {address} (is another Strata running? pick another with --listen)"
+        )
+    })
+}
+
+/// `strata control-plane`.
+pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let plane = make_plane(args.store, args.cluster, args.node_ttl_ms)?;
+        let listener = bind(args.listen).await?;
+        say!("control plane listening on {}", listener.local_addr()?)?;
+        server::serve(plane, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("control plane failed")
+    })
+}
+
+/// Settings of `strata up`.
+pub struct UpArgs<'a> {
+    pub data_dir: &'a Path,
+    pub listen: &'a str,
+    pub cluster: Option<&'a Path>,
+    pub model: Option<&'a Path>,
+    pub no_demo: bool,
+}
+
+const DEMO_MODEL: &str = "corpus/models/squeezenet.onnx";
+
+/// `strata up`.
+pub fn up(args: &UpArgs) -> Result<()> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let plane = make_plane(&args.data_dir.join("control-plane"), args.cluster, 3000)?;
+        let cp_listener = bind(args.listen).await?;
+        let cp_addr = cp_listener.local_addr()?;
+        let next_port = |k: u16| if cp_addr.port() == 0 { 0 } else { cp_addr.port() + k };
+        let edge_listener = bind(&format!("{}:{}", cp_addr.ip(), next_port(1))).await?;
+        let cloud_listener = bind(&format!("{}:{}", cp_addr.ip(), next_port(2))).await?;
+        let (stop_agents, agents_stopped) = watch::channel(false);
+        let (stop_plane, plane_stopped) = watch::channel(false);
+        let cp_task = tokio::spawn(server::serve(plane.clone(), cp_listener, wait_for(plane_stopped)));
+        let mut agent_tasks = Vec::new();
+        let mut agent_addrs = Vec::new();
+        for (tier, listener) in [(v1::Tier::Edge, edge_listener), (v1::Tier::Cloud, cloud_listener)] {
+            let address = listener.local_addr()?.to_string();
+            agent_addrs.push((tier, address.clone()));
+            let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let agent = Agent::new(AgentConfig {
+                tier,
+                control_planes: vec![cp_addr.to_string()],
+                advertise: address,
+                name: tier.label().to_string(),
+                data_dir: args.data_dir.join(tier.label()),
+                slots,
+                queue: slots * 4,
+                max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+            })
+            .context("cannot open the agent's data directory")?;
+            agent_tasks.push(tokio::spawn(strata_edge_agent::serve(agent, listener, wait_for(agents_stopped.clone()))));
+        }
+        say!("control plane  {cp_addr}   (store: {})", args.data_dir.display())?;
+        for (tier, address) in &agent_addrs {
+            say!("{:<14} {address}", format!("{} agent", tier.label()))?;
+        }
+
+        let demo = if args.no_demo {
+            None
+        } else {
+            match args.model {
+                Some(p) => Some(p.to_path_buf()),
+                None if Path::new(DEMO_MODEL).exists() => Some(PathBuf::from(DEMO_MODEL)),
+                None => {
+                    say!("no demo model: {DEMO_MODEL} is missing (run `python3 corpus/fetch.py`), or pass --model FILE")?;
+                    None
+                }
+            }
+        };
+        if let Some(path) = demo {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("demo")
+                .to_string();
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let meta = v1::ModelMeta {
+                name: name.clone(),
+                digest: strata_control_plane::blob::sha256_hex(&bytes),
+                size_bytes: bytes.len() as u64,
+                privacy: v1::Privacy::Features as i32,
+                input_shapes: vec![],
+            };
+            plane.push_model(meta, bytes.into()).await.with_context(|| format!("cannot push {}", path.display()))?;
+            wait_ready(&plane, &name).await?;
+            let example = example_input(&path, &plane, &name).await;
+            say!(
+                "model \"{name}\" is served (privacy: features) — ready in {:.1} s. Try:\n  strata infer {name} {example}--output-dir /tmp/strata-out{}",
+                started.elapsed().as_secs_f64(),
+                if cp_addr.to_string() == crate::DEFAULT_ENDPOINT { String::new() } else { format!(" --endpoint {cp_addr}") }
+            )?;
+        }
+        say!("press Ctrl-C to stop")?;
+        let _ = tokio::signal::ctrl_c().await;
+        say!("stopping: draining agents, then the control plane")?;
+        let _ = stop_agents.send(true);
+        for t in agent_tasks {
+            let _ = t.await;
+        }
+        let _ = stop_plane.send(true);
+        let _ = cp_task.await;
+        Ok(())
+    })
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Waits until the model's route table lists a ready agent for every remote stage of some plan.
+async fn wait_ready(plane: &Arc<ControlPlane>, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(table) = plane.route_table(name).await {
+            let remote_ready = table.plans.iter().any(|p| {
+                p.stages.iter().any(|s| s.tier != v1::Tier::Device as i32)
+                    && p.stages
+                        .iter()
+                        .all(|s| s.tier == v1::Tier::Device as i32 || !s.nodes.is_empty())
+            });
+            if remote_ready {
+                return Ok(());
+            }
+        }
+        if let Ok(Some(plans)) = plane.plans(name).await
+            && let Some(why) = plans.failed
+        {
+            bail!("model \"{name}\" cannot be planned: {why}");
+        }
+        if Instant::now() > deadline {
+            bail!("model \"{name}\" was not ready after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `--input NAME=FILE ` arguments for the demo model, from the corpus's sample inputs when present.
+async fn example_input(path: &Path, plane: &Arc<ControlPlane>, name: &str) -> String {
+    let Ok(table) = plane.route_table(name).await else {
+        return String::new();
+    };
+    let dir = path.with_extension("inputs");
+    table
+        .inputs
+        .iter()
+        .map(|i| {
+            let file = dir.join(format!("{}.npy", crate::io::file_stem(&i.name)));
+            format!("--input {}={} ", i.name, file.display())
+        })
+        .collect()
+}

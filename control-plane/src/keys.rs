@@ -1,0 +1,54 @@
+//! The key layout in the store. Every key lives under [`ROOT`]; values are JSON (readable with `etcdctl get`),
+//! except route tables, which are the `strata.v1.RouteTable` protobuf that watchers forward as is.
+//!
+//! | key | value | lifetime |
+//! |---|---|---|
+//! | `/strata/v1/nodes/{node_id}` | [`crate::records::NodeRecord`] | bound to the node's lease |
+//! | `/strata/v1/models/{name}` | [`crate::records::ModelRecord`] | until `model rm` |
+//! | `/strata/v1/plans/{name}` | [`crate::records::PlansRecord`] | replaced on each re-plan |
+//! | `/strata/v1/routes/{name}` | `strata.v1.RouteTable` (protobuf) | republished when plans or ready nodes change |
+
+/// Prefix of every Strata key.
+pub const ROOT: &str = "/strata/v1/";
+/// Prefix of node keys.
+pub const NODES: &str = "/strata/v1/nodes/";
+/// Prefix of model keys.
+pub const MODELS: &str = "/strata/v1/models/";
+/// Prefix of plan keys.
+pub const PLANS: &str = "/strata/v1/plans/";
+/// Prefix of route-table keys.
+pub const ROUTES: &str = "/strata/v1/routes/";
+
+/// The key of a node.
+pub fn node(id: &str) -> String {
+    format!("{NODES}{id}")
+}
+
+/// The key of a model.
+pub fn model(name: &str) -> String {
+    format!("{MODELS}{name}")
+}
+
+/// The key of a model's plans.
+pub fn plans(name: &str) -> String {
+    format!("{PLANS}{name}")
+}
+
+/// The key of a model's route table.
+pub fn routes(name: &str) -> String {
+    format!("{ROUTES}{name}")
+}
+
+/// Checks a model name: it becomes part of a key and of file names, so it is restricted to
+/// `[A-Za-z0-9._-]`, 1 to 128 characters, not starting with a dot.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 128 || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "invalid model name \"{name}\": use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The control plane's state and operations: the node registry (leases, heartbeats, load), the model registry
+//! (content-addressed pushes, versions) and the route tables watchers read. gRPC glue lives in `service`;
+//! planning and publishing in `reconcile`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_planner::cluster::{Cluster, Tier};
+use strata_planner::privacy::Privacy;
+use strata_proto::v1;
+use tokio::sync::{Notify, watch};
+
+use crate::blob::{BlobStore, sha256_hex};
+use crate::error::ControlError;
+use crate::keys;
+use crate::records::{ModelRecord, NodeRecord, PlansRecord};
+use crate::store::{Compare, CompareOp, CompareTarget, Store, StoreError, Txn, TxnOp};
+
+/// Control-plane settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Tier profiles and links the planner uses.
+    pub cluster: Cluster,
+    /// How long a node stays registered without a heartbeat.
+    pub node_ttl: Duration,
+    /// The largest model accepted, bytes.
+    pub max_model_bytes: u64,
+}
+
+/// What the control plane knows about a live node beyond its store record.
+#[derive(Debug, Clone)]
+struct Live {
+    lease: i64,
+    ready: Vec<String>,
+    load: v1::Load,
+    last_seen: Instant,
+}
+
+/// Stage assignments per node id.
+pub type AssignmentMap = HashMap<String, Vec<v1::StageAssignment>>;
+
+/// The control plane.
+pub struct ControlPlane {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) settings: Settings,
+    live: Mutex<HashMap<String, Live>>,
+    pub(crate) assignments: watch::Sender<Arc<AssignmentMap>>,
+    pub(crate) wake: Notify,
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
+    serde_json::to_vec(value).map_err(|e| ControlError::Internal(e.to_string()))
+}
+
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, ControlError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ControlError::Internal(format!("corrupt record at {key}: {e}")))
+}
+
+impl ControlPlane {
+    /// A control plane over a store and a blob store. Call [`crate::reconcile::run`] to plan and publish.
+    pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, settings: Settings) -> Arc<Self> {
+        Arc::new(ControlPlane {
+            store,
+            blobs,
+            settings,
+            live: Mutex::new(HashMap::new()),
+            assignments: watch::channel(Arc::new(AssignmentMap::new())).0,
+            wake: Notify::new(),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last load a node reported.
+    pub fn load_of(&self, node_id: &str) -> Option<v1::Load> {
+        self.live().get(node_id).map(|l| l.load)
+    }
+
+    /// Milliseconds since a node's last heartbeat.
+    pub fn last_seen_ms(&self, node_id: &str) -> Option<u64> {
+        self.live()
+            .get(node_id)
+            .map(|l| l.last_seen.elapsed().as_millis() as u64)
+    }
+
+    /// Registers a node under a fresh lease.
+    #[tracing::instrument(skip_all, fields(name = %spec.name, address = %spec.address))]
+    pub async fn register(&self, spec: v1::NodeSpec) -> Result<(String, Duration), ControlError> {
+        let tier = crate::convert::tier_from_wire(spec.tier)
+            .filter(|t| *t != Tier::Device)
+            .ok_or_else(|| {
+                ControlError::InvalidArgument(
+                    "a node's tier must be edge or cloud (devices do not register)".into(),
+                )
+            })?;
+        if spec.address.parse::<std::net::SocketAddr>().is_err() && !spec.address.contains(':') {
+            return Err(ControlError::InvalidArgument(format!(
+                "node address \"{}\" is not host:port",
+                spec.address
+            )));
+        }
+        let lease = self.store.grant_lease(self.settings.node_ttl).await?;
+        let base = if spec.name.is_empty() {
+            tier.name().to_string()
+        } else {
+            spec.name.clone()
+        };
+        let suffix =
+            &sha256_hex(format!("{}{lease}{:?}", spec.address, Instant::now()).as_bytes())[..6];
+        let id: String = format!("{base}-{suffix}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let record = NodeRecord {
+            id: id.clone(),
+            name: spec.name,
+            tier,
+            arch: spec.arch,
+            cores: spec.cores,
+            memory_bytes: spec.memory_bytes,
+            backends: spec.backends,
+            address: spec.address,
+            lease,
+            ready: Vec::new(),
+        };
+        self.store
+            .put(&keys::node(&id), json(&record)?, Some(lease))
+            .await?;
+        self.live().insert(
+            id.clone(),
+            Live {
+                lease,
+                ready: Vec::new(),
+                load: v1::Load::default(),
+                last_seen: Instant::now(),
+            },
+        );
+        tracing::info!(node = %id, tier = %tier, "node registered");
+        self.wake.notify_one();
+        Ok((id, self.settings.node_ttl))
+    }
+
+    async fn node_record(&self, node_id: &str) -> Result<NodeRecord, ControlError> {
+        let key = keys::node(node_id);
+        match self.store.get(&key).await? {
+            Some(kv) => parse(&key, &kv.value),
+            None => Err(ControlError::NotFound(format!(
+                "node \"{node_id}\" is not registered (its lease expired or it deregistered); register again"
+            ))),
+        }
+    }
+
+    /// Renews a node's lease, records its load, and republishes when its ready stages changed.
+    #[tracing::instrument(skip_all, fields(node = %req.node_id))]
+    pub async fn heartbeat(&self, req: v1::HeartbeatRequest) -> Result<Duration, ControlError> {
+        let cached = self
+            .live()
+            .get(&req.node_id)
+            .map(|l| (l.lease, l.ready.clone()));
+        let (lease, ready) = match cached {
+            Some(c) => c,
+            None => {
+                let r = self.node_record(&req.node_id).await?;
+                (r.lease, r.ready)
+            }
+        };
+        match self.store.keep_alive(lease).await {
+            Ok(_) => {}
+            Err(StoreError::LeaseNotFound(_)) => {
+                self.live().remove(&req.node_id);
+                return Err(ControlError::NotFound(format!(
+                    "node \"{}\": lease expired; register again",
+                    req.node_id
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut new_ready = req.ready.clone();
+        new_ready.sort();
+        new_ready.dedup();
+        if new_ready != ready {
+            let mut record = self.node_record(&req.node_id).await?;
+            record.ready = new_ready.clone();
+            self.store
+                .put(&keys::node(&req.node_id), json(&record)?, Some(lease))
+                .await?;
+            self.wake.notify_one();
+        }
+        self.live().insert(
+            req.node_id.clone(),
+            Live {
+                lease,
+                ready: new_ready,
+                load: req.load.unwrap_or_default(),
+                last_seen: Instant::now(),
+            },
+        );
+        Ok(self.settings.node_ttl)
+    }
+
+    /// Removes a node now.
+    pub async fn deregister(&self, node_id: &str) -> Result<(), ControlError> {
+        let record = self.node_record(node_id).await?;
+        self.live().remove(node_id);
+        match self.store.revoke_lease(record.lease).await {
+            Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.store.delete(&keys::node(node_id)).await?;
+        tracing::info!(node = %node_id, "node deregistered");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Every registered node.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
+        let range = self.store.range(keys::NODES).await?;
+        let mut nodes = Vec::with_capacity(range.kvs.len());
+        for kv in range.kvs {
+            nodes.push(parse::<NodeRecord>(&kv.key, &kv.value)?);
+        }
+        let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        self.live().retain(|id, _| ids.contains(&id.as_str()));
+        Ok(nodes)
+    }
+
+    /// Stores a pushed model: checks the digest and that Strata can plan it, then creates or bumps its version.
+    /// Pushing identical content and settings again changes nothing.
+    #[tracing::instrument(skip_all, fields(model = %meta.name))]
+    pub async fn push_model(
+        &self,
+        meta: v1::ModelMeta,
+        bytes: Bytes,
+    ) -> Result<ModelRecord, ControlError> {
+        keys::check_model_name(&meta.name).map_err(ControlError::InvalidArgument)?;
+        let actual = sha256_hex(&bytes);
+        if actual != meta.digest {
+            return Err(ControlError::InvalidArgument(format!(
+                "model \"{}\": the uploaded {} bytes hash to {actual}, not the declared {}; the upload was corrupted, nothing was stored",
+                meta.name,
+                bytes.len(),
+                meta.digest
+            )));
+        }
+        let privacy = crate::convert::privacy_from_wire(meta.privacy).unwrap_or(Privacy::Open);
+        let shapes = meta.input_shapes.clone();
+        let check_bytes = bytes.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::planning::check_model(&check_bytes, &shapes)
+        })
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+        checked.map_err(|e| {
+            ControlError::InvalidArgument(format!("model \"{}\" cannot be served: {e}", meta.name))
+        })?;
+        self.blobs.put(&actual, bytes.clone()).await?;
+        let key = keys::model(&meta.name);
+        loop {
+            let existing = self.store.get(&key).await?;
+            let (version, compare) = match &existing {
+                Some(kv) => {
+                    let old: ModelRecord = parse(&key, &kv.value)?;
+                    if old.digest == actual
+                        && old.privacy == privacy
+                        && old.input_shapes == meta.input_shapes
+                    {
+                        return Ok(old);
+                    }
+                    (old.version + 1, CompareTarget::ModRevision(kv.mod_revision))
+                }
+                None => (1, CompareTarget::Version(0)),
+            };
+            let record = ModelRecord {
+                name: meta.name.clone(),
+                version,
+                digest: actual.clone(),
+                size_bytes: bytes.len() as u64,
+                privacy,
+                input_shapes: meta.input_shapes.clone(),
+            };
+            let txn = Txn {
+                compare: vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: compare,
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.clone(),
+                    value: json(&record)?,
+                    lease: None,
+                }],
+                failure: vec![],
+            };
+            if self.store.txn(txn).await?.succeeded {
+                tracing::info!(version, digest = %actual, "model stored");
+                self.wake.notify_one();
+                return Ok(record);
+            }
+        }
+    }
+
+    /// Every model.
+    pub async fn models(&self) -> Result<Vec<ModelRecord>, ControlError> {
+        let range = self.store.range(keys::MODELS).await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| parse(&kv.key, &kv.value))
+            .collect()
+    }
+
+    /// One model.
+    pub async fn model(&self, name: &str) -> Result<ModelRecord, ControlError> {
+        let key = keys::model(name);
+        match self.store.get(&key).await? {
+            Some(kv) => parse(&key, &kv.value),
+            None => Err(self.unknown_model(name).await),
+        }
+    }
+
+    /// A model's plans, if planned.
+    pub async fn plans(&self, name: &str) -> Result<Option<PlansRecord>, ControlError> {
+        let key = keys::plans(name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(parse(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn unknown_model(&self, name: &str) -> ControlError {
+        let known: Vec<String> = self
+            .models()
+            .await
+            .map(|ms| ms.into_iter().map(|m| m.name).collect())
+            .unwrap_or_default();
+        ControlError::NotFound(format!(
+            "unknown model \"{name}\" (known: {})",
+            if known.is_empty() {
+                "none; push one with `strata model push`".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    }
+
+    /// Deletes a model; its plans and routes go with the next reconcile.
+    pub async fn delete_model(&self, name: &str) -> Result<(), ControlError> {
+        let record = self.model(name).await?;
+        self.store.delete(&keys::model(name)).await?;
+        let still_used = self
+            .models()
+            .await?
+            .iter()
+            .any(|m| m.digest == record.digest);
+        if !still_used {
+            self.blobs.delete(&record.digest).await?;
+        }
+        tracing::info!(model = %name, "model deleted");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// A model's current route table, with its store revision.
+    pub async fn route_table(&self, name: &str) -> Result<v1::RouteTable, ControlError> {
+        use prost::Message;
+        let key = keys::routes(name);
+        match self.store.get(&key).await? {
+            Some(kv) => {
+                let mut table = v1::RouteTable::decode(kv.value.as_slice()).map_err(|e| {
+                    ControlError::Internal(format!("corrupt route table {key}: {e}"))
+                })?;
+                table.revision = kv.mod_revision as u64;
+                Ok(table)
+            }
+            None => {
+                self.model(name).await?;
+                match self.plans(name).await? {
+                    Some(PlansRecord {
+                        failed: Some(why), ..
+                    }) => Err(ControlError::Unavailable(format!(
+                        "model \"{name}\" has no plan: {why}"
+                    ))),
+                    _ => Err(ControlError::Unavailable(format!(
+                        "model \"{name}\" is still being planned; retry in a moment"
+                    ))),
+                }
+            }
+        }
+    }
+}

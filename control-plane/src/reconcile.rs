@@ -1,0 +1,246 @@
+//! The control loop: whenever nodes or models change, (re)plan models whose plans are stale, assign stages to
+//! agents of the right tier, and publish route tables. Publishing goes through the store, so every watcher
+//! (on any control-plane replica) sees the same tables in the same order.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+use strata_planner::cluster::Tier;
+use strata_proto::v1;
+
+use crate::convert::{route_table, tier_to_wire};
+use crate::error::ControlError;
+use crate::keys;
+use crate::plane::{AssignmentMap, ControlPlane, parse};
+use crate::planning::plan_model;
+use crate::records::{ModelRecord, NodeRecord, PlansRecord};
+
+/// Runs the control loop forever (abort the task to stop it). Store changes (a lease expiring, a push) and
+/// explicit wake-ups both trigger a pass; a failed pass is retried after a second.
+pub async fn run(plane: Arc<ControlPlane>) {
+    let _store_changes = AbortOnDrop(tokio::spawn(forward_store_changes(plane.clone())));
+    loop {
+        if let Err(e) = reconcile_once(&plane).await {
+            tracing::warn!(error = %e, "reconcile failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        plane.wake.notified().await;
+        // Let a burst of changes (several agents starting) settle into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes the loop on node and model changes made by anyone (lease expiry, another replica).
+async fn forward_store_changes(plane: Arc<ControlPlane>) {
+    loop {
+        let mut stream = match plane.store.watch(keys::ROOT, 0).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the store; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            match batch {
+                Ok(batch) => {
+                    let relevant = batch.events.iter().any(|e| {
+                        let key = match e {
+                            crate::store::Event::Put(kv) => kv.key.as_str(),
+                            crate::store::Event::Delete { key, .. } => key.as_str(),
+                        };
+                        key.starts_with(keys::NODES) || key.starts_with(keys::MODELS)
+                    });
+                    if relevant {
+                        plane.wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store watch broke; resyncing");
+                    plane.wake.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One pass: plan, assign, publish.
+#[tracing::instrument(skip_all)]
+pub async fn reconcile_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
+    let nodes = plane.nodes().await?;
+    let models = plane.models().await?;
+    let mut tiers: BTreeSet<Tier> = nodes.iter().map(|n| n.tier).collect();
+    tiers.insert(Tier::Device);
+
+    let mut plans: HashMap<String, PlansRecord> = HashMap::new();
+    for kv in plane.store.range(keys::PLANS).await?.kvs {
+        let record: PlansRecord = parse(&kv.key, &kv.value)?;
+        plans.insert(record.model.clone(), record);
+    }
+    for model in &models {
+        let tier_list: Vec<Tier> = tiers.iter().copied().collect();
+        let fresh = plans
+            .get(&model.name)
+            .is_some_and(|p| p.version == model.version && p.tiers == tier_list);
+        if !fresh {
+            let record = replan(plane, model, &tiers).await?;
+            plans.insert(model.name.clone(), record);
+        }
+    }
+    let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    for stale in plans.keys().filter(|n| !names.contains(n.as_str())) {
+        plane.store.delete(&keys::plans(stale)).await?;
+    }
+    plans.retain(|n, _| names.contains(n.as_str()));
+
+    plane
+        .assignments
+        .send_replace(Arc::new(assign(&nodes, &plans)));
+    publish(plane, &models, &plans, &nodes).await
+}
+
+async fn replan(
+    plane: &Arc<ControlPlane>,
+    model: &ModelRecord,
+    tiers: &BTreeSet<Tier>,
+) -> Result<PlansRecord, ControlError> {
+    let Some(bytes) = plane.blobs.get(&model.digest).await? else {
+        return Err(ControlError::Internal(format!(
+            "model \"{}\" blob {} is missing from the blob store",
+            model.name, model.digest
+        )));
+    };
+    let (name, version, shapes, privacy) = (
+        model.name.clone(),
+        model.version,
+        model.input_shapes.clone(),
+        model.privacy,
+    );
+    let (cluster, tiers_owned) = (plane.settings.cluster.clone(), tiers.clone());
+    let started = std::time::Instant::now();
+    let planned = tokio::task::spawn_blocking(move || {
+        plan_model(
+            &name,
+            version,
+            &bytes,
+            &shapes,
+            privacy,
+            &cluster,
+            &tiers_owned,
+        )
+    })
+    .await
+    .map_err(|e| ControlError::Internal(format!("planner task failed: {e}")))?;
+    for (digest, bytes) in planned.blobs {
+        plane.blobs.put(&digest, bytes.into()).await?;
+    }
+    let record = planned.record;
+    tracing::info!(
+        model = %model.name,
+        version = model.version,
+        plans = record.plans.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        failed = record.failed.as_deref().unwrap_or(""),
+        "planned"
+    );
+    let value = serde_json::to_vec(&record).map_err(|e| ControlError::Internal(e.to_string()))?;
+    plane
+        .store
+        .put(&keys::plans(&model.name), value, None)
+        .await?;
+    Ok(record)
+}
+
+/// Every agent holds every stage of its tier (replication is full in this version; memory-aware packing
+/// comes with larger clusters).
+pub fn assign(nodes: &[NodeRecord], plans: &HashMap<String, PlansRecord>) -> AssignmentMap {
+    let mut map = AssignmentMap::new();
+    for node in nodes {
+        let mut stages: Vec<v1::StageAssignment> = Vec::new();
+        let mut models: Vec<&PlansRecord> = plans.values().collect();
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        for record in models {
+            for stage in record.plans.iter().flat_map(|p| &p.stages) {
+                if stage.tier == node.tier && !stages.iter().any(|s| s.digest == stage.digest) {
+                    stages.push(v1::StageAssignment {
+                        model: record.model.clone(),
+                        version: record.version,
+                        digest: stage.digest.clone(),
+                        size_bytes: stage.size_bytes,
+                        tier: tier_to_wire(stage.tier) as i32,
+                    });
+                }
+            }
+        }
+        map.insert(node.id.clone(), stages);
+    }
+    map
+}
+
+async fn publish(
+    plane: &Arc<ControlPlane>,
+    models: &[ModelRecord],
+    plans: &HashMap<String, PlansRecord>,
+    nodes: &[NodeRecord],
+) -> Result<(), ControlError> {
+    let mut current: HashMap<String, v1::RouteTable> = HashMap::new();
+    for kv in plane.store.range(keys::ROUTES).await?.kvs {
+        if let Ok(t) = v1::RouteTable::decode(kv.value.as_slice()) {
+            current.insert(t.model.clone(), t);
+        }
+    }
+    for model in models {
+        let Some(record) = plans.get(&model.name) else {
+            continue;
+        };
+        if record.failed.is_some() {
+            if current.contains_key(&model.name) {
+                plane.store.delete(&keys::routes(&model.name)).await?;
+            }
+            continue;
+        }
+        let table = route_table(record, model.privacy, nodes, |id| plane.load_of(id));
+        let unchanged = current
+            .get(&model.name)
+            .is_some_and(|old| same_routes(old, &table));
+        if !unchanged {
+            plane
+                .store
+                .put(&keys::routes(&model.name), table.encode_to_vec(), None)
+                .await?;
+            tracing::info!(model = %model.name, version = model.version, "route table published");
+        }
+    }
+    for name in current.keys() {
+        if !models.iter().any(|m| &m.name == name) {
+            plane.store.delete(&keys::routes(name)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Equal except for load snapshots and revision, which alone do not warrant a republish.
+fn same_routes(a: &v1::RouteTable, b: &v1::RouteTable) -> bool {
+    let strip = |t: &v1::RouteTable| {
+        let mut t = t.clone();
+        t.revision = 0;
+        for n in &mut t.nodes {
+            n.load = None;
+        }
+        t
+    };
+    strip(a) == strip(b)
+}

@@ -1,0 +1,63 @@
+//! Serving the control plane: the embedded stores, the control loop and the gRPC server with health checks.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use strata_proto::v1::{control_server::ControlServer, routes_server::RoutesServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::blob::{BlobStore, DirBlobStore};
+use crate::plane::ControlPlane;
+use crate::service::ControlService;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// The cluster profile used when none is given: glasses + phone-class edge + cloud GPU.
+pub const DEFAULT_CLUSTER: &str = include_str!("../../examples/clusters/glasses-phone-cloud.toml");
+
+/// The state store and the blob store a control plane runs on.
+pub type Stores = (Arc<dyn Store>, Arc<dyn BlobStore>);
+
+/// Opens the zero-setup stores under `dir`: `dir/state.redb` and `dir/blobs/`.
+pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let store = EmbeddedStore::open(&dir.join("state.redb"))
+        .map_err(|e| format!("cannot open the state store in {}: {e}", dir.display()))?;
+    let blobs = DirBlobStore::open(dir.join("blobs"))
+        .map_err(|e| format!("cannot open the blob store in {}: {e}", dir.display()))?;
+    Ok((Arc::new(store), Arc::new(blobs)))
+}
+
+/// Serves the control plane on `listener` until `shutdown` completes, running the control loop alongside.
+pub async fn serve(
+    plane: Arc<ControlPlane>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let control_loop = tokio::spawn(crate::reconcile::run(plane.clone()));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let service = ControlService::new(plane);
+    reporter
+        .set_serving::<ControlServer<ControlService>>()
+        .await;
+    reporter.set_serving::<RoutesServer<ControlService>>().await;
+    let max = strata_proto::MAX_MESSAGE_BYTES;
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(
+            ControlServer::new(service.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            RoutesServer::new(service)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    control_loop.abort();
+    result
+}

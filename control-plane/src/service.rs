@@ -1,0 +1,358 @@
+//! gRPC glue: the `Control` and `Routes` services over a [`ControlPlane`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use strata_proto::v1::{self, control_server::Control, routes_server::Routes};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{privacy_to_wire, tier_to_wire};
+use crate::error::ControlError;
+use crate::keys;
+use crate::plane::ControlPlane;
+use crate::records::ModelRecord;
+use crate::store::{Event, StoreError};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC services of the control plane.
+#[derive(Clone)]
+pub struct ControlService {
+    plane: Arc<ControlPlane>,
+}
+
+impl ControlService {
+    /// Wraps a control plane.
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        ControlService { plane }
+    }
+
+    async fn model_info(&self, record: ModelRecord) -> v1::ModelInfo {
+        let state = match self.plane.plans(&record.name).await {
+            Ok(Some(p)) if p.version == record.version => match &p.failed {
+                Some(why) => format!("failed: {why}"),
+                None => "ready".to_string(),
+            },
+            Ok(_) => "planning".to_string(),
+            Err(e) => format!("unknown: {e}"),
+        };
+        let routes = self.plane.route_table(&record.name).await.ok();
+        v1::ModelInfo {
+            name: record.name,
+            version: record.version,
+            digest: record.digest,
+            size_bytes: record.size_bytes,
+            privacy: privacy_to_wire(record.privacy) as i32,
+            input_shapes: record.input_shapes,
+            state,
+            routes,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("register: missing node spec"))?;
+        let (node_id, ttl) = self.plane.register(spec).await?;
+        Ok(Response::new(v1::RegisterResponse {
+            node_id,
+            ttl_ms: ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let ttl = self.plane.heartbeat(request.into_inner()).await?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            ttl_ms: ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        self.plane.deregister(&request.into_inner().node_id).await?;
+        Ok(Response::new(v1::DeregisterResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let nodes = self.plane.nodes().await?;
+        let nodes = nodes
+            .into_iter()
+            .map(|n| v1::NodeInfo {
+                load: self.plane.load_of(&n.id),
+                last_seen_ms: self.plane.last_seen_ms(&n.id).unwrap_or(0),
+                ready: n.ready,
+                spec: Some(v1::NodeSpec {
+                    tier: tier_to_wire(n.tier) as i32,
+                    arch: n.arch,
+                    cores: n.cores,
+                    memory_bytes: n.memory_bytes,
+                    backends: n.backends,
+                    address: n.address,
+                    name: n.name,
+                }),
+                id: n.id,
+            })
+            .collect();
+        Ok(Response::new(v1::ListNodesResponse { nodes }))
+    }
+
+    async fn push_model(
+        &self,
+        request: Request<Streaming<v1::PushModelRequest>>,
+    ) -> Result<Response<v1::PushModelResponse>, Status> {
+        let mut stream = request.into_inner();
+        let meta = match stream.next().await {
+            Some(Ok(v1::PushModelRequest {
+                part: Some(v1::push_model_request::Part::Meta(meta)),
+            })) => meta,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "push: the first message must carry the model's meta (name, digest, size)",
+                ));
+            }
+        };
+        let limit = self.plane.settings.max_model_bytes;
+        if meta.size_bytes > limit {
+            return Err(ControlError::TooLarge(format!(
+                "model \"{}\" is {} bytes, over the limit of {limit}",
+                meta.name, meta.size_bytes
+            ))
+            .into());
+        }
+        let mut data = BytesMut::with_capacity(meta.size_bytes as usize);
+        while let Some(message) = stream.next().await {
+            match message?.part {
+                Some(v1::push_model_request::Part::Data(chunk)) => {
+                    if (data.len() + chunk.len()) as u64 > meta.size_bytes {
+                        return Err(Status::invalid_argument(format!(
+                            "model \"{}\": more data than the declared {} bytes; nothing was stored",
+                            meta.name, meta.size_bytes
+                        )));
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "push: only data may follow the meta message",
+                    ));
+                }
+            }
+        }
+        if data.len() as u64 != meta.size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "model \"{}\": upload ended after {} of {} bytes; nothing was stored",
+                meta.name,
+                data.len(),
+                meta.size_bytes
+            )));
+        }
+        let record = self.plane.push_model(meta, data.freeze()).await?;
+        let model = self.model_info(record).await;
+        Ok(Response::new(v1::PushModelResponse { model: Some(model) }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<v1::ListModelsRequest>,
+    ) -> Result<Response<v1::ListModelsResponse>, Status> {
+        let mut models = Vec::new();
+        for record in self.plane.models().await? {
+            models.push(self.model_info(record).await);
+        }
+        Ok(Response::new(v1::ListModelsResponse { models }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::ModelInfo>, Status> {
+        let record = self.plane.model(&request.into_inner().name).await?;
+        Ok(Response::new(self.model_info(record).await))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<v1::DeleteModelRequest>,
+    ) -> Result<Response<v1::DeleteModelResponse>, Status> {
+        self.plane.delete_model(&request.into_inner().name).await?;
+        Ok(Response::new(v1::DeleteModelResponse {}))
+    }
+
+    type WatchAssignmentsStream = BoxStream<v1::Assignments>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<v1::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let node_id = request.into_inner().node_id;
+        let mut rx = self.plane.assignments.subscribe();
+        let stream = async_stream(move |tx| async move {
+            let mut last: Option<Vec<v1::StageAssignment>> = None;
+            loop {
+                let current = rx
+                    .borrow_and_update()
+                    .get(&node_id)
+                    .cloned()
+                    .unwrap_or_default();
+                if last.as_ref() != Some(&current) {
+                    if tx
+                        .send(Ok(v1::Assignments {
+                            stages: current.clone(),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    last = Some(current);
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task; the task ends when the receiver is dropped.
+fn async_stream<T, F, Fut>(f: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl Routes for ControlService {
+    async fn get_routes(
+        &self,
+        request: Request<v1::GetRoutesRequest>,
+    ) -> Result<Response<v1::RouteTable>, Status> {
+        let name = request.into_inner().model;
+        Ok(Response::new(self.plane.route_table(&name).await?))
+    }
+
+    type WatchRoutesStream = BoxStream<v1::RouteTable>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<v1::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let models = request.into_inner().models;
+        let store = self.plane.store.clone();
+        let wanted = move |name: &str| models.is_empty() || models.iter().any(|m| m == name);
+        let stream = async_stream(move |tx| async move {
+            // List, then watch from the list's revision; on a compacted or broken watch, list again.
+            loop {
+                let range = match store.range(keys::ROUTES).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("state store: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                for kv in &range.kvs {
+                    if let Ok(mut t) = v1::RouteTable::decode(kv.value.as_slice())
+                        && wanted(&t.model)
+                    {
+                        t.revision = kv.mod_revision as u64;
+                        if tx.send(Ok(t)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let mut watch = match store.watch(keys::ROUTES, range.revision + 1).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("state store: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                while let Some(batch) = watch.next().await {
+                    let batch = match batch {
+                        Ok(b) => b,
+                        Err(StoreError::Compacted { .. }) => break,
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::unavailable(format!("state store: {e}"))))
+                                .await;
+                            return;
+                        }
+                    };
+                    for event in batch.events {
+                        let table = match event {
+                            Event::Put(kv) => match v1::RouteTable::decode(kv.value.as_slice()) {
+                                Ok(mut t) => {
+                                    t.revision = kv.mod_revision as u64;
+                                    t
+                                }
+                                Err(_) => continue,
+                            },
+                            Event::Delete { key, mod_revision } => v1::RouteTable {
+                                model: key.trim_start_matches(keys::ROUTES).to_string(),
+                                revision: mod_revision as u64,
+                                deleted: true,
+                                ..Default::default()
+                            },
+                        };
+                        if wanted(&table.model) && tx.send(Ok(table)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type FetchBlobStream = BoxStream<v1::BlobChunk>;
+
+    async fn fetch_blob(
+        &self,
+        request: Request<v1::FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let digest = request.into_inner().digest;
+        let bytes = self
+            .plane
+            .blobs
+            .get(&digest)
+            .await
+            .map_err(ControlError::from)?
+            .ok_or_else(|| Status::not_found(format!("no blob with digest {digest}")))?;
+        Ok(Response::new(blob_stream(bytes)))
+    }
+}
+
+/// Streams a blob in [`strata_proto::CHUNK_BYTES`] pieces, the first carrying the total size.
+pub fn blob_stream(bytes: Bytes) -> BoxStream<v1::BlobChunk> {
+    let chunks = strata_proto::call::blob_chunks(bytes).into_iter().map(Ok);
+    Box::pin(futures::stream::iter(chunks))
+}

@@ -1,0 +1,579 @@
+//! The async client: route tables kept current by a background watch, device stages run in-process with
+//! tract, the rest sent to the least-loaded agent of the next tier, with retries and local fallback.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use strata_proto::balance::Balancer;
+use strata_proto::call::{self, chunks_of};
+use strata_proto::v1::{self, routes_client::RoutesClient};
+use strata_runtime::{Backend, DType, LoadedStage, TensorData, TractBackend};
+use tonic::transport::Channel;
+
+use crate::error::SdkError;
+use crate::route::{self, Constraints, Privacy};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Control-plane or agent addresses (`host:port` or URLs), tried in order.
+    pub endpoints: Vec<String>,
+    /// Give up connecting to a node after this long.
+    pub connect_timeout: Duration,
+    /// End-to-end deadline of one request (propagated to every hop).
+    pub request_timeout: Duration,
+    /// Cap on tensor bytes in a response.
+    pub max_response_bytes: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline.
+    pub fn new(endpoints: Vec<String>) -> ClientConfig {
+        ClientConfig {
+            endpoints,
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+        }
+    }
+}
+
+/// Time spent in one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageTiming {
+    /// Stage index.
+    pub index: u32,
+    /// `device`, `edge` or `cloud`.
+    pub tier: &'static str,
+    /// The agent that ran it (`None` on the device).
+    pub node: Option<String>,
+    /// Waiting for a compute slot, ms.
+    pub queue_ms: f64,
+    /// Computing, ms.
+    pub compute_ms: f64,
+}
+
+/// A finished request.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    /// Model outputs, in the model's order.
+    pub outputs: Vec<(String, TensorData)>,
+    /// The plan that ran.
+    pub plan_id: String,
+    /// Its predicted latency, ms.
+    pub predicted_ms: f64,
+    /// Per stage, in order.
+    pub stages: Vec<StageTiming>,
+    /// Plans tried before this one succeeded (0: the first choice worked).
+    pub fallbacks: u32,
+    /// End to end, ms.
+    pub total_ms: f64,
+}
+
+struct Inner {
+    config: ClientConfig,
+    routes: RwLock<HashMap<String, Arc<v1::RouteTable>>>,
+    stages: Mutex<HashMap<String, Arc<dyn LoadedStage>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    balancer: Balancer,
+}
+
+/// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    _watch: Arc<WatchTask>,
+}
+
+struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// A client for the cluster behind `config.endpoints`. Does not wait for the network: route tables arrive
+    /// in the background, and the first request for a model fetches its table if it has not arrived yet.
+    pub fn new(config: ClientConfig) -> Result<Client, SdkError> {
+        if config.endpoints.is_empty() {
+            return Err(SdkError::InvalidArgument("no endpoint given".into()));
+        }
+        for e in &config.endpoints {
+            call::channel(e, config.connect_timeout).map_err(SdkError::InvalidArgument)?;
+        }
+        let inner = Arc::new(Inner {
+            config,
+            routes: RwLock::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            balancer: Balancer::new(),
+        });
+        let watch = WatchTask(tokio::spawn(watch_routes(Arc::downgrade(&inner))));
+        Ok(Client {
+            inner,
+            _watch: Arc::new(watch),
+        })
+    }
+
+    /// The cached route table of a model, if any.
+    pub fn route_table(&self, model: &str) -> Option<Arc<v1::RouteTable>> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .cloned()
+    }
+
+    /// The route table of a model: cached, or fetched from the first endpoint that answers.
+    pub async fn routes(&self, model: &str) -> Result<Arc<v1::RouteTable>, SdkError> {
+        if let Some(t) = self.route_table(model) {
+            return Ok(t);
+        }
+        let mut last = None;
+        for endpoint in &self.inner.config.endpoints {
+            let channel = self.inner.channel(endpoint)?;
+            match RoutesClient::new(channel)
+                .get_routes(v1::GetRoutesRequest {
+                    model: model.to_string(),
+                })
+                .await
+            {
+                Ok(t) => {
+                    let t = Arc::new(t.into_inner());
+                    self.inner.store_table((*t).clone());
+                    return Ok(t);
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    return Err(SdkError::UnknownModel(s.message().to_string()));
+                }
+                Err(s) => last = Some(format!("{endpoint}: {}", s.message())),
+            }
+        }
+        Err(SdkError::Unavailable(format!(
+            "no route table for model \"{model}\": {}",
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// The plan a request would get now (no network).
+    pub fn choose(&self, model: &str, constraints: &Constraints) -> Result<v1::Plan, SdkError> {
+        let table = self.route_table(model).ok_or_else(|| {
+            SdkError::Unavailable(format!("no route table cached for \"{model}\""))
+        })?;
+        route::choose(&table, constraints, |n| self.inner.balancer.is_down(n))
+            .cloned()
+            .ok_or_else(|| no_plan(&table, constraints))
+    }
+
+    /// Fetches and loads every device stage of a model's plans, so the model keeps working offline.
+    pub async fn prepare(&self, model: &str) -> Result<(), SdkError> {
+        let table = self.routes(model).await?;
+        let digests: BTreeSet<&String> = table
+            .plans
+            .iter()
+            .flat_map(|p| &p.stages)
+            .filter(|s| s.tier == v1::Tier::Device as i32)
+            .map(|s| &s.digest)
+            .collect();
+        for d in digests {
+            self.inner.device_stage(d).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a model on `inputs` under `constraints`.
+    #[tracing::instrument(skip_all, fields(model))]
+    pub async fn infer(
+        &self,
+        model: &str,
+        inputs: HashMap<String, TensorData>,
+        constraints: Constraints,
+    ) -> Result<Inference, SdkError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.request_timeout;
+        let table = self.routes(model).await?;
+        check_inputs(&table, &inputs)?;
+        let plans = route::rank(&table, &constraints, |n| self.inner.balancer.is_down(n));
+        if plans.is_empty() {
+            return Err(no_plan(&table, &constraints));
+        }
+        let request_id = format!(
+            "{:x}",
+            started.elapsed().as_nanos() ^ std::process::id() as u128 ^ rand_bits()
+        );
+        let mut errors = Vec::new();
+        for (attempt, plan) in plans.iter().enumerate() {
+            match self
+                .inner
+                .run_plan(&table, plan, &inputs, &constraints, &request_id, deadline)
+                .await
+            {
+                Ok((outputs, stages)) => {
+                    let outputs = order_outputs(&table, outputs)?;
+                    return Ok(Inference {
+                        outputs,
+                        plan_id: plan.id.clone(),
+                        predicted_ms: plan.latency_ms,
+                        stages,
+                        fallbacks: attempt as u32,
+                        total_ms: started.elapsed().as_secs_f64() * 1e3,
+                    });
+                }
+                Err(e) if e.retryable() && Instant::now() < deadline => {
+                    tracing::warn!(plan = %plan.id, error = %e, "plan failed; falling back to the next");
+                    errors.push(format!("plan {}: {e}", plan.id));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SdkError::Unavailable(format!(
+            "every plan for \"{model}\" failed: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+fn rand_bits() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() as u128
+}
+
+fn no_plan(table: &v1::RouteTable, constraints: &Constraints) -> SdkError {
+    let model_level = Privacy::from_wire(table.privacy).unwrap_or(Privacy::Open);
+    SdkError::NoPlan(format!(
+        "model \"{}\" has no plan that satisfies privacy {:?} (model) and {:?} (request){}",
+        table.model,
+        model_level,
+        constraints.privacy.unwrap_or(model_level),
+        if table.notes.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", table.notes.join("; "))
+        }
+    ))
+}
+
+fn check_inputs(
+    table: &v1::RouteTable,
+    inputs: &HashMap<String, TensorData>,
+) -> Result<(), SdkError> {
+    let names = || {
+        table
+            .inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for name in inputs.keys() {
+        if !table.inputs.iter().any(|i| &i.name == name) {
+            return Err(SdkError::InvalidInput(format!(
+                "model \"{}\" has no input \"{name}\" (its inputs: {})",
+                table.model,
+                names()
+            )));
+        }
+    }
+    for spec in &table.inputs {
+        let t = inputs.get(&spec.name).ok_or_else(|| {
+            SdkError::InvalidInput(format!(
+                "missing input \"{}\" (the model needs: {})",
+                spec.name,
+                names()
+            ))
+        })?;
+        let expected = DType::from_onnx_code(spec.dtype);
+        if expected != Some(t.dtype) {
+            return Err(SdkError::InvalidInput(format!(
+                "input \"{}\": the model expects {}, got {}",
+                spec.name,
+                expected.map_or("an unsupported type", |d| d.name()),
+                t.dtype
+            )));
+        }
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        if shape != spec.shape {
+            return Err(SdkError::InvalidInput(format!(
+                "input \"{}\": the model's plans are for shape {:?}, got {:?}",
+                spec.name, spec.shape, t.shape
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn order_outputs(
+    table: &v1::RouteTable,
+    mut values: HashMap<String, TensorData>,
+) -> Result<Vec<(String, TensorData)>, SdkError> {
+    table
+        .outputs
+        .iter()
+        .map(|name| {
+            values
+                .remove(name)
+                .map(|t| (name.clone(), t))
+                .ok_or_else(|| SdkError::Remote {
+                    code: tonic::Code::Internal,
+                    message: format!("no stage returned model output \"{name}\""),
+                })
+        })
+        .collect()
+}
+
+fn tier_label(tier: i32) -> &'static str {
+    v1::Tier::try_from(tier)
+        .unwrap_or(v1::Tier::Unspecified)
+        .label()
+}
+
+impl Inner {
+    fn channel(&self, address: &str) -> Result<Channel, SdkError> {
+        let mut channels = lock(&self.channels);
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = call::channel(address, self.config.connect_timeout)
+            .map_err(SdkError::InvalidArgument)?;
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn store_table(&self, table: v1::RouteTable) {
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if table.deleted {
+            routes.remove(&table.model);
+            return;
+        }
+        let newer = routes
+            .get(&table.model)
+            .is_none_or(|old| old.revision <= table.revision || table.revision == 0);
+        if newer {
+            routes.insert(table.model.clone(), Arc::new(table));
+        }
+    }
+
+    /// A device stage, loaded (fetching its bytes from any endpoint the first time).
+    async fn device_stage(&self, digest: &str) -> Result<Arc<dyn LoadedStage>, SdkError> {
+        if let Some(s) = lock(&self.stages).get(digest) {
+            return Ok(s.clone());
+        }
+        let mut last = String::new();
+        for endpoint in &self.config.endpoints {
+            let channel = self.channel(endpoint)?;
+            match call::fetch_blob(channel, digest).await {
+                Ok(bytes) => {
+                    let stage = tokio::task::spawn_blocking(move || {
+                        TractBackend.load(&bytes, &HashMap::new())
+                    })
+                    .await
+                    .map_err(|e| SdkError::Local(format!("loader task failed: {e}")))?
+                    .map_err(|e| SdkError::Local(format!("device stage {digest}: {e}")))?;
+                    let stage: Arc<dyn LoadedStage> = stage.into();
+                    lock(&self.stages).insert(digest.to_string(), stage.clone());
+                    return Ok(stage);
+                }
+                Err(s) => last = format!("{endpoint}: {}", s.message()),
+            }
+        }
+        Err(SdkError::Unavailable(format!(
+            "device stage {digest} is not cached and no endpoint could send it ({last})"
+        )))
+    }
+
+    async fn run_plan(
+        &self,
+        table: &v1::RouteTable,
+        plan: &v1::Plan,
+        inputs: &HashMap<String, TensorData>,
+        constraints: &Constraints,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<(HashMap<String, TensorData>, Vec<StageTiming>), SdkError> {
+        let mut values: HashMap<String, TensorData> = inputs.clone();
+        let mut timings = Vec::new();
+        let mut outputs = HashMap::new();
+        let mut next = 0;
+        while let Some(stage) = plan.stages.get(next) {
+            if stage.tier != v1::Tier::Device as i32 {
+                break;
+            }
+            let loaded = self.device_stage(&stage.digest).await?;
+            let feed: HashMap<String, TensorData> = stage
+                .inputs
+                .iter()
+                .filter_map(|n| values.get(n).map(|t| (n.clone(), t.clone())))
+                .collect();
+            let started = Instant::now();
+            let produced = tokio::task::spawn_blocking(move || loaded.run(&feed))
+                .await
+                .map_err(|e| SdkError::Local(format!("stage task failed: {e}")))?
+                .map_err(|e| SdkError::Local(format!("device stage {}: {e}", stage.index)))?;
+            timings.push(StageTiming {
+                index: stage.index,
+                tier: "device",
+                node: None,
+                queue_ms: 0.0,
+                compute_ms: started.elapsed().as_secs_f64() * 1e3,
+            });
+            for (name, t) in produced {
+                if table.outputs.contains(&name) {
+                    outputs.insert(name.clone(), t.clone());
+                }
+                values.insert(name, t);
+            }
+            next += 1;
+        }
+        let Some(first_remote) = plan.stages.get(next) else {
+            return Ok((outputs, timings));
+        };
+        let later: BTreeSet<&String> = plan.stages[next..].iter().flat_map(|s| &s.inputs).collect();
+        let carry: Vec<(String, TensorData)> = values
+            .into_iter()
+            .filter(|(n, _)| later.contains(n))
+            .collect();
+        self.check_privacy(table, plan, constraints, &carry)?;
+        let header = v1::InferHeader {
+            model: table.model.clone(),
+            version: table.version,
+            plan_id: plan.id.clone(),
+            stage: first_remote.index,
+            request_id: request_id.to_string(),
+        };
+        let chunks = chunks_of(carry);
+        let mut tried = Vec::new();
+        let mut last: Option<SdkError> = None;
+        while let Some(id) = self.balancer.pick(&first_remote.nodes, &tried).cloned() {
+            tried.push(id.clone());
+            let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
+                continue;
+            };
+            let channel = self.channel(&node.address)?;
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| {
+                    SdkError::DeadlineExceeded("the request's deadline passed".into())
+                })?;
+            let _in_flight = self.balancer.start(&id);
+            match call::infer(
+                channel,
+                header.clone(),
+                &chunks,
+                Some(left),
+                self.config.max_response_bytes,
+            )
+            .await
+            {
+                Ok(hop) => {
+                    for r in &hop.reports {
+                        if let Some(load) = &r.load {
+                            self.balancer.report(&r.node_id, load);
+                        }
+                    }
+                    let mut reports = hop.reports;
+                    reports.sort_by_key(|r| r.stage);
+                    timings.extend(reports.into_iter().map(|r| StageTiming {
+                        index: r.stage,
+                        tier: tier_label(r.tier),
+                        node: Some(r.node_id),
+                        queue_ms: r.queue_ms,
+                        compute_ms: r.compute_ms,
+                    }));
+                    outputs.extend(hop.tensors);
+                    return Ok((outputs, timings));
+                }
+                Err(status) if call::retryable(&status) => {
+                    tracing::warn!(node = %id, code = ?status.code(), error = %status.message(), "agent failed; trying another");
+                    let pause = if status.code() == tonic::Code::ResourceExhausted {
+                        200
+                    } else {
+                        2000
+                    };
+                    self.balancer.mark_down(&id, Duration::from_millis(pause));
+                    last = Some(SdkError::from_status(status));
+                }
+                Err(status) => return Err(SdkError::from_status(status)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            SdkError::Unavailable(format!(
+                "no agent is ready for stage {} of plan {}",
+                first_remote.index, plan.id
+            ))
+        }))
+    }
+
+    /// Defence in depth: refuse to send what the privacy levels forbid, whatever the route table says.
+    fn check_privacy(
+        &self,
+        table: &v1::RouteTable,
+        plan: &v1::Plan,
+        constraints: &Constraints,
+        carry: &[(String, TensorData)],
+    ) -> Result<(), SdkError> {
+        let levels = [Privacy::from_wire(table.privacy), constraints.privacy];
+        for level in levels.into_iter().flatten() {
+            let violation = match level {
+                Privacy::Device => Some("nothing may leave the device".to_string()),
+                Privacy::Features => carry
+                    .iter()
+                    .find(|(n, _)| table.inputs.iter().any(|i| &i.name == n))
+                    .map(|(n, _)| format!("raw input \"{n}\" would leave the device")),
+                Privacy::Edge => plan
+                    .stages
+                    .iter()
+                    .any(|s| s.tier == v1::Tier::Cloud as i32)
+                    .then(|| "a stage would run in the cloud".to_string()),
+                Privacy::Open => None,
+            };
+            if let Some(why) = violation {
+                return Err(SdkError::NoPlan(format!(
+                    "plan {} breaks privacy {level:?}: {why}; refusing to send",
+                    plan.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps route tables current: watch any endpoint that answers, switch on failure.
+async fn watch_routes(inner: std::sync::Weak<Inner>) {
+    let mut attempt = 0usize;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let endpoint = strong.config.endpoints[attempt % strong.config.endpoints.len()].clone();
+        attempt += 1;
+        let channel = match strong.channel(&endpoint) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        drop(strong);
+        if let Ok(response) = RoutesClient::new(channel)
+            .watch_routes(v1::WatchRoutesRequest { models: vec![] })
+            .await
+        {
+            let mut stream = response.into_inner();
+            while let Some(Ok(table)) = stream.next().await {
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
+                strong.store_table(table);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,17 @@
+//! What apps link to use a Strata cluster. [`Client::infer`] picks a plan per request from the cached route
+//! table (privacy first, then the request's latency and energy budgets), runs the device stage in-process
+//! with tract, sends the rest to the least-loaded agent of the next tier, and falls back to other agents, other
+//! plans, or the whole model on the device when the network fails. [`blocking::Client`] wraps it for
+//! synchronous code.
+
+#![forbid(unsafe_code)]
+
+pub mod blocking;
+pub mod client;
+pub mod error;
+pub mod route;
+
+pub use client::{Client, ClientConfig, Inference, StageTiming};
+pub use error::SdkError;
+pub use route::{Constraints, Privacy};
+pub use strata_runtime::{DType, TensorData};

@@ -1,0 +1,115 @@
+//! `strata-edge-agent`: the node daemon for edge boxes and cloud nodes.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use strata_edge_agent::{Agent, AgentConfig};
+use strata_proto::v1::Tier;
+
+/// Serve Strata stages on an edge box or a cloud node.
+#[derive(Parser, Debug)]
+#[command(name = "strata-edge-agent", version)]
+struct Args {
+    /// Tier this node serves: edge or cloud.
+    #[arg(long)]
+    tier: String,
+    /// Control-plane address(es), comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "STRATA_CONTROL_PLANE",
+        value_delimiter = ',',
+        required = true
+    )]
+    control_plane: Vec<String>,
+    /// Address to serve on (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:7410")]
+    listen: String,
+    /// Address others use to reach this node (default: the listen address, with 127.0.0.1 for 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// A name for this node (default: tier and hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where stage files are cached.
+    #[arg(long, default_value = "strata-agent-data")]
+    data_dir: PathBuf,
+    /// Stages computed at once (default: number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Requests allowed to wait for a slot before new ones get RESOURCE_EXHAUSTED (default: 4 per slot).
+    #[arg(long)]
+    queue: Option<u32>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tier = match Tier::from_label(&args.tier) {
+        Some(t @ (Tier::Edge | Tier::Cloud)) => t,
+        _ => bail!("--tier must be edge or cloud, not \"{}\"", args.tier),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise = args.advertise.unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
+    });
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let config = AgentConfig {
+        tier,
+        control_planes: args.control_plane,
+        name: args.name.unwrap_or_else(|| tier.label().to_string()),
+        advertise,
+        data_dir: args.data_dir,
+        slots,
+        queue: args.queue.unwrap_or(slots * 4),
+        max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+    };
+    let agent = Agent::new(config).context("cannot open the data directory")?;
+    // Tests and scripts read this line to learn the port.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "listening on {bound}");
+    }
+    strata_edge_agent::serve(agent, listener, shutdown_signal())
+        .await
+        .context("server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,500 @@
+//! The agent's gRPC services: `Inference` (run a stage, forward to the next, return model outputs) and
+//! `Routes` (route tables and blobs from the agent's cache, so devices keep working while the control plane is
+//! down).
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use strata_proto::call::{self, chunks_of};
+use strata_proto::v1::{self, inference_server::Inference, routes_server::Routes};
+use strata_proto::{TensorAssembler, tensor_chunks};
+use strata_runtime::{RuntimeError, TensorData};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agent::{Agent, fetch_blob};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The agent's services.
+#[derive(Clone)]
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    /// Wraps an agent.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentService { agent }
+    }
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct Admitted<'a>(&'a Agent);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Status> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Status::deadline_exceeded("the request's deadline passed")),
+        },
+    }
+}
+
+fn runtime_status(stage: u32, e: RuntimeError) -> Status {
+    let message = format!("stage {stage}: {e}");
+    match e {
+        RuntimeError::Run(_) | RuntimeError::Load(_) => Status::internal(message),
+        _ => Status::invalid_argument(message),
+    }
+}
+
+impl AgentService {
+    #[tracing::instrument(skip_all, fields(model = %header.model, plan = %header.plan_id, stage = header.stage, request = %header.request_id))]
+    async fn run_request(
+        &self,
+        header: v1::InferHeader,
+        mut frames: Streaming<v1::InferRequest>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<v1::InferResponse>, Status> {
+        let agent = &self.agent;
+        let node_id = agent.node_id();
+        let table = agent
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&header.model)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "agent {node_id} has no routes for model \"{}\"",
+                    header.model
+                ))
+            })?;
+        if table.version != header.version {
+            return Err(Status::failed_precondition(format!(
+                "model \"{}\" is at version {} here, the request is for version {}; refresh routes",
+                header.model, table.version, header.version
+            )));
+        }
+        let plan = table
+            .plans
+            .iter()
+            .find(|p| p.id == header.plan_id)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "model \"{}\" has no plan \"{}\" (refresh routes)",
+                    header.model, header.plan_id
+                ))
+            })?;
+        let stage = plan.stages.get(header.stage as usize).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "plan \"{}\" has {} stages; there is no stage {}",
+                plan.id,
+                plan.stages.len(),
+                header.stage
+            ))
+        })?;
+        if stage.tier != agent.config.tier as i32 {
+            return Err(Status::failed_precondition(format!(
+                "stage {} of plan \"{}\" runs on the {} tier; agent {node_id} is {}",
+                stage.index,
+                plan.id,
+                v1::Tier::try_from(stage.tier)
+                    .unwrap_or(v1::Tier::Unspecified)
+                    .label(),
+                agent.config.tier.label()
+            )));
+        }
+        let loaded = agent.stages.get(&stage.digest).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "agent {node_id} does not hold stage {} of plan \"{}\" (digest {})",
+                stage.index, plan.id, stage.digest
+            ))
+        })?;
+
+        // Admission: bounded queue, then a clear refusal.
+        let limit = agent.config.slots + agent.config.queue;
+        if agent.in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
+            agent.in_flight.fetch_sub(1, Ordering::Relaxed);
+            agent.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "agent {node_id} is at capacity ({} slots, {} queued); retry on another agent",
+                agent.config.slots, agent.config.queue
+            )));
+        }
+        let _admitted = Admitted(agent);
+
+        let mut assembler = TensorAssembler::new(agent.config.max_request_bytes);
+        while let Some(message) = frames.next().await {
+            match message?.frame {
+                Some(v1::infer_request::Frame::Tensor(chunk)) => {
+                    if let Some(h) = &chunk.header {
+                        agent
+                            .received
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(h.name.clone());
+                    }
+                    assembler
+                        .push(chunk)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only tensor chunks may follow the header",
+                    ));
+                }
+            }
+        }
+        let mut values: HashMap<String, TensorData> = assembler
+            .finish()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .into_iter()
+            .collect();
+        let mut inputs = HashMap::new();
+        for name in &stage.inputs {
+            let t = values.get(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "stage {} needs tensor \"{name}\", which the request did not carry",
+                    stage.index
+                ))
+            })?;
+            inputs.insert(name.clone(), t.clone());
+        }
+
+        let queued_at = Instant::now();
+        agent.queued.fetch_add(1, Ordering::Relaxed);
+        let permit = match remaining(deadline)? {
+            Some(left) => tokio::time::timeout(left, agent.slots.acquire())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "deadline passed while queued at agent {node_id}"
+                    ))
+                }),
+            None => Ok(agent.slots.acquire().await),
+        };
+        agent.queued.fetch_sub(1, Ordering::Relaxed);
+        let _permit = permit?.map_err(|_| Status::unavailable("agent is shutting down"))?;
+        let queue_ms = queued_at.elapsed().as_secs_f64() * 1e3;
+
+        let started = Instant::now();
+        let outputs = tokio::task::spawn_blocking(move || loaded.run(&inputs))
+            .await
+            .map_err(|e| Status::internal(format!("stage task failed: {e}")))?
+            .map_err(|e| runtime_status(stage.index, e))?;
+        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+        drop(_permit);
+        {
+            let mut recent = agent.recent_ms.lock().unwrap_or_else(|p| p.into_inner());
+            *recent = if *recent == 0.0 {
+                compute_ms
+            } else {
+                0.8 * *recent + 0.2 * compute_ms
+            };
+        }
+
+        let mut response = Vec::new();
+        for (name, t) in &outputs {
+            if table.outputs.contains(name) {
+                for chunk in tensor_chunks(name, t.clone()) {
+                    response.push(v1::InferResponse {
+                        frame: Some(v1::infer_response::Frame::Tensor(chunk)),
+                    });
+                }
+            }
+        }
+        values.extend(outputs);
+
+        if let Some(next) = plan.stages.get(header.stage as usize + 1) {
+            let later: BTreeSet<&String> = plan.stages[header.stage as usize + 1..]
+                .iter()
+                .flat_map(|s| &s.inputs)
+                .collect();
+            let carry: Vec<(String, TensorData)> = values
+                .into_iter()
+                .filter(|(name, _)| later.contains(name))
+                .collect();
+            let next_header = v1::InferHeader {
+                stage: next.index,
+                ..header.clone()
+            };
+            let hop = self
+                .forward(&table, next, next_header, chunks_of(carry), deadline)
+                .await?;
+            for (name, t) in hop.tensors {
+                for chunk in tensor_chunks(&name, t) {
+                    response.push(v1::InferResponse {
+                        frame: Some(v1::infer_response::Frame::Tensor(chunk)),
+                    });
+                }
+            }
+            for report in hop.reports {
+                response.push(v1::InferResponse {
+                    frame: Some(v1::infer_response::Frame::Report(report)),
+                });
+            }
+        }
+        response.push(v1::InferResponse {
+            frame: Some(v1::infer_response::Frame::Report(v1::StageReport {
+                stage: stage.index,
+                tier: stage.tier,
+                node_id,
+                queue_ms,
+                compute_ms,
+                load: Some(agent.load()),
+            })),
+        });
+        agent.served.fetch_add(1, Ordering::Relaxed);
+        Ok(response)
+    }
+
+    /// Sends the carried tensors to an agent of the next stage, trying each candidate once.
+    async fn forward(
+        &self,
+        table: &v1::RouteTable,
+        stage: &v1::Stage,
+        header: v1::InferHeader,
+        chunks: Vec<v1::TensorChunk>,
+        deadline: Option<Instant>,
+    ) -> Result<call::HopResult, Status> {
+        let agent = &self.agent;
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = None;
+        while let Some(id) = agent.balancer.pick(&stage.nodes, &tried).cloned() {
+            tried.push(id.clone());
+            let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
+                continue;
+            };
+            let channel = agent.channel(&node.address).map_err(Status::internal)?;
+            let _in_flight = agent.balancer.start(&id);
+            let timeout = remaining(deadline)?;
+            match call::infer(
+                channel,
+                header.clone(),
+                &chunks,
+                timeout,
+                agent.config.max_request_bytes,
+            )
+            .await
+            {
+                Ok(hop) => {
+                    if let Some(load) = hop
+                        .reports
+                        .iter()
+                        .find(|r| r.node_id == id)
+                        .and_then(|r| r.load.as_ref())
+                    {
+                        agent.balancer.report(&id, load);
+                    }
+                    return Ok(hop);
+                }
+                Err(status) if call::retryable(&status) => {
+                    tracing::warn!(next = %id, code = ?status.code(), error = %status.message(), "next hop failed; trying another");
+                    let pause = if status.code() == tonic::Code::ResourceExhausted {
+                        200
+                    } else {
+                        2000
+                    };
+                    agent.balancer.mark_down(&id, Duration::from_millis(pause));
+                    last_error = Some(status);
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no agent could run stage {} (tried: {}){}",
+            stage.index,
+            if tried.is_empty() {
+                "none ready".to_string()
+            } else {
+                tried.join(", ")
+            },
+            last_error
+                .map(|s| format!("; last error: {}", s.message()))
+                .unwrap_or_default()
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Inference for AgentService {
+    type InferStream = BoxStream<v1::InferResponse>;
+
+    async fn infer(
+        &self,
+        request: Request<Streaming<v1::InferRequest>>,
+    ) -> Result<Response<Self::InferStream>, Status> {
+        let deadline = strata_proto::deadline_of(request.metadata());
+        let mut frames = request.into_inner();
+        let header = match frames.next().await {
+            Some(Ok(v1::InferRequest {
+                frame: Some(v1::infer_request::Frame::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of Infer must be its header",
+                ));
+            }
+        };
+        let work = self.run_request(header, frames, deadline);
+        let response = match remaining(deadline)? {
+            Some(left) => tokio::time::timeout(left, work)
+                .await
+                .map_err(|_| Status::deadline_exceeded("the request's deadline passed"))??,
+            None => work.await?,
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            response.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::AgentStatus>, Status> {
+        let agent = &self.agent;
+        Ok(Response::new(v1::AgentStatus {
+            node_id: agent.node_id(),
+            tier: agent.config.tier as i32,
+            load: Some(agent.load()),
+            stages: agent.stages.ready(),
+            requests_served: agent.served.load(Ordering::Relaxed),
+            requests_rejected: agent.rejected.load(Ordering::Relaxed),
+            received_tensors: agent
+                .received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            control_plane_connected: agent.connected.load(Ordering::Relaxed),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Routes for AgentService {
+    async fn get_routes(
+        &self,
+        request: Request<v1::GetRoutesRequest>,
+    ) -> Result<Response<v1::RouteTable>, Status> {
+        let model = request.into_inner().model;
+        let routes = self.agent.routes.read().unwrap_or_else(|p| p.into_inner());
+        match routes.get(&model) {
+            Some(t) => Ok(Response::new(t.clone())),
+            None => {
+                let mut known: Vec<&String> = routes.keys().collect();
+                known.sort();
+                Err(Status::not_found(format!(
+                    "unknown model \"{model}\" (known here: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )))
+            }
+        }
+    }
+
+    type WatchRoutesStream = BoxStream<v1::RouteTable>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<v1::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let models = request.into_inner().models;
+        let wanted = move |t: &v1::RouteTable| models.is_empty() || models.contains(&t.model);
+        let mut updates = self.agent.route_updates.subscribe();
+        let current: Vec<v1::RouteTable> = self
+            .agent
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|t| wanted(t))
+            .cloned()
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for t in current {
+                if tx.send(Ok(t)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match updates.recv().await {
+                    Ok(t) if wanted(&t) => {
+                        if tx.send(Ok(t)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx
+                            .send(Err(Status::aborted(
+                                "route watcher fell behind; watch again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type FetchBlobStream = BoxStream<v1::BlobChunk>;
+
+    async fn fetch_blob(
+        &self,
+        request: Request<v1::FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let digest = request.into_inner().digest;
+        let bytes = match self.agent.stages.cached_blob(&digest) {
+            Some(b) => b,
+            None => {
+                let mut fetched = None;
+                for address in &self.agent.config.control_planes {
+                    let Ok(channel) = self.agent.channel(address) else {
+                        continue;
+                    };
+                    if let Ok(b) = fetch_blob(&channel, &digest).await {
+                        let _ = self.agent.stages.put_blob(&digest, &b);
+                        fetched = Some(b);
+                        break;
+                    }
+                }
+                fetched.ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no blob with digest {digest} here or at the control plane"
+                    ))
+                })?
+            }
+        };
+        let chunks = strata_proto::call::blob_chunks(bytes.into())
+            .into_iter()
+            .map(Ok);
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
