@@ -38,12 +38,13 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The default [`Store`]: redb on disk or in memory, with in-memory watch history and leases.
 ///
-/// - The watch history is the last 10,000 revisions of this process: after a restart a watch from an
-///   earlier revision gets [`StoreError::Compacted`] (watches from `current_revision + 1` or `0` work).
+/// - The watch history is the last 10,000 revisions written by this process: after a restart, a watch
+///   from a revision written before it gets [`StoreError::Compacted`] (watches from `0` or from
+///   `current_revision + 1` work).
 /// - Leases live in memory and do not survive a restart: opening a store deletes every key that was bound
-///   to a lease, at one new revision. Their holders re-register, as agents do when `keep_alive` says
-///   [`StoreError::LeaseNotFound`]. Lease ids start from the clock (microseconds since the Unix epoch), so
-///   ids granted after a restart do not reuse those of before.
+///   to a lease, at one new revision (the first one watchable). Their holders re-register, as agents do
+///   when `keep_alive` says [`StoreError::LeaseNotFound`]. Lease ids start from the clock (microseconds
+///   since the Unix epoch), so ids granted after a restart do not reuse those of before.
 /// - The constructors do blocking I/O but need no runtime. The store's methods must run inside a Tokio
 ///   runtime (multi- or current-thread); the first `grant_lease` spawns the task that expires leases on
 ///   that runtime. Dropping the last handle stops that task and ends every watch stream.
@@ -105,13 +106,12 @@ impl EmbeddedStore {
         let (kvs, revision) = load(&db)?;
         let now = UNIX_EPOCH.elapsed().unwrap_or_default();
         let next_lease = i64::try_from(now.as_micros()).unwrap_or(0).max(1);
-        let (log, leases) = (VecDeque::new(), HashMap::new());
         let state = State {
             kvs,
             revision,
-            log,
+            log: VecDeque::new(),
             log_capacity,
-            leases,
+            leases: HashMap::new(),
             next_lease,
         };
         let inner = Arc::new(Inner {
@@ -607,21 +607,18 @@ impl Store for EmbeddedStore {
         let deadline = deadline.ok_or_else(|| {
             StoreError::InvalidArgument(format!("lease TTL {ttl:?}: must be above zero"))
         })?;
-        self.inner
-            .reaper
-            .get_or_init(|| drop(tokio::spawn(reap(Arc::downgrade(&self.inner)))));
+        // The task holds a `Weak`: it ends once the store is dropped.
+        let reaper = || drop(tokio::spawn(reap(Arc::downgrade(&self.inner))));
+        self.inner.reaper.get_or_init(reaper);
         let mut state = lock(&self.inner.state)?;
         let id = state.next_lease;
         state.next_lease += 1;
-        let keys = BTreeSet::new();
-        state.leases.insert(
-            id,
-            Lease {
-                ttl,
-                deadline,
-                keys,
-            },
-        );
+        let lease = Lease {
+            ttl,
+            deadline,
+            keys: BTreeSet::new(),
+        };
+        state.leases.insert(id, lease);
         Ok(id)
     }
 

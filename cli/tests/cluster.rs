@@ -1,0 +1,454 @@
+//! The distributed system as users run it: a control plane, edge and cloud agents and the device SDK as
+//! separate OS processes on loopback, over real gRPC.
+
+mod sandbox;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sandbox::{Sandbox, assert_outputs_match, corpus, reference};
+use strata_device_sdk::{Constraints, Privacy, SdkError};
+use strata_proto::v1;
+use strata_runtime::TensorData;
+
+fn with_privacy(privacy: Privacy) -> Constraints {
+    Constraints {
+        privacy: Some(privacy),
+        ..Constraints::default()
+    }
+}
+
+fn received_by_agents(sandbox: &Sandbox) -> Vec<String> {
+    sandbox
+        .agents
+        .iter()
+        .flat_map(|a| sandbox.status(&a.address).received_tensors)
+        .collect()
+}
+
+fn served_by_agents(sandbox: &Sandbox) -> u64 {
+    sandbox
+        .agents
+        .iter()
+        .map(|a| sandbox.status(&a.address).requests_served)
+        .sum()
+}
+
+#[test]
+fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
+    let sandbox = Sandbox::start(&["edge", "edge", "cloud"], 3000);
+    for model in ["squeezenet", "multi_io"] {
+        sandbox.push(&corpus(&format!("{model}.onnx")), model, "open");
+        sandbox.wait_served(model, 2);
+    }
+    let table = sandbox.routes("squeezenet").expect("routes");
+    assert!(
+        table.plans.iter().any(|p| p.stages.len() == 3),
+        "the three-tier profile should yield a device→edge→cloud plan: {table:?}"
+    );
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    for model in ["squeezenet", "multi_io"] {
+        let want = reference(model);
+        let raw: Vec<&String> = want.inputs.keys().collect();
+
+        // `device`: every stage on the device, and not one request reaches an agent.
+        let before = served_by_agents(&sandbox);
+        let r = sandbox
+            .runtime
+            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Device)))
+            .expect("device inference");
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} device"));
+        assert!(
+            r.stages.iter().all(|s| s.node.is_none()),
+            "{model}: device privacy ran remotely: {r:?}"
+        );
+        assert_eq!(
+            served_by_agents(&sandbox),
+            before,
+            "{model}: device privacy sent inference traffic"
+        );
+
+        // `features`: split across tiers, and no raw input reaches any agent.
+        let r = sandbox
+            .runtime
+            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Features)))
+            .unwrap_or_else(|e| panic!("{model} features: {e}"));
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} features"));
+        assert!(
+            r.stages.iter().any(|s| s.node.is_some()),
+            "{model}: features ran all on the device: {r:?}"
+        );
+        if model == "squeezenet" {
+            let tiers: Vec<&str> = r.stages.iter().map(|s| s.tier).collect();
+            assert_eq!(tiers, ["device", "edge", "cloud"], "{model}: {r:?}");
+        }
+        let received = received_by_agents(&sandbox);
+        for name in &raw {
+            assert!(
+                !received.contains(name),
+                "{model}: raw input {name} reached an agent: {received:?}"
+            );
+        }
+
+        // `edge`: nothing reaches the cloud (raw data may go to the edge).
+        let r = sandbox
+            .runtime
+            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Edge)))
+            .unwrap_or_else(|e| panic!("{model} edge: {e}"));
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} edge"));
+        assert!(
+            r.stages.iter().all(|s| s.tier != "cloud"),
+            "{model}: edge privacy reached the cloud: {r:?}"
+        );
+
+        // `open`: the cheapest plan on this profile sends the raw input to the edge.
+        let r = sandbox
+            .runtime
+            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Open)))
+            .expect("open inference");
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} open"));
+    }
+    // The audit above is not vacuous: once `open` requests ran, raw inputs did reach an agent.
+    let received = received_by_agents(&sandbox);
+    assert!(
+        received.iter().any(|n| n == "data_0"),
+        "open plans should ship the raw input: {received:?}"
+    );
+}
+
+#[test]
+fn killed_edge_agent_fails_no_request_and_leaves_the_routes_within_its_lease() {
+    let ttl = Duration::from_millis(1500);
+    let mut sandbox = Sandbox::start(&["edge", "edge", "cloud"], ttl.as_millis() as u64);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    let table = sandbox.wait_served("squeezenet", 2);
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    sandbox
+        .runtime
+        .block_on(client.prepare("squeezenet"))
+        .expect("prepare");
+
+    let victim = sandbox.status(&sandbox.agents[0].address).node_id;
+    let mut used_victim_before = false;
+    let mut killed_at = None;
+    for i in 0..30 {
+        if i == 8 {
+            sandbox.agents[0].proc.kill();
+            killed_at = Some(Instant::now());
+        }
+        let r = sandbox
+            .runtime
+            .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))
+            .unwrap_or_else(|e| panic!("request {i} failed after the kill: {e}"));
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("request {i}"));
+        if i < 8 {
+            used_victim_before |= r
+                .stages
+                .iter()
+                .any(|s| s.node.as_deref() == Some(victim.as_str()));
+        } else {
+            assert!(
+                r.stages
+                    .iter()
+                    .all(|s| s.node.as_deref() != Some(victim.as_str())),
+                "request {i} ran on the dead agent"
+            );
+        }
+    }
+    assert!(
+        used_victim_before,
+        "the balancer never used the victim before the kill; the test proves nothing"
+    );
+    let killed_at = killed_at.expect("killed");
+    sandbox.wait_until(
+        "the dead agent leaves the routes",
+        ttl + Duration::from_secs(3),
+        |s| {
+            s.routes("squeezenet").is_some_and(|t| {
+                t.plans
+                    .iter()
+                    .flat_map(|p| &p.stages)
+                    .all(|st| !st.nodes.contains(&victim))
+            })
+        },
+    );
+    let gone_after = killed_at.elapsed();
+    assert!(
+        gone_after <= ttl + Duration::from_secs(3),
+        "dead agent still routed after {gone_after:?}"
+    );
+    assert!(
+        sandbox.nodes().iter().all(|n| n.id != victim),
+        "dead agent still registered"
+    );
+    assert!(
+        table
+            .plans
+            .iter()
+            .any(|p| p.stages.iter().any(|s| s.nodes.contains(&victim)))
+    );
+}
+
+#[test]
+fn inference_through_an_agent_keeps_working_while_the_control_plane_is_down() {
+    let mut sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let edge = sandbox.agents[0].address.clone();
+    let input = corpus("squeezenet.inputs/data_0.npy");
+    let out = sandbox.dir.path().join("out");
+    let infer = || {
+        std::process::Command::new(sandbox::strata_bin())
+            .args([
+                "infer",
+                "squeezenet",
+                "--endpoint",
+                &edge,
+                "--output-dir",
+                &out.to_string_lossy(),
+            ])
+            .arg("--input")
+            .arg(format!("data_0={}", input.display()))
+            .env("STRATA_LOG", "off")
+            .output()
+            .expect("strata infer runs")
+    };
+    let first = infer();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    sandbox.control_plane.kill();
+    let second = infer();
+    assert!(
+        second.status.success(),
+        "with the control plane down: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        stdout.contains("edge("),
+        "the request should still be split: {stdout}"
+    );
+    let want = reference("squeezenet");
+    let got =
+        strata_runtime::npy::decode(&std::fs::read(out.join("softmaxout_1.npy")).expect("output"))
+            .expect("npy");
+    assert_outputs_match(
+        &[("softmaxout_1".to_string(), got)],
+        &want.outputs,
+        "through the agent",
+    );
+    sandbox.wait_until(
+        "the agent reports the control plane as lost",
+        Duration::from_secs(5),
+        |s| !s.status(&edge).control_plane_connected,
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
+    let sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    let table = sandbox.wait_served("squeezenet", 1);
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    let rt = &sandbox.runtime;
+
+    // Unknown model.
+    let e = rt
+        .block_on(client.infer("nope", want.inputs.clone(), Constraints::default()))
+        .expect_err("unknown");
+    assert!(
+        matches!(e, SdkError::UnknownModel(_)) && e.to_string().contains("unknown model \"nope\""),
+        "{e}"
+    );
+
+    // Wrong input name, shape, dtype.
+    let t = want.inputs["data_0"].clone();
+    let cases: Vec<(HashMap<String, TensorData>, &str)> = vec![
+        (
+            HashMap::from([("image".to_string(), t.clone())]),
+            "has no input \"image\"",
+        ),
+        (
+            HashMap::from([(
+                "data_0".to_string(),
+                TensorData::from_f32(vec![1, 3, 10, 10], &[0.0; 300]).expect("t"),
+            )]),
+            "shape",
+        ),
+        (
+            HashMap::from([(
+                "data_0".to_string(),
+                TensorData::new(strata_runtime::DType::I32, t.shape.clone(), t.data.clone())
+                    .expect("t"),
+            )]),
+            "expects float32",
+        ),
+    ];
+    for (inputs, needle) in cases {
+        let e = rt
+            .block_on(client.infer("squeezenet", inputs, Constraints::default()))
+            .expect_err(needle);
+        assert!(
+            matches!(e, SdkError::InvalidInput(_)) && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
+
+    // Straight at an agent: a tensor the stage does not take, a stage the agent does not hold, an oversized
+    // message.
+    let edge = &sandbox.agents[0].address;
+    let plan = table
+        .plans
+        .iter()
+        .find(|p| p.stages.iter().any(|s| s.tier == v1::Tier::Edge as i32))
+        .expect("a plan with an edge stage");
+    let edge_stage = plan
+        .stages
+        .iter()
+        .find(|s| s.tier == v1::Tier::Edge as i32)
+        .expect("edge stage");
+    let header = v1::InferHeader {
+        model: "squeezenet".into(),
+        version: table.version,
+        plan_id: plan.id.clone(),
+        stage: edge_stage.index,
+        request_id: "bad".into(),
+    };
+    let call = |header: v1::InferHeader, tensors: Vec<(String, TensorData)>| {
+        rt.block_on(async {
+            let channel =
+                strata_proto::call::channel(edge, Duration::from_secs(2)).expect("channel");
+            let chunks = strata_proto::call::chunks_of(tensors);
+            strata_proto::call::infer(
+                channel,
+                header,
+                &chunks,
+                Some(Duration::from_secs(10)),
+                u64::MAX,
+            )
+            .await
+        })
+    };
+    let e = call(header.clone(), vec![("bogus".into(), t.clone())]).expect_err("wrong tensor");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("needs tensor"), "{}", e.message());
+    let device_stage = v1::InferHeader {
+        stage: 0,
+        ..header.clone()
+    };
+    let e = call(device_stage, vec![]).expect_err("device stage on an agent");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("device tier"), "{}", e.message());
+    let e = call(
+        v1::InferHeader {
+            plan_id: "nosuchplan".into(),
+            ..header.clone()
+        },
+        vec![],
+    )
+    .expect_err("plan");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let oversized = rt.block_on(async {
+        let channel = strata_proto::call::channel(edge, Duration::from_secs(2)).expect("channel");
+        let frames = vec![
+            v1::InferRequest {
+                frame: Some(v1::infer_request::Frame::Header(header.clone())),
+            },
+            v1::InferRequest {
+                frame: Some(v1::infer_request::Frame::Tensor(v1::TensorChunk {
+                    header: Some(v1::TensorHeader {
+                        name: "x".into(),
+                        dtype: 1,
+                        shape: vec![2 << 20],
+                    }),
+                    data: bytes::Bytes::from(vec![0u8; 8 << 20]),
+                })),
+            },
+        ];
+        v1::inference_client::InferenceClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .infer(futures::stream::iter(frames))
+            .await
+    });
+    let e = oversized.expect_err("oversized message");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{}", e.message());
+
+    // A corrupt upload: the digest does not match; nothing is stored.
+    let bytes = std::fs::read(corpus("squeezenet.onnx")).expect("model");
+    let corrupt = rt.block_on(async {
+        let channel = strata_proto::call::channel(&sandbox.cp_address, Duration::from_secs(2))
+            .expect("channel");
+        let meta = v1::ModelMeta {
+            name: "corrupt".into(),
+            digest: "0".repeat(64),
+            size_bytes: bytes.len() as u64,
+            privacy: v1::Privacy::Open as i32,
+            input_shapes: vec![],
+        };
+        let mut messages = vec![v1::PushModelRequest {
+            part: Some(v1::push_model_request::Part::Meta(meta)),
+        }];
+        for c in bytes.chunks(1 << 20) {
+            messages.push(v1::PushModelRequest {
+                part: Some(v1::push_model_request::Part::Data(
+                    bytes::Bytes::copy_from_slice(c),
+                )),
+            });
+        }
+        v1::control_client::ControlClient::new(channel)
+            .push_model(futures::stream::iter(messages))
+            .await
+    });
+    let e = corrupt.expect_err("corrupt upload");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("hash to"), "{}", e.message());
+    let ls = sandbox.strata(&["model", "ls"]);
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("corrupt"),
+        "a corrupt upload was stored"
+    );
+
+    // A file that is not a model.
+    let text = sandbox.dir.path().join("notes.onnx");
+    std::fs::write(&text, "not a model").expect("write");
+    let out = sandbox.strata(&["model", "push", &text.to_string_lossy(), "--name", "notes"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be served"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Everyone still serves.
+    let r = rt
+        .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))
+        .expect("still serving");
+    assert_outputs_match(&r.outputs, &want.outputs, "after bad input");
+    assert!(
+        r.stages.iter().any(|s| s.node.is_some()),
+        "the request should use the agents: {r:?}"
+    );
+}
+
+#[test]
+fn graceful_shutdown_deregisters_at_once() {
+    let mut sandbox = Sandbox::start(&["edge", "edge"], 60_000);
+    let id = sandbox.status(&sandbox.agents[1].address).node_id;
+    let status = sandbox.agents[1].proc.terminate();
+    assert!(status.success(), "agent exit status {status:?}");
+    // With a 60 s lease only deregistration can remove it this quickly.
+    sandbox.wait_until("the agent deregisters", Duration::from_secs(5), |s| {
+        s.nodes().iter().all(|n| n.id != id)
+    });
+    assert!(
+        sandbox.log("edge1").contains("deregistered"),
+        "{}",
+        sandbox.log("edge1")
+    );
+}

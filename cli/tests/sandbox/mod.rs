@@ -1,0 +1,398 @@
+//! A cluster of real processes on loopback for tests: one `strata control-plane`, N `strata-edge-agent`s,
+//! each a separate OS process found next to the `strata` binary, talking gRPC over real sockets. Processes
+//! are killed when the sandbox is dropped (also when a test fails).
+
+#![allow(dead_code, missing_docs)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use strata_device_sdk::{Client, ClientConfig};
+use strata_proto::v1;
+use strata_runtime::{Backend, TensorData, TractBackend, npy};
+
+/// A cluster profile that spreads SqueezeNet over all three tiers under `features`: a very slow device (it keeps
+/// only the raw-input readers), a fast edge with too little memory for the whole model, a slower cloud with
+/// plenty, fast links.
+pub const THREE_TIER: &str = r#"
+name = "three-tier test"
+[tiers.device]
+gflops = 0.001
+memory_mib = 4096
+active_w = 2.0
+idle_w = 0.1
+tx_nj_per_byte = 1.0
+[tiers.edge]
+gflops = 100.0
+memory_mib = 8
+[tiers.cloud]
+gflops = 50.0
+memory_mib = 65536
+[[links]]
+from = "device"
+to = "edge"
+up_mbps = 10000.0
+rtt_ms = 0.1
+[[links]]
+from = "edge"
+to = "cloud"
+up_mbps = 10000.0
+rtt_ms = 0.1
+"#;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn corpus(file: &str) -> PathBuf {
+    let p = root().join("corpus/models").join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: build the corpus with `python3 corpus/fetch.py`",
+        p.display()
+    );
+    p
+}
+
+pub fn strata_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// `strata-edge-agent`, built next to `strata` by any workspace build.
+pub fn agent_bin() -> PathBuf {
+    let p = strata_bin().with_file_name("strata-edge-agent");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace (`cargo build --workspace` or `cargo nextest run --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// A child process with its stdout lines forwarded to a channel; killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let stderr = std::fs::File::create(log).expect("log file");
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .env("STRATA_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+        }
+    }
+
+    /// The first stdout line containing `needle`, within `timeout`.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{}: no line containing {needle:?} within {timeout:?}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (graceful shutdown).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The address at the end of a "... listening on ADDR" line.
+fn address_of(line: &str) -> String {
+    line.rsplit(' ')
+        .next()
+        .expect("an address")
+        .trim()
+        .to_string()
+}
+
+pub struct Agent {
+    pub tier: &'static str,
+    pub address: String,
+    pub proc: Proc,
+}
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub control_plane: Proc,
+    pub cp_address: String,
+    pub agents: Vec<Agent>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Sandbox {
+    /// A control plane (node TTL `ttl_ms`) and agents of the given tiers, all registered.
+    pub fn start(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = dir.path().join("cluster.toml");
+        std::fs::write(&cluster, THREE_TIER).expect("cluster file");
+        let mut cmd = Command::new(strata_bin());
+        cmd.args([
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-ttl-ms",
+            &ttl_ms.to_string(),
+        ])
+        .arg("--store")
+        .arg(dir.path().join("cp"))
+        .arg("--cluster")
+        .arg(&cluster);
+        let control_plane = Proc::spawn("control plane", cmd, &dir.path().join("cp.log"));
+        let cp_address =
+            address_of(&control_plane.wait_line("listening on", Duration::from_secs(30)));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut sandbox = Sandbox {
+            dir,
+            control_plane,
+            cp_address,
+            agents: Vec::new(),
+            runtime,
+        };
+        for tier in tiers {
+            sandbox.add_agent(tier);
+        }
+        let want = sandbox.agents.len();
+        sandbox.wait_until("every agent registered", Duration::from_secs(30), |s| {
+            s.nodes().len() == want
+        });
+        sandbox
+    }
+
+    pub fn add_agent(&mut self, tier: &'static str) {
+        let n = self.agents.len();
+        let name = format!("{tier}{n}");
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "--tier",
+            tier,
+            "--control-plane",
+            &self.cp_address,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            &name,
+        ])
+        .args(["--slots", "2", "--queue", "64"])
+        .arg("--data-dir")
+        .arg(self.dir.path().join(&name));
+        let proc = Proc::spawn(&name, cmd, &self.dir.path().join(format!("{name}.log")));
+        let address = address_of(&proc.wait_line("listening on", Duration::from_secs(30)));
+        self.agents.push(Agent {
+            tier,
+            address,
+            proc,
+        });
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `strata` with this cluster as endpoint.
+    pub fn strata(&self, args: &[&str]) -> std::process::Output {
+        Command::new(strata_bin())
+            .args(args)
+            .env("STRATA_ENDPOINT", &self.cp_address)
+            .env("STRATA_LOG", "off")
+            .output()
+            .expect("strata runs")
+    }
+
+    pub fn push(&self, file: &Path, name: &str, privacy: &str) {
+        let out = self.strata(&[
+            "model",
+            "push",
+            &file.to_string_lossy(),
+            "--name",
+            name,
+            "--privacy",
+            privacy,
+        ]);
+        assert!(
+            out.status.success(),
+            "push {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn nodes(&self) -> Vec<v1::NodeInfo> {
+        self.runtime.block_on(async {
+            let channel = strata_proto::call::channel(&self.cp_address, Duration::from_secs(2))
+                .expect("channel");
+            match v1::control_client::ControlClient::new(channel)
+                .list_nodes(v1::ListNodesRequest {})
+                .await
+            {
+                Ok(r) => r.into_inner().nodes,
+                Err(_) => Vec::new(),
+            }
+        })
+    }
+
+    pub fn routes(&self, model: &str) -> Option<v1::RouteTable> {
+        self.runtime.block_on(async {
+            let channel = strata_proto::call::channel(&self.cp_address, Duration::from_secs(2))
+                .expect("channel");
+            v1::routes_client::RoutesClient::new(channel)
+                .get_routes(v1::GetRoutesRequest {
+                    model: model.to_string(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        })
+    }
+
+    /// Waits until every edge stage of every plan has `edge_agents` ready agents, and every cloud stage one.
+    pub fn wait_served(&self, model: &str, edge_agents: usize) -> v1::RouteTable {
+        let mut last = None;
+        self.wait_until(&format!("{model} served"), Duration::from_secs(60), |s| {
+            last = s.routes(model);
+            last.as_ref().is_some_and(|t| {
+                !t.plans.is_empty()
+                    && t.plans.iter().flat_map(|p| &p.stages).all(|st| {
+                        match v1::Tier::try_from(st.tier) {
+                            Ok(v1::Tier::Edge) => st.nodes.len() >= edge_agents,
+                            Ok(v1::Tier::Cloud) => !st.nodes.is_empty(),
+                            _ => true,
+                        }
+                    })
+            })
+        });
+        last.expect("a route table")
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Sandbox) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !ok(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self, endpoints: &[String]) -> Client {
+        let _guard = self.runtime.enter();
+        Client::new(ClientConfig::new(endpoints.to_vec())).expect("client")
+    }
+
+    pub fn status(&self, address: &str) -> v1::AgentStatus {
+        self.runtime.block_on(async {
+            let channel =
+                strata_proto::call::channel(address, Duration::from_secs(2)).expect("channel");
+            v1::inference_client::InferenceClient::new(channel)
+                .status(v1::StatusRequest {})
+                .await
+                .expect("agent status")
+                .into_inner()
+        })
+    }
+}
+
+/// A corpus model's sample inputs and its outputs run whole, locally, with tract.
+pub struct Reference {
+    pub inputs: HashMap<String, TensorData>,
+    pub outputs: HashMap<String, TensorData>,
+}
+
+pub fn reference(model: &str) -> Reference {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(corpus("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    let entry = manifest
+        .as_array()
+        .or_else(|| manifest["models"].as_array())
+        .expect("manifest list")
+        .iter()
+        .find(|e| e["name"] == model)
+        .unwrap_or_else(|| panic!("{model} not in the manifest"))
+        .clone();
+    let mut inputs = HashMap::new();
+    for i in entry["inputs"].as_array().expect("inputs") {
+        let name = i["name"].as_str().expect("name").to_string();
+        let file = root()
+            .join("corpus/models")
+            .join(i["npy"].as_str().expect("npy"));
+        let t = npy::decode(&std::fs::read(&file).expect("npy file")).expect("npy");
+        inputs.insert(name, t);
+    }
+    let bytes = std::fs::read(corpus(&format!("{model}.onnx"))).expect("model");
+    let shapes = inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape.clone()))
+        .collect();
+    let outputs = TractBackend
+        .load(&bytes, &shapes)
+        .expect("load")
+        .run(&inputs)
+        .expect("run");
+    Reference { inputs, outputs }
+}
+
+/// |a − b| ≤ 1e-4·(1 + |b|) element-wise for every output.
+pub fn assert_outputs_match(
+    got: &[(String, TensorData)],
+    want: &HashMap<String, TensorData>,
+    context: &str,
+) {
+    assert_eq!(got.len(), want.len(), "{context}: output count");
+    for (name, t) in got {
+        let w = want
+            .get(name)
+            .unwrap_or_else(|| panic!("{context}: unexpected output {name}"));
+        assert_eq!(t.shape, w.shape, "{context}: shape of {name}");
+        let diff = t.max_relative_diff(w).expect("comparable");
+        assert!(diff <= 1e-4, "{context}: output {name} differs by {diff}");
+    }
+}
