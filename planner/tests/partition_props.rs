@@ -361,6 +361,40 @@ proptest! {
         }
     }
 
+    /// Under memory caps and budgets on graphs too large for brute force, the plan is never worse
+    /// than running everything on one tier, when that meets the constraints.
+    #[test]
+    fn constrained_solve_is_never_worse_than_not_splitting(
+        problem in problem_with(15..=120, 400),
+        spec in constraint_spec(),
+    ) {
+        let Some(fastest) = solve(&problem, &Constraints::unconstrained(Objective::Latency)).ok() else {
+            return Ok(());
+        };
+        let total: f64 = problem.param_bytes.iter().sum::<f64>()
+            + problem.tensors.iter().map(|t| t.bytes).sum::<f64>();
+        let c = Constraints {
+            objective: spec.objective,
+            latency_budget_ms: spec.budget_factor.map(|f| f * fastest.latency_ms),
+            memory_cap_bytes: spec.cap_factors.map(|f| f.map(|f| f * total)),
+        };
+        for t in 0..TIER_COUNT as u8 {
+            let x = vec![t; problem.node_count];
+            let ev = evaluate(&problem, &x);
+            if !(ev.monotone && ev.allowed && ev.meets(&c)) {
+                continue;
+            }
+            match solve(&problem, &c) {
+                Ok(s) => {
+                    let eps = 1e-9 * (1.0 + s.objective_value.abs());
+                    prop_assert!(s.objective_value <= ev.objective(c.objective) + eps,
+                        "tier {t} alone costs {} < solve's {}", ev.objective(c.objective), s.objective_value);
+                }
+                Err(e) => prop_assert!(false, "tier {t} alone is feasible but solve says {e}"),
+            }
+        }
+    }
+
     /// `evaluate` is consistent with the placements brute force reports.
     #[test]
     fn brute_force_plans_are_valid(problem in problem(), spec in constraint_spec()) {

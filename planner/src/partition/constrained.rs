@@ -301,6 +301,47 @@ pub(super) fn describe_constraints(problem: &Problem, constraints: &Constraints)
 }
 
 impl Engine<'_> {
+    /// For each present tier t, every node on t, except nodes not allowed there, which go to the
+    /// highest allowed tier below; predecessors follow so the plan stays monotone. Plans that need
+    /// a node on a tier it may not use are dropped.
+    fn single_tier_plans(&mut self, allowed: &[[bool; TIER_COUNT]]) -> Vec<Candidate> {
+        let problem = self.problem;
+        let n = problem.node_count;
+        let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (v, preds) in self.prep.preds.iter().enumerate() {
+            for &p in preds {
+                succs[p].push(v);
+            }
+        }
+        let mut out = Vec::new();
+        for t in (0..TIER_COUNT).filter(|&t| problem.tier_present[t]) {
+            let mut tier = vec![t as u8; n];
+            let mut ok = true;
+            for v in (0..n).rev() {
+                let cap = succs[v]
+                    .iter()
+                    .map(|&c| tier[c])
+                    .min()
+                    .unwrap_or(t as u8)
+                    .min(t as u8);
+                match (0..=cap).rev().find(|&u| allowed[v][u as usize]) {
+                    Some(u) => tier[v] = u,
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                let eval = self.evaluator.eval(problem, &tier);
+                if eval.objective(Objective::Latency).is_finite() {
+                    out.push(Candidate { tier, eval });
+                }
+            }
+        }
+        out
+    }
+
     pub(super) fn solve(
         &mut self,
         constraints: &Constraints,
@@ -348,6 +389,10 @@ impl Engine<'_> {
         }
         let mut incumbent: Option<Candidate> = None;
         consider(&mut incumbent, &base.all, constraints);
+        // Never worse than not splitting: the single-tier plans (raw-input readers and other pinned
+        // nodes lowered as little as monotonicity allows) seed the search.
+        let singles = self.single_tier_plans(&allowed);
+        consider(&mut incumbent, &singles, constraints);
 
         // 2. The latency budget alone: compare with the fastest plan.
         if let Some(budget) = constraints.latency_budget_ms {
