@@ -440,6 +440,24 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
 fn graceful_shutdown_deregisters_at_once() {
     let mut sandbox = Sandbox::start(&["edge", "edge"], 60_000);
     let id = sandbox.status(&sandbox.agents[1].address).node_id;
+    for address in [&sandbox.cp_address, &sandbox.agents[1].address] {
+        let serving = sandbox.runtime.block_on(async {
+            let channel =
+                strata_proto::call::channel(address, Duration::from_secs(2)).expect("channel");
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("grpc.health.v1 answers")
+                .into_inner()
+                .status
+        });
+        assert_eq!(
+            serving,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
     let status = sandbox.agents[1].proc.terminate();
     assert!(status.success(), "agent exit status {status:?}");
     // With a 60 s lease only deregistration can remove it this quickly.
@@ -450,5 +468,155 @@ fn graceful_shutdown_deregisters_at_once() {
         sandbox.log("edge1").contains("deregistered"),
         "{}",
         sandbox.log("edge1")
+    );
+}
+
+#[test]
+fn a_full_agent_sheds_load_with_resource_exhausted_instead_of_queueing() {
+    let mut sandbox = Sandbox::start(&["cloud"], 3000);
+    sandbox.add_agent_with("edge", 1, 0);
+    sandbox.wait_until("the edge agent registered", Duration::from_secs(30), |s| {
+        s.nodes().len() == 2
+    });
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "open");
+    let table = sandbox.wait_served("squeezenet", 1);
+    let plan = table
+        .plans
+        .iter()
+        .find(|p| {
+            p.stages
+                .first()
+                .is_some_and(|s| s.tier == v1::Tier::Edge as i32)
+        })
+        .expect("a plan starting on the edge");
+    let edge = sandbox.agents[1].address.clone();
+    let want = reference("squeezenet");
+    let chunks = strata_proto::call::chunks_of(want.inputs.clone().into_iter().collect());
+    let header = v1::InferHeader {
+        model: "squeezenet".into(),
+        version: table.version,
+        plan_id: plan.id.clone(),
+        stage: 0,
+        request_id: "burst".into(),
+    };
+    let results: Vec<Result<(), tonic::Status>> = sandbox.runtime.block_on(async {
+        let channel = strata_proto::call::channel(&edge, Duration::from_secs(2)).expect("channel");
+        let calls = (0..8).map(|_| {
+            let (channel, header, chunks) = (channel.clone(), header.clone(), chunks.clone());
+            tokio::spawn(async move {
+                strata_proto::call::infer(
+                    channel,
+                    header,
+                    &chunks,
+                    Some(Duration::from_secs(30)),
+                    u64::MAX,
+                )
+                .await
+                .map(|_| ())
+            })
+        });
+        let mut out = Vec::new();
+        for c in calls.collect::<Vec<_>>() {
+            out.push(c.await.expect("task"));
+        }
+        out
+    });
+    let shed: Vec<&tonic::Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        results.iter().any(|r| r.is_ok()),
+        "no request was served: {results:?}"
+    );
+    assert!(
+        !shed.is_empty(),
+        "8 concurrent requests on 1 slot with no queue: none was shed: {results:?} {:?}",
+        sandbox.status(&edge)
+    );
+    for s in &shed {
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("at capacity"), "{}", s.message());
+    }
+    let status = sandbox.status(&edge);
+    assert_eq!(status.requests_rejected as usize, shed.len());
+    assert_eq!(
+        status.load.expect("load").in_flight,
+        0,
+        "the in-flight count must return to zero"
+    );
+}
+
+#[test]
+fn strata_up_serves_the_demo_and_its_printed_command_works() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = std::process::Command::new(sandbox::strata_bin());
+    cmd.current_dir(sandbox::root())
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"));
+    let up = sandbox::Proc::spawn("strata up", cmd, &dir.path().join("up.log"));
+    up.wait_line("is served", Duration::from_secs(120));
+    let command = up.wait_line("strata infer", Duration::from_secs(5));
+    let args: Vec<String> = command
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.replace("/tmp/strata-out", &dir.path().join("out").to_string_lossy()))
+        .collect();
+    let out = std::process::Command::new(sandbox::strata_bin())
+        .current_dir(sandbox::root())
+        .args(&args)
+        .env("STRATA_LOG", "off")
+        .output()
+        .expect("strata infer runs");
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("-> edge("),
+        "the demo request should be split: {stdout}"
+    );
+    let got = strata_runtime::npy::decode(
+        &std::fs::read(dir.path().join("out/softmaxout_1.npy")).expect("output written"),
+    )
+    .expect("npy");
+    let want = reference("squeezenet");
+    assert_outputs_match(
+        &[("softmaxout_1".to_string(), got)],
+        &want.outputs,
+        "strata up demo",
+    );
+}
+
+#[test]
+fn with_every_agent_and_the_control_plane_gone_the_device_runs_the_whole_model() {
+    let mut sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    // Fetches and loads every device stage, the whole-model one included, while the network is up.
+    sandbox
+        .runtime
+        .block_on(client.prepare("squeezenet"))
+        .expect("prepare");
+    let split = sandbox
+        .runtime
+        .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))
+        .expect("split inference");
+    assert!(split.stages.iter().any(|s| s.node.is_some()), "{split:?}");
+
+    for agent in &mut sandbox.agents {
+        agent.proc.kill();
+    }
+    sandbox.control_plane.kill();
+    let r = sandbox
+        .runtime
+        .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))
+        .expect("offline inference falls back to the device");
+    assert_outputs_match(&r.outputs, &want.outputs, "offline");
+    assert!(r.stages.iter().all(|s| s.node.is_none()), "{r:?}");
+    assert!(
+        r.fallbacks >= 1,
+        "the first choice was the split plan: {r:?}"
     );
 }

@@ -191,7 +191,7 @@ impl Client {
     }
 
     /// Runs a model on `inputs` under `constraints`.
-    #[tracing::instrument(skip_all, fields(model))]
+    #[tracing::instrument(skip_all, fields(model = %model, privacy = ?constraints.privacy))]
     pub async fn infer(
         &self,
         model: &str,
@@ -206,10 +206,7 @@ impl Client {
         if plans.is_empty() {
             return Err(no_plan(&table, &constraints));
         }
-        let request_id = format!(
-            "{:x}",
-            started.elapsed().as_nanos() ^ std::process::id() as u128 ^ rand_bits()
-        );
+        let request_id = next_request_id();
         let mut errors = Vec::new();
         for (attempt, plan) in plans.iter().enumerate() {
             match self
@@ -242,11 +239,11 @@ impl Client {
     }
 }
 
-fn rand_bits() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish() as u128
+/// `<process id>-<sequence>`: unique per process, readable in agent logs.
+fn next_request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{n}", std::process::id())
 }
 
 fn no_plan(table: &v1::RouteTable, constraints: &Constraints) -> SdkError {

@@ -211,6 +211,11 @@ impl Sandbox {
     }
 
     pub fn add_agent(&mut self, tier: &'static str) {
+        self.add_agent_with(tier, 2, 64);
+    }
+
+    /// An agent computing `slots` stages at once with `queue` more waiting.
+    pub fn add_agent_with(&mut self, tier: &'static str, slots: u32, queue: u32) {
         let n = self.agents.len();
         let name = format!("{tier}{n}");
         let mut cmd = Command::new(agent_bin());
@@ -224,7 +229,7 @@ impl Sandbox {
             "--name",
             &name,
         ])
-        .args(["--slots", "2", "--queue", "64"])
+        .args(["--slots", &slots.to_string(), "--queue", &queue.to_string()])
         .arg("--data-dir")
         .arg(self.dir.path().join(&name));
         let proc = Proc::spawn(&name, cmd, &self.dir.path().join(format!("{name}.log")));
