@@ -58,11 +58,9 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         let plane = make_plane(args.store, args.cluster, args.node_ttl_ms)?;
         let listener = bind(args.listen).await?;
         say!("control plane listening on {}", listener.local_addr()?)?;
-        server::serve(plane, listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("control plane failed")
+        server::serve(plane, listener, strata_edge_agent::shutdown_signal())
+            .await
+            .context("control plane failed")
     })
 }
 
@@ -85,7 +83,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
         let plane = make_plane(&args.data_dir.join("control-plane"), args.cluster, 3000)?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;
-        let next_port = |k: u16| if cp_addr.port() == 0 { 0 } else { cp_addr.port() + k };
+        // Agents take the next two ports, or free ones when the control plane's port was left to the OS.
+        let fixed_port = args.listen.rsplit(':').next().is_some_and(|p| p != "0");
+        let next_port = |k: u16| if fixed_port { cp_addr.port() + k } else { 0 };
         let edge_listener = bind(&format!("{}:{}", cp_addr.ip(), next_port(1))).await?;
         let cloud_listener = bind(&format!("{}:{}", cp_addr.ip(), next_port(2))).await?;
         let (stop_agents, agents_stopped) = watch::channel(false);
@@ -151,7 +151,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             )?;
         }
         say!("press Ctrl-C to stop")?;
-        let _ = tokio::signal::ctrl_c().await;
+        strata_edge_agent::shutdown_signal().await;
         say!("stopping: draining agents, then the control plane")?;
         let _ = stop_agents.send(true);
         for t in agent_tasks {
@@ -159,6 +159,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         }
         let _ = stop_plane.send(true);
         let _ = cp_task.await;
+        say!("stopped")?;
         Ok(())
     })
 }

@@ -585,6 +585,16 @@ fn strata_up_serves_the_demo_and_its_printed_command_works() {
         &want.outputs,
         "strata up demo",
     );
+    // SIGTERM drains the agents, then the control plane, and exits cleanly.
+    let mut up = up;
+    let started = Instant::now();
+    let status = up.terminate();
+    assert!(status.success(), "strata up exited with {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

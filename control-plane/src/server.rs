@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use strata_proto::v1::{control_server::ControlServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::blob::{BlobStore, DirBlobStore};
 use crate::plane::ControlPlane;
@@ -34,17 +33,22 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
 pub async fn serve(
     plane: Arc<ControlPlane>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let control_loop = tokio::spawn(crate::reconcile::run(plane.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
-    let service = ControlService::new(plane);
+    let (stop, stopping) = strata_proto::Stopping::new();
+    let service = ControlService::new(plane, stopping.clone());
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     reporter
         .set_serving::<ControlServer<ControlService>>()
         .await;
     reporter.set_serving::<RoutesServer<ControlService>>().await;
     let max = strata_proto::MAX_MESSAGE_BYTES;
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(
             ControlServer::new(service.clone())
@@ -56,8 +60,17 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            stopping.wait().await;
+            tokio::time::sleep(strata_proto::DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
+            Ok(())
+        }
+    };
     control_loop.abort();
     result
 }

@@ -22,12 +22,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct ControlService {
     plane: Arc<ControlPlane>,
+    stopping: strata_proto::Stopping,
 }
 
 impl ControlService {
-    /// Wraps a control plane.
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
-        ControlService { plane }
+    /// Wraps a control plane; watch streams end when `stopping` fires.
+    pub fn new(plane: Arc<ControlPlane>, stopping: strata_proto::Stopping) -> Self {
+        ControlService { plane, stopping }
     }
 
     async fn model_info(&self, record: ModelRecord) -> v1::ModelInfo {
@@ -230,7 +231,7 @@ impl Control for ControlService {
                 }
             }
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(self.stopping.bound(stream)))
     }
 }
 
@@ -330,7 +331,7 @@ impl Routes for ControlService {
                 }
             }
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(self.stopping.bound(stream)))
     }
 
     type FetchBlobStream = BoxStream<v1::BlobChunk>;

@@ -102,6 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Client {
     /// A client for the cluster behind `config.endpoints`. Does not wait for the network: route tables arrive
     /// in the background, and the first request for a model fetches its table if it has not arrived yet.
+    /// Call it inside a Tokio runtime (it spawns the route watch); [`crate::blocking::Client`] brings its own.
     pub fn new(config: ClientConfig) -> Result<Client, SdkError> {
         if config.endpoints.is_empty() {
             return Err(SdkError::InvalidArgument("no endpoint given".into()));

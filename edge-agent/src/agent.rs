@@ -186,15 +186,13 @@ impl Agent {
         tracing::info!(node = %node_id, control_plane = %address, "registered");
         let period = Duration::from_millis((registered.ttl_ms / 3).clamp(100, 10_000));
 
-        let assignments = tokio::spawn(
+        // Aborted with this session, however it ends (also when the session task itself is aborted).
+        let _assignments = AbortOnDrop(tokio::spawn(
             self.clone()
                 .follow_assignments(channel.clone(), node_id.clone()),
-        );
-        let routes = tokio::spawn(self.clone().follow_routes(channel.clone()));
-        let result = self.heartbeats(&mut control, &node_id, period).await;
-        assignments.abort();
-        routes.abort();
-        result
+        ));
+        let _routes = AbortOnDrop(tokio::spawn(self.clone().follow_routes(channel.clone())));
+        self.heartbeats(&mut control, &node_id, period).await
     }
 
     async fn heartbeats(
@@ -305,6 +303,14 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

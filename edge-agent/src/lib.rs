@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use strata_proto::v1::{inference_server::InferenceServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use agent::{Agent, AgentConfig};
 use serve::AgentService;
@@ -31,7 +30,8 @@ pub async fn serve(
     reporter
         .set_serving::<InferenceServer<AgentService>>()
         .await;
-    let service = AgentService::new(agent.clone());
+    let (stop, stopping) = strata_proto::Stopping::new();
+    let service = AgentService::new(agent.clone(), stopping.clone());
     let max = strata_proto::MAX_MESSAGE_BYTES;
     let drain_agent = agent.clone();
     let shutdown = async move {
@@ -41,9 +41,9 @@ pub async fn serve(
             .set_not_serving::<InferenceServer<AgentService>>()
             .await;
         drain_agent.deregister().await;
+        let _ = stop.send(true);
     };
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(health)
@@ -57,8 +57,40 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            stopping.wait().await;
+            tokio::time::sleep(strata_proto::DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
+            Ok(())
+        }
+    };
     session.abort();
     result
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

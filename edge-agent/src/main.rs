@@ -86,30 +86,8 @@ async fn main() -> Result<()> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "listening on {bound}");
     }
-    strata_edge_agent::serve(agent, listener, shutdown_signal())
+    strata_edge_agent::serve(agent, listener, strata_edge_agent::shutdown_signal())
         .await
         .context("server failed")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

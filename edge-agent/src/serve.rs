@@ -23,12 +23,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct AgentService {
     agent: Arc<Agent>,
+    stopping: strata_proto::Stopping,
 }
 
 impl AgentService {
-    /// Wraps an agent.
-    pub fn new(agent: Arc<Agent>) -> Self {
-        AgentService { agent }
+    /// Wraps an agent; route watches end when `stopping` fires.
+    pub fn new(agent: Arc<Agent>, stopping: strata_proto::Stopping) -> Self {
+        AgentService { agent, stopping }
     }
 }
 
@@ -459,9 +460,10 @@ impl Routes for AgentService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(
+            self.stopping
+                .bound(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        ))
     }
 
     type FetchBlobStream = BoxStream<v1::BlobChunk>;
