@@ -1,0 +1,608 @@
+//! Distributed serving (issue 3), on one machine over loopback:
+//!
+//! 1. **Agent overhead.** squeezenet's single edge stage served over gRPC (device SDK → agent → back) versus
+//!    the same stage bytes run by raw tract in this process, and the wire-only time for the same bytes: a
+//!    model with squeezenet's input and output shapes that does no arithmetic (Flatten → Slice → Reshape),
+//!    served the same way. Overhead = (served − raw − wire) / raw.
+//! 2. **One gRPC hop** for 1 KiB, 1 MiB and 16 MiB activations: an `Identity` stage over a float tensor of
+//!    that size; the tensor goes up and comes back, so every hop moves the payload twice.
+//!
+//! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
+//! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
+//! a single edge stage. Every measurement kind is interleaved round-robin, so drift hits all of them alike.
+//!
+//! `cargo bench -p strata-edge-agent --bench serving` (needs `python3 corpus/fetch.py` for part 1). Under
+//! `cargo test` it runs a few iterations of each as a smoke test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use strata_control_plane::{ControlPlane, Settings, server};
+use strata_device_sdk::route::{self, Constraints};
+use strata_device_sdk::{Client, ClientConfig};
+use strata_edge_agent::{Agent, AgentConfig};
+use strata_planner::cluster::Cluster;
+use strata_planner::onnx::{self, proto};
+use strata_proto::call::{self, chunks_of};
+use strata_proto::v1;
+use strata_runtime::{Backend, LoadedStage, TensorData, TractBackend};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// A device so slow that every operator belongs on the edge; a link so fast that moving tensors costs
+/// (almost) nothing in the planner's eyes.
+const CLUSTER: &str = r#"
+name = "bench: hopeless device, fast edge"
+
+[tiers.device]
+gflops = 0.001
+op_overhead_us = 1000000.0
+memory_mib = 65536.0
+active_w = 1.0
+idle_w = 0.1
+tx_nj_per_byte = 1.0
+rx_nj_per_byte = 1.0
+
+[tiers.edge]
+gflops = 1000.0
+memory_mib = 65536.0
+
+[[links]]
+from = "device"
+to = "edge"
+up_mbps = 100000.0
+rtt_ms = 0.1
+"#;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cluster under test, in this process.
+struct Bench {
+    plane: Arc<ControlPlane>,
+    client: Client,
+    cp_channel: Channel,
+    _dir: tempfile::TempDir,
+}
+
+/// The agent's listening socket.
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    /// `TcpListener::bind`, as `strata up` and the agent binary do.
+    Stock,
+    /// A listener with `TCP_NODELAY` set: Linux copies the option to the sockets `accept` returns. Tonic
+    /// sets it only on sockets it binds itself; with `serve_with_incoming*` (which the agent's `serve` uses)
+    /// accepted sockets otherwise keep Nagle's algorithm on.
+    NoDelay,
+}
+
+fn nodelay_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_nodelay(true).expect("TCP_NODELAY");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    socket.listen(1024).expect("listen")
+}
+
+async fn start(serve: Serve) -> Bench {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, blobs) = server::open_embedded(&dir.path().join("control-plane")).expect("stores");
+    let plane = ControlPlane::new(
+        state,
+        blobs,
+        Settings {
+            cluster: Cluster::from_toml(CLUSTER).expect("bench cluster parses"),
+            node_ttl: Duration::from_secs(3),
+            max_model_bytes: 1 << 30,
+        },
+    );
+    let cp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cp_addr = cp_listener.local_addr().expect("address").to_string();
+    tokio::spawn(server::serve(
+        plane.clone(),
+        cp_listener,
+        std::future::pending::<()>(),
+    ));
+
+    let agent_listener = match serve {
+        Serve::Stock => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        Serve::NoDelay => nodelay_listener(),
+    };
+    let agent_addr = agent_listener.local_addr().expect("address").to_string();
+    let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let agent = Agent::new(AgentConfig {
+        tier: v1::Tier::Edge,
+        control_planes: vec![cp_addr.clone()],
+        advertise: agent_addr,
+        name: "bench-edge".into(),
+        data_dir: dir.path().join("edge"),
+        slots,
+        queue: slots * 4,
+        max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+    })
+    .expect("agent");
+    tokio::spawn(strata_edge_agent::serve(
+        agent,
+        agent_listener,
+        std::future::pending::<()>(),
+    ));
+
+    let client = Client::new(ClientConfig::new(vec![cp_addr.clone()])).expect("client");
+    let cp_channel = call::channel(&cp_addr, Duration::from_millis(500)).expect("channel");
+    Bench {
+        plane,
+        client,
+        cp_channel,
+        _dir: dir,
+    }
+}
+
+impl Bench {
+    async fn push(&self, name: &str, bytes: Vec<u8>) {
+        let meta = v1::ModelMeta {
+            name: name.to_string(),
+            digest: strata_control_plane::blob::sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+            privacy: v1::Privacy::Open as i32,
+            input_shapes: vec![],
+        };
+        self.plane
+            .push_model(meta, bytes.into())
+            .await
+            .unwrap_or_else(|e| panic!("push {name}: {e}"));
+    }
+
+    /// Waits until the SDK's chosen plan for `model` is a single edge stage with a ready agent. Until then it
+    /// may be another: tables published before the agent registered hold only the device plan, and the
+    /// features plan (device + edge) wins while the open plan's stage is still loading.
+    async fn ready(&self, model: &str) -> Target {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(table) = self.client.routes(model).await
+                && let Some(plan) = route::choose(&table, &Constraints::default(), |_| false)
+                && plan.stages.len() == 1
+                && plan.stages[0].tier == v1::Tier::Edge as i32
+                && !plan.stages[0].nodes.is_empty()
+            {
+                let stage = plan.stages[0].clone();
+                let node = table
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == stage.nodes[0])
+                    .expect("the stage's node is in the table");
+                let channel =
+                    call::channel(&node.address, Duration::from_millis(500)).expect("channel");
+                let header = v1::InferHeader {
+                    model: model.to_string(),
+                    version: table.version,
+                    plan_id: plan.id.clone(),
+                    stage: stage.index,
+                    request_id: "bench".into(),
+                };
+                return Target {
+                    model: model.to_string(),
+                    stage,
+                    header,
+                    channel,
+                };
+            }
+            if Instant::now() > deadline {
+                let plans = self.plane.plans(model).await;
+                let routes = self.plane.route_table(model).await;
+                let nodes = self.plane.nodes().await;
+                panic!(
+                    "model {model} was not served by a single edge stage within 180 s\nplans: {plans:?}\nroutes: {routes:?}\nnodes: {nodes:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A served model: where its one stage runs and how to call it directly.
+#[derive(Clone)]
+struct Target {
+    model: String,
+    stage: v1::Stage,
+    header: v1::InferHeader,
+    channel: Channel,
+}
+
+/// One timed request.
+struct Sample {
+    total_ms: f64,
+    /// What the agent reported as its compute time (tract, inside `spawn_blocking`).
+    agent_compute_ms: f64,
+}
+
+impl Target {
+    /// Device SDK path: `Client::infer` (route choice, input checks, framing, one hop).
+    async fn sdk(&self, client: &Client, inputs: &HashMap<String, TensorData>) -> Sample {
+        let started = Instant::now();
+        let result = client
+            .infer(&self.model, inputs.clone(), Constraints::default())
+            .await
+            .unwrap_or_else(|e| panic!("infer {}: {e}", self.model));
+        let total_ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(result.fallbacks, 0, "no fallback expected");
+        let agent_compute_ms = result.stages.iter().map(|s| s.compute_ms).sum();
+        Sample {
+            total_ms,
+            agent_compute_ms,
+        }
+    }
+
+    /// The bare hop: `strata_proto::call::infer` with chunks split once (as the SDK does for retries).
+    async fn direct(&self, chunks: &[v1::TensorChunk]) -> Sample {
+        let started = Instant::now();
+        let hop = call::infer(
+            self.channel.clone(),
+            self.header.clone(),
+            chunks,
+            Some(TIMEOUT),
+            strata_proto::MAX_REQUEST_TENSOR_BYTES,
+        )
+        .await
+        .unwrap_or_else(|s| panic!("hop {}: {}", self.model, s.message()));
+        let total_ms = started.elapsed().as_secs_f64() * 1e3;
+        assert!(!hop.tensors.is_empty(), "the hop returned no tensor");
+        Sample {
+            total_ms,
+            agent_compute_ms: hop.reports.iter().map(|r| r.compute_ms).sum(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    total: Vec<f64>,
+    compute: Vec<f64>,
+}
+
+impl Series {
+    fn add(&mut self, s: Sample) {
+        self.total.push(s.total_ms);
+        self.compute.push(s.agent_compute_ms);
+    }
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The q-quantile (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let v = sorted(v);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let v = sorted(v);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn graph_model(
+    nodes: Vec<proto::NodeProto>,
+    initializers: Vec<proto::TensorProto>,
+    input: proto::ValueInfoProto,
+    output: proto::ValueInfoProto,
+) -> Vec<u8> {
+    proto::ModelProto {
+        ir_version: Some(8),
+        producer_name: Some("strata-bench".into()),
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(proto::GraphProto {
+            name: Some("bench".into()),
+            node: nodes,
+            initializer: initializers,
+            input: vec![input],
+            output: vec![output],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        ..Default::default()
+    }
+}
+
+fn int64s(name: &str, values: &[i64]) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.into()),
+        data_type: Some(7),
+        dims: vec![values.len() as i64],
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `y = Identity(x)` over `[1, elements]` floats.
+fn identity_model(elements: usize) -> Vec<u8> {
+    graph_model(
+        vec![node("Identity", &["x"], "y")],
+        vec![],
+        onnx::tensor_value_info("x", 1, &[1, elements]),
+        onnx::tensor_value_info("y", 1, &[1, elements]),
+    )
+}
+
+/// A float model from `input` to `output` shapes that does no arithmetic: Flatten, keep the first elements,
+/// Reshape. Its traffic is that of a model with these interfaces; its compute is a small copy.
+fn wire_model(input: (&str, &[usize]), output: (&str, &[usize])) -> Vec<u8> {
+    let n_in: usize = input.1.iter().product();
+    let n_out: usize = output.1.iter().product();
+    assert!(
+        n_out <= n_in,
+        "the output must not be larger than the input"
+    );
+    let shape: Vec<i64> = output.1.iter().map(|&d| d as i64).collect();
+    graph_model(
+        vec![
+            node("Reshape", &[input.0, "flat_shape"], "flat"),
+            node("Slice", &["flat", "starts", "ends", "axes"], "kept"),
+            node("Reshape", &["kept", "out_shape"], output.0),
+        ],
+        vec![
+            int64s("flat_shape", &[1, n_in as i64]),
+            int64s("starts", &[0]),
+            int64s("ends", &[n_out as i64]),
+            int64s("axes", &[1]),
+            int64s("out_shape", &shape),
+        ],
+        onnx::tensor_value_info(input.0, 1, input.1),
+        onnx::tensor_value_info(output.0, 1, output.1),
+    )
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Part 1: squeezenet served versus raw tract.
+async fn overhead(bench: &Bench, iterations: usize) {
+    let model_path = root().join("corpus/models/squeezenet.onnx");
+    if !model_path.exists() {
+        println!(
+            "agent overhead: skipped, {} is missing (run `python3 corpus/fetch.py`)",
+            model_path.display()
+        );
+        return;
+    }
+    let bytes = std::fs::read(&model_path).expect("read squeezenet");
+    bench.push("squeezenet", bytes).await;
+    let served = bench.ready("squeezenet").await;
+
+    // The very stage bytes the agent runs, from the control plane's blob store.
+    let stage_bytes = call::fetch_blob(bench.cp_channel.clone(), &served.stage.digest)
+        .await
+        .expect("fetch the stage blob");
+    let raw: Arc<dyn LoadedStage> = TractBackend
+        .load(&stage_bytes, &HashMap::new())
+        .expect("tract loads the stage")
+        .into();
+    let npy = root().join("corpus/models/squeezenet.inputs/data_0.npy");
+    let input = strata_runtime::npy::decode(&std::fs::read(&npy).expect("read the sample input"))
+        .expect("decode the sample input");
+    let inputs: HashMap<String, TensorData> = [("data_0".to_string(), input.clone())].into();
+    let outputs = raw.run(&inputs).expect("raw run");
+    let (out_name, out) = outputs.iter().next().expect("one output");
+    let wire_bytes = wire_model(
+        ("data_0", input.shape.as_slice()),
+        (out_name, out.shape.as_slice()),
+    );
+    bench.push("squeezenet_wire", wire_bytes).await;
+    let wire = bench.ready("squeezenet_wire").await;
+    let chunks = chunks_of(vec![("data_0".to_string(), input.clone())]);
+
+    let (mut raw_ms, mut sdk, mut direct, mut wire_sdk, mut wire_direct) = (
+        Vec::new(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    let warmup = 5.min(iterations);
+    for i in 0..warmup + iterations {
+        let started = Instant::now();
+        let out = raw.run(&inputs).expect("raw run");
+        let r = started.elapsed().as_secs_f64() * 1e3;
+        drop(out);
+        let s = served.sdk(&bench.client, &inputs).await;
+        let d = served.direct(&chunks).await;
+        let ws = wire.sdk(&bench.client, &inputs).await;
+        let wd = wire.direct(&chunks).await;
+        if i >= warmup {
+            raw_ms.push(r);
+            sdk.add(s);
+            direct.add(d);
+            wire_sdk.add(ws);
+            wire_direct.add(wd);
+        }
+    }
+    let raw_med = median(&raw_ms);
+    println!(
+        "\n## agent overhead: squeezenet, one edge stage ({} iterations, input {} B, output {} B)",
+        iterations,
+        input.data.len(),
+        out.data.len()
+    );
+    println!(
+        "| path | served median ms | p99 ms | agent compute median ms | wire-only median ms | overhead vs raw |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| raw tract (this process) | {raw_med:.2} | {:.2} | — | — | — |",
+        quantile(&raw_ms, 0.99)
+    );
+    for (label, s, w) in [
+        ("device SDK `Client::infer`", &sdk, &wire_sdk),
+        ("bare hop `call::infer`", &direct, &wire_direct),
+    ] {
+        let served_med = median(&s.total);
+        let wire_med = median(&w.total);
+        // The same ratio per iteration (its raw, served and wire runs were back to back), then the median:
+        // less sensitive to the machine's speed drifting during the run.
+        let paired: Vec<f64> = (0..raw_ms.len())
+            .map(|i| (s.total[i] - raw_ms[i] - w.total[i]) / raw_ms[i] * 100.0)
+            .collect();
+        println!(
+            "| {label} | {served_med:.2} | {:.2} | {:.2} | {wire_med:.2} (agent compute {:.3}) | {:+.1} % (paired {:+.1} %) |",
+            quantile(&s.total, 0.99),
+            median(&s.compute),
+            median(&w.compute),
+            (served_med - raw_med - wire_med) / raw_med * 100.0,
+            median(&paired)
+        );
+    }
+    println!(
+        "agent compute / raw tract (medians): {:.3}",
+        median(&sdk.compute) / raw_med
+    );
+}
+
+/// Part 2: one hop for each activation size.
+async fn hops(bench: &Bench, iterations: &[(usize, usize)]) {
+    for &(bytes, _) in iterations {
+        bench
+            .push(&format!("hop_{bytes}"), identity_model(bytes / 4))
+            .await;
+    }
+    println!("\n## one gRPC hop (Identity stage; the payload goes up and comes back)");
+    println!(
+        "| payload | iterations | p50 ms | p99 ms | MB/s (2 × payload / p50) | agent compute p50 ms | SDK `Client::infer` p50 ms | framing one way p50 ms | one memcpy p50 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &(bytes, n) in iterations {
+        let target = bench.ready(&format!("hop_{bytes}")).await;
+        let values = vec![0.5f32; bytes / 4];
+        let tensor = TensorData::from_f32(vec![1, bytes / 4], &values).expect("tensor");
+        let inputs: HashMap<String, TensorData> = [("x".to_string(), tensor.clone())].into();
+        let chunks = chunks_of(vec![("x".to_string(), tensor)]);
+        let (mut direct, mut sdk) = (Series::default(), Series::default());
+        let warmup = 10.min(n);
+        for i in 0..warmup + n {
+            let d = target.direct(&chunks).await;
+            let s = target.sdk(&bench.client, &inputs).await;
+            if i >= warmup {
+                direct.add(d);
+                sdk.add(s);
+            }
+        }
+        let (framing_ms, copy_ms) = framing(&inputs["x"], n.min(50));
+        let p50 = quantile(&direct.total, 0.5);
+        println!(
+            "| {} | {n} | {p50:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {framing_ms:.3} | {copy_ms:.3} |",
+            label(bytes),
+            quantile(&direct.total, 0.99),
+            2.0 * bytes as f64 / 1e6 / (p50 / 1e3),
+            quantile(&direct.compute, 0.5),
+            quantile(&sdk.total, 0.5),
+        );
+    }
+}
+
+/// The CPU cost of one direction of a hop without the network, in this process: split the tensor into
+/// chunks, encode every `InferRequest` frame with prost, decode it, reassemble (what tonic's codec and the
+/// receiver's `TensorAssembler` do; h2 framing and the kernel's copies come on top). Also the median time of
+/// one plain copy of the payload (`TensorData::clone`), which the framing figure includes once.
+fn framing(tensor: &TensorData, iterations: usize) -> (f64, f64) {
+    let (mut framing, mut copy) = (Vec::new(), Vec::new());
+    for _ in 0..iterations.max(1) {
+        let started = Instant::now();
+        let t = tensor.clone();
+        copy.push(started.elapsed().as_secs_f64() * 1e3);
+        let mut assembler = strata_proto::TensorAssembler::new(u64::MAX);
+        for chunk in chunks_of(vec![("x".to_string(), t)]) {
+            let encoded = v1::InferRequest {
+                frame: Some(v1::infer_request::Frame::Tensor(chunk)),
+            }
+            .encode_to_vec();
+            let decoded = v1::InferRequest::decode(bytes::Bytes::from(encoded)).expect("decodes");
+            if let Some(v1::infer_request::Frame::Tensor(chunk)) = decoded.frame {
+                assembler.push(chunk).expect("valid chunk");
+            }
+        }
+        let out = assembler.finish().expect("complete");
+        framing.push(started.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(out[0].1.data.len(), tensor.data.len());
+    }
+    (median(&framing), median(&copy))
+}
+
+fn label(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) is a quick smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    // Quiet unless asked (`RUST_LOG=info`): logging is not what is measured.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        for (serve, title) in [
+            (
+                Serve::Stock,
+                "agent as shipped (`strata_edge_agent::serve`)",
+            ),
+            (
+                Serve::NoDelay,
+                "agent on a TCP_NODELAY listener (accepted sockets inherit it)",
+            ),
+        ] {
+            let (overhead_iterations, hop_iterations) = match (full, serve) {
+                (false, _) => (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)]),
+                // Stock: most requests stall ~40 ms, so fewer iterations.
+                (true, Serve::Stock) => (40, vec![(1 << 10, 400), (1 << 20, 200), (16 << 20, 40)]),
+                (true, Serve::NoDelay) => {
+                    (60, vec![(1 << 10, 2000), (1 << 20, 400), (16 << 20, 60)])
+                }
+            };
+            println!("\n# {title}");
+            let bench = start(serve).await;
+            overhead(&bench, overhead_iterations).await;
+            hops(&bench, &hop_iterations).await;
+        }
+        println!(
+            "\n(machine: {} cores; whole bench {:.1} s)",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            started.elapsed().as_secs_f64()
+        );
+    });
+}
