@@ -230,20 +230,36 @@ impl Agent {
             return;
         };
         let mut stream = response.into_inner();
-        while let Some(Ok(assignments)) = stream.next().await {
-            let wanted: Vec<String> = assignments
-                .stages
-                .iter()
-                .map(|s| s.digest.clone())
-                .collect();
-            for stage in &assignments.stages {
+        let mut current: Vec<v1::StageAssignment> = Vec::new();
+        let mut failed = false;
+        loop {
+            // A stage that failed to prepare (a fetch cut short, a race on the cache) is retried every
+            // second until it succeeds or the assignment changes.
+            let retry = async {
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(Ok(assignments)) => current = assignments.stages,
+                    _ => return,
+                },
+                _ = retry => {}
+            }
+            failed = false;
+            for stage in &current {
                 if self.stages.get(&stage.digest).is_some() {
                     continue;
                 }
                 if let Err(e) = self.fetch_and_load(&channel, &stage.digest).await {
-                    tracing::warn!(model = %stage.model, digest = %stage.digest, error = %e, "cannot prepare stage");
+                    failed = true;
+                    tracing::warn!(model = %stage.model, digest = %stage.digest, error = %e, "cannot prepare stage; retrying in 1 s");
                 }
             }
+            let wanted: Vec<String> = current.iter().map(|s| s.digest.clone()).collect();
             self.stages.retain(&wanted);
             self.ready_changed.notify_one();
         }

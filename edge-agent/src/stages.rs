@@ -86,7 +86,12 @@ impl StageStore {
                 "blob {digest}: content hashes to {actual}; refused"
             ));
         }
-        let tmp = self.dir.join(format!(".{digest}.tmp"));
+        // A temp name of its own per writer: two tasks may cache the same blob at once.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{digest}.{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, self.dir.join(format!("{digest}.onnx")))
             .map_err(|e| format!("cannot store blob {digest}: {e}"))
