@@ -373,3 +373,34 @@ fn no_manual_split_beats_the_plan() {
     }
     assert!(scored >= 3, "only {scored} manual splits were scored");
 }
+
+/// A cluster that gives no power figures (they default to 0 W) and has no cloud tier: the energy layer must not
+/// turn 0 W × an absent tier's infinite time into NaN.
+#[test]
+fn plan_without_power_figures_or_a_cloud_tier_succeeds_for_both_objectives() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = dir.path().join("zero-power.toml");
+    std::fs::write(
+        &cluster,
+        "[tiers.device]\ngflops = 1.0\nmemory_mib = 4096\n[tiers.edge]\ngflops = 100.0\nmemory_mib = 8192\n\
+         [[links]]\nfrom = \"device\"\nto = \"edge\"\nup_mbps = 100.0\nrtt_ms = 1.0\n",
+    )
+    .expect("cluster file");
+    for objective in ["latency", "energy"] {
+        let out = strata(&[
+            "plan",
+            &corpus("squeezenet.onnx").to_string_lossy(),
+            "--cluster",
+            &cluster.to_string_lossy(),
+            "--objective",
+            objective,
+            "--out",
+            &dir.path().join(objective).to_string_lossy(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{objective}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

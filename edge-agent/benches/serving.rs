@@ -5,11 +5,14 @@
 //!    model with squeezenet's input and output shapes that does no arithmetic (Flatten → Slice → Reshape),
 //!    served the same way. Overhead = (served − raw − wire) / raw.
 //! 2. **One gRPC hop** for 1 KiB, 1 MiB and 16 MiB activations: an `Identity` stage over a float tensor of
-//!    that size; the tensor goes up and comes back, so every hop moves the payload twice.
+//!    that size; the tensor goes up and comes back, so every hop moves the payload twice. Alongside: what the
+//!    agent reports as compute, and the in-process CPU cost of one direction's framing (split, prost
+//!    encode + decode, reassemble) and of one plain copy of the payload, to show where the time goes.
 //!
 //! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
 //! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
-//! a single edge stage. Every measurement kind is interleaved round-robin, so drift hits all of them alike.
+//! a single edge stage. The kinds of measurement are interleaved, in rotating order, so that drift in the
+//! machine's speed and cache effects hit all of them alike.
 //!
 //! `cargo bench -p strata-edge-agent --bench serving` (needs `python3 corpus/fetch.py` for part 1). Under
 //! `cargo test` it runs a few iterations of each as a smoke test.
@@ -67,27 +70,7 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-/// The agent's listening socket.
-#[derive(Clone, Copy, PartialEq)]
-enum Serve {
-    /// `TcpListener::bind`, as `strata up` and the agent binary do.
-    Stock,
-    /// A listener with `TCP_NODELAY` set: Linux copies the option to the sockets `accept` returns. Tonic
-    /// sets it only on sockets it binds itself; with `serve_with_incoming*` (which the agent's `serve` uses)
-    /// accepted sockets otherwise keep Nagle's algorithm on.
-    NoDelay,
-}
-
-fn nodelay_listener() -> TcpListener {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_nodelay(true).expect("TCP_NODELAY");
-    socket
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .expect("bind");
-    socket.listen(1024).expect("listen")
-}
-
-async fn start(serve: Serve) -> Bench {
+async fn start() -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, blobs) = server::open_embedded(&dir.path().join("control-plane")).expect("stores");
     let plane = ControlPlane::new(
@@ -107,10 +90,7 @@ async fn start(serve: Serve) -> Bench {
         std::future::pending::<()>(),
     ));
 
-    let agent_listener = match serve {
-        Serve::Stock => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        Serve::NoDelay => nodelay_listener(),
-    };
+    let agent_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let agent_addr = agent_listener.local_addr().expect("address").to_string();
     let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let agent = Agent::new(AgentConfig {
@@ -393,6 +373,7 @@ async fn overhead(bench: &Bench, iterations: usize) {
     let bytes = std::fs::read(&model_path).expect("read squeezenet");
     bench.push("squeezenet", bytes).await;
     let served = bench.ready("squeezenet").await;
+    assert_eq!(served.stage.inputs, ["data_0"], "squeezenet's input");
 
     // The very stage bytes the agent runs, from the control plane's blob store.
     let stage_bytes = call::fetch_blob(bench.cp_channel.clone(), &served.stage.digest)
@@ -423,22 +404,35 @@ async fn overhead(bench: &Bench, iterations: usize) {
         Series::default(),
         Series::default(),
     );
+    // Each iteration runs all five, starting with a different one each time: whatever ran just before (and
+    // so what is in the caches) must not favour one kind.
     let warmup = 5.min(iterations);
     for i in 0..warmup + iterations {
-        let started = Instant::now();
-        let out = raw.run(&inputs).expect("raw run");
-        let r = started.elapsed().as_secs_f64() * 1e3;
-        drop(out);
-        let s = served.sdk(&bench.client, &inputs).await;
-        let d = served.direct(&chunks).await;
-        let ws = wire.sdk(&bench.client, &inputs).await;
-        let wd = wire.direct(&chunks).await;
+        let (mut r, mut s, mut d, mut ws, mut wd) = (0.0, None, None, None, None);
+        for k in 0..5 {
+            match (i + k) % 5 {
+                0 => {
+                    let started = Instant::now();
+                    let out = raw.run(&inputs).expect("raw run");
+                    r = started.elapsed().as_secs_f64() * 1e3;
+                    drop(out);
+                }
+                1 => s = Some(served.sdk(&bench.client, &inputs).await),
+                2 => d = Some(served.direct(&chunks).await),
+                3 => ws = Some(wire.sdk(&bench.client, &inputs).await),
+                _ => wd = Some(wire.direct(&chunks).await),
+            }
+        }
         if i >= warmup {
             raw_ms.push(r);
-            sdk.add(s);
-            direct.add(d);
-            wire_sdk.add(ws);
-            wire_direct.add(wd);
+            for (series, sample) in [
+                (&mut sdk, s),
+                (&mut direct, d),
+                (&mut wire_sdk, ws),
+                (&mut wire_direct, wd),
+            ] {
+                series.add(sample.expect("measured"));
+            }
         }
     }
     let raw_med = median(&raw_ms);
@@ -463,7 +457,7 @@ async fn overhead(bench: &Bench, iterations: usize) {
         let served_med = median(&s.total);
         let wire_med = median(&w.total);
         // The same ratio per iteration (its raw, served and wire runs were back to back), then the median:
-        // less sensitive to the machine's speed drifting during the run.
+        // less sensitive to the machine's speed drifting during the run (on this VM, by up to 30 %).
         let paired: Vec<f64> = (0..raw_ms.len())
             .map(|i| (s.total[i] - raw_ms[i] - w.total[i]) / raw_ms[i] * 100.0)
             .collect();
@@ -576,29 +570,14 @@ fn main() {
         .expect("tokio runtime");
     runtime.block_on(async {
         let started = Instant::now();
-        for (serve, title) in [
-            (
-                Serve::Stock,
-                "agent as shipped (`strata_edge_agent::serve`)",
-            ),
-            (
-                Serve::NoDelay,
-                "agent on a TCP_NODELAY listener (accepted sockets inherit it)",
-            ),
-        ] {
-            let (overhead_iterations, hop_iterations) = match (full, serve) {
-                (false, _) => (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)]),
-                // Stock: most requests stall ~40 ms, so fewer iterations.
-                (true, Serve::Stock) => (40, vec![(1 << 10, 400), (1 << 20, 200), (16 << 20, 40)]),
-                (true, Serve::NoDelay) => {
-                    (60, vec![(1 << 10, 2000), (1 << 20, 400), (16 << 20, 60)])
-                }
-            };
-            println!("\n# {title}");
-            let bench = start(serve).await;
-            overhead(&bench, overhead_iterations).await;
-            hops(&bench, &hop_iterations).await;
-        }
+        let (overhead_iterations, hop_iterations) = if full {
+            (60, vec![(1 << 10, 2000), (1 << 20, 400), (16 << 20, 60)])
+        } else {
+            (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)])
+        };
+        let bench = start().await;
+        overhead(&bench, overhead_iterations).await;
+        hops(&bench, &hop_iterations).await;
         println!(
             "\n(machine: {} cores; whole bench {:.1} s)",
             std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -138,7 +138,10 @@ pub fn build_problem(
         .map(|row| {
             let mut e = [f64::INFINITY; TIER_COUNT];
             for (t, &m) in row.iter().enumerate() {
-                e[t] = if t == 0 { m * active_w } else { m * idle_w };
+                // An absent tier stays forbidden (INFINITY); 0 W × INFINITY would be NaN.
+                if m.is_finite() {
+                    e[t] = if t == 0 { m * active_w } else { m * idle_w };
+                }
             }
             e
         })
