@@ -61,16 +61,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
-    let result = tokio::select! {
-        r = server => r,
-        _ = async {
-            stopping.wait().await;
-            tokio::time::sleep(strata_proto::DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
-            Ok(())
-        }
-    };
+    let result = stopping.drain(server).await;
     control_loop.abort();
     result
 }

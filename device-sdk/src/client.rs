@@ -76,7 +76,7 @@ struct Inner {
     config: ClientConfig,
     routes: RwLock<HashMap<String, Arc<v1::RouteTable>>>,
     stages: Mutex<HashMap<String, Arc<dyn LoadedStage>>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: call::Channels,
     balancer: Balancer,
 }
 
@@ -107,14 +107,15 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(SdkError::InvalidArgument("no endpoint given".into()));
         }
+        let channels = call::Channels::new(config.connect_timeout);
         for e in &config.endpoints {
-            call::channel(e, config.connect_timeout).map_err(SdkError::InvalidArgument)?;
+            channels.get(e).map_err(SdkError::InvalidArgument)?;
         }
         let inner = Arc::new(Inner {
             config,
             routes: RwLock::new(HashMap::new()),
             stages: Mutex::new(HashMap::new()),
-            channels: Mutex::new(HashMap::new()),
+            channels,
             balancer: Balancer::new(),
         });
         let watch = WatchTask(tokio::spawn(watch_routes(Arc::downgrade(&inner))));
@@ -338,14 +339,9 @@ fn tier_label(tier: i32) -> &'static str {
 
 impl Inner {
     fn channel(&self, address: &str) -> Result<Channel, SdkError> {
-        let mut channels = lock(&self.channels);
-        if let Some(c) = channels.get(address) {
-            return Ok(c.clone());
-        }
-        let c = call::channel(address, self.config.connect_timeout)
-            .map_err(SdkError::InvalidArgument)?;
-        channels.insert(address.to_string(), c.clone());
-        Ok(c)
+        self.channels
+            .get(address)
+            .map_err(SdkError::InvalidArgument)
     }
 
     fn store_table(&self, table: v1::RouteTable) {

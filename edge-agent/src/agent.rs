@@ -45,7 +45,7 @@ pub struct Agent {
     pub(crate) routes: RwLock<HashMap<String, v1::RouteTable>>,
     pub(crate) route_updates: broadcast::Sender<v1::RouteTable>,
     pub(crate) balancer: Balancer,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: strata_proto::call::Channels,
     pub(crate) slots: Semaphore,
     pub(crate) in_flight: AtomicU32,
     pub(crate) queued: AtomicU32,
@@ -71,7 +71,7 @@ impl Agent {
             routes: RwLock::new(HashMap::new()),
             route_updates: broadcast::channel(256).0,
             balancer: Balancer::new(),
-            channels: Mutex::new(HashMap::new()),
+            channels: strata_proto::call::Channels::new(CONNECT_TIMEOUT),
             in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             served: AtomicU64::new(0),
@@ -100,13 +100,7 @@ impl Agent {
 
     /// A cached channel to `address`.
     pub fn channel(&self, address: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(address) {
-            return Ok(c.clone());
-        }
-        let c = strata_proto::call::channel(address, CONNECT_TIMEOUT)?;
-        channels.insert(address.to_string(), c.clone());
-        Ok(c)
+        self.channels.get(address)
     }
 
     pub(crate) fn set_route(&self, table: v1::RouteTable) {

@@ -53,6 +53,34 @@ pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, Stri
         .connect_lazy())
 }
 
+/// Channels by address, created on first use and shared afterwards (one HTTP/2 connection per peer).
+#[derive(Debug, Clone)]
+pub struct Channels {
+    connect_timeout: Duration,
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// An empty cache whose channels give up connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Channels {
+        Channels {
+            connect_timeout,
+            cache: Default::default(),
+        }
+    }
+
+    /// The channel to `address` (see [`channel`]).
+    pub fn get(&self, address: &str) -> Result<Channel, String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(address) {
+            return Ok(c.clone());
+        }
+        let c = channel(address, self.connect_timeout)?;
+        cache.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 /// Runs stage `header.stage` (and those after it) on the agent behind `channel`.
 pub async fn infer(
     channel: Channel,

@@ -101,6 +101,26 @@ impl Stopping {
     }
 }
 
+impl Stopping {
+    /// Runs `server` (a tonic server future that stops accepting on this signal) to its end, but no longer than
+    /// [`DRAIN_TIMEOUT`] after the signal: requests still in flight then are abandoned.
+    pub async fn drain<E>(
+        &self,
+        server: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        tokio::select! {
+            r = server => r,
+            _ = async {
+                self.wait().await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => {
+                tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// How long a stopping server waits for in-flight requests before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
