@@ -62,15 +62,48 @@ pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
 }
 
-/// `strata-edge-agent`, built next to `strata` by any workspace build.
+/// `strata-edge-agent`, built next to `strata` by any workspace build (`cargo nextest run --workspace` builds
+/// it for the agent's own integration tests). When only this package is tested, builds it once with the same
+/// profile and target directory.
 pub fn agent_bin() -> PathBuf {
-    let p = strata_bin().with_file_name("strata-edge-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace (`cargo build --workspace` or `cargo nextest run --workspace`)",
-        p.display()
-    );
-    p
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let p = strata_bin().with_file_name("strata-edge-agent");
+            if !p.exists() {
+                let profile_dir = p.parent().expect("the profile directory");
+                let profile = profile_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .expect("a profile directory name");
+                let target_dir = profile_dir.parent().expect("the target directory");
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+                let status = Command::new(cargo)
+                    .args([
+                        "build",
+                        "-p",
+                        "strata-edge-agent",
+                        "--bin",
+                        "strata-edge-agent",
+                    ])
+                    .args([
+                        "--profile",
+                        if profile == "debug" { "dev" } else { profile },
+                    ])
+                    .env("CARGO_TARGET_DIR", target_dir)
+                    .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "cargo build -p strata-edge-agent failed");
+            }
+            assert!(
+                p.exists(),
+                "{} is missing even after cargo build",
+                p.display()
+            );
+            p
+        })
+        .clone()
 }
 
 /// A child process with its stdout lines forwarded to a channel; killed on drop.
