@@ -55,6 +55,7 @@ checks!(
     lease_revoke_deletes_at_once,
     lease_keep_alive_after_expiry,
     lease_unknown_is_refused,
+    election_one_leader_at_a_time,
 );
 
 /// Runs every check, each on a fresh store from `make`.
@@ -596,4 +597,92 @@ pub async fn lease_unknown_is_refused(store: Arc<dyn Store>) {
         "a refused txn writes nothing: {written:?}"
     );
     assert_eq!(revision(&store).await, r, "refused writes bump nothing");
+}
+
+/// One leader at a time: the first candidate leads at once, the second waits; when the leader's lease is
+/// revoked the second leads, and the first one's fence no longer holds.
+pub async fn election_one_leader_at_a_time(store: Arc<dyn Store>) {
+    let election = "/election/test";
+    let first_lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("grant_lease");
+    let second_lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("grant_lease");
+    let first = tokio::time::timeout(
+        WAIT,
+        store.campaign(election, b"first".to_vec(), first_lease),
+    )
+    .await
+    .expect("an uncontested campaign wins at once")
+    .expect("campaign");
+    assert_eq!(first.lease, first_lease);
+    assert!(
+        first.key.starts_with("/election/test/"),
+        "key {}",
+        first.key
+    );
+    let leading = super::election::leader(store.as_ref(), election)
+        .await
+        .expect("leader");
+    assert_eq!(leading.map(|kv| kv.value), Some(b"first".to_vec()));
+
+    let contender = store.clone();
+    let mut second = tokio::spawn(async move {
+        contender
+            .campaign(election, b"second".to_vec(), second_lease)
+            .await
+    });
+    let early = tokio::time::timeout(QUIET, &mut second).await;
+    assert!(
+        early.is_err(),
+        "a second candidate led while the first still did: {early:?}"
+    );
+    let fenced = txn(
+        vec![first.fence()],
+        vec![put_op("/election/out", "first", None)],
+        vec![],
+    );
+    assert!(
+        run(&store, fenced).await.0,
+        "the leader's fence holds while it leads"
+    );
+
+    store.revoke_lease(first_lease).await.expect("revoke_lease");
+    let second = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second candidate leads once the first is gone")
+        .expect("the campaign task")
+        .expect("campaign");
+    assert_eq!(second.lease, second_lease);
+    assert!(
+        second.create_revision > first.create_revision,
+        "terms increase"
+    );
+    let leading = super::election::leader(store.as_ref(), election)
+        .await
+        .expect("leader");
+    assert_eq!(leading.map(|kv| kv.value), Some(b"second".to_vec()));
+    let stale = txn(
+        vec![first.fence()],
+        vec![put_op("/election/out", "stale", None)],
+        vec![],
+    );
+    assert!(
+        !run(&store, stale).await.0,
+        "a deposed leader's fenced write fails"
+    );
+    assert_eq!(
+        value(&store, "/election/out").await,
+        Some(b"first".to_vec())
+    );
+    super::election::resign(store.as_ref(), &second)
+        .await
+        .expect("resign");
+    let leading = super::election::leader(store.as_ref(), election)
+        .await
+        .expect("leader");
+    assert_eq!(leading, None, "nobody leads after the last leader resigned");
 }

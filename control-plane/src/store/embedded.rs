@@ -687,6 +687,7 @@ mod tests {
         lease_revoke_deletes_at_once,
         lease_keep_alive_after_expiry,
         lease_unknown_is_refused,
+        election_one_leader_at_a_time,
     );
 
     async fn put(store: &EmbeddedStore, key: &str, lease: Option<LeaseId>) -> Revision {

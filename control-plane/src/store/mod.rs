@@ -12,14 +12,19 @@
 //!   [`StoreError::Compacted`] and must re-list ([`Store::range`]) then watch from the listed revision + 1.
 //! - **Leases** bind keys to a time-to-live: when a lease expires or is revoked its keys are deleted (with
 //!   `Delete` events) in one revision.
+//! - **Elections** ([`Store::campaign`]) are built on leases and create revisions, as etcd's.
 
 use std::time::Duration;
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod election;
 pub mod embedded;
+pub mod etcd;
 
+pub use election::Leadership;
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 
 /// A store-wide revision number (see the [module docs](self)).
 pub type Revision = i64;
@@ -250,4 +255,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes a lease and deletes its keys at once.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Campaigns in `election` (a key prefix) with a key bound to `lease`, and returns once this candidate
+    /// leads (see [`election`]). [`StoreError::LeaseNotFound`] if the lease ends first. etcd runs its
+    /// native election API; other stores the same recipe on their own primitives.
+    async fn campaign(
+        &self,
+        election: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<Leadership, StoreError> {
+        election::campaign(self, election, value, lease).await
+    }
 }
