@@ -173,14 +173,40 @@ enum Command {
         #[arg(long)]
         no_demo: bool,
     },
-    /// Run a control plane on the embedded store.
+    /// Run a control plane: on the embedded store (a directory), or as one of several replicas on etcd.
     ControlPlane {
-        /// Directory of the embedded state store and blobs.
-        #[arg(long, default_value = "strata-data/control-plane")]
-        store: PathBuf,
+        /// State store: a directory (the embedded store) or etcd://HOST:PORT[,HOST:PORT…][/NAMESPACE].
+        #[arg(
+            long,
+            env = "STRATA_STORE",
+            default_value = "strata-data/control-plane"
+        )]
+        store: String,
+        /// Directory of model and stage files (default: STORE/blobs, or strata-data/blobs on etcd, where
+        /// replicas fetch the files they lack from each other).
+        #[arg(long)]
+        blobs: Option<PathBuf>,
+        /// etcd over TLS: the CA certificate (PEM) that signed etcd's server certificates.
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// etcd over TLS: this client's certificate (PEM), for etcd's --client-cert-auth.
+        #[arg(long, requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// etcd over TLS: this client's private key (PEM).
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// etcd over TLS: the name etcd's certificate is checked against (default: the endpoint's host).
+        #[arg(long)]
+        etcd_domain: Option<String>,
+        /// etcd user, when etcd has authentication on (the password comes from STRATA_ETCD_PASSWORD).
+        #[arg(long)]
+        etcd_user: Option<String>,
         /// Address to serve on.
         #[arg(long, default_value = DEFAULT_ENDPOINT)]
         listen: String,
+        /// Address other replicas reach this one at (default: the listen address).
+        #[arg(long)]
+        advertise: Option<String>,
         /// Cluster profile for the planner (TOML; default: glasses + phone + cloud).
         #[arg(long)]
         cluster: Option<PathBuf>,
@@ -332,12 +358,28 @@ fn main() -> ExitCode {
         }),
         Command::ControlPlane {
             store,
+            blobs,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_domain,
+            etcd_user,
             listen,
+            advertise,
             cluster,
             node_ttl_ms,
         } => up::control_plane(&up::ControlPlaneArgs {
             store: &store,
+            blobs: blobs.as_deref(),
+            etcd: up::EtcdArgs {
+                ca: etcd_ca.as_deref(),
+                cert: etcd_cert.as_deref(),
+                key: etcd_key.as_deref(),
+                domain: etcd_domain.as_deref(),
+                user: etcd_user.as_deref(),
+            },
             listen: &listen,
+            advertise: advertise.as_deref(),
             cluster: cluster.as_deref(),
             node_ttl_ms,
         }),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use strata_control_plane::store::{EtcdConfig, EtcdTls};
 use strata_control_plane::{ControlPlane, Settings, server};
 use strata_edge_agent::{Agent, AgentConfig};
 use strata_planner::cluster::Cluster;
@@ -15,10 +16,69 @@ use tokio::sync::watch;
 
 /// Settings of `strata control-plane`.
 pub struct ControlPlaneArgs<'a> {
-    pub store: &'a Path,
+    /// A directory, or `etcd://…`.
+    pub store: &'a str,
+    pub blobs: Option<&'a Path>,
+    pub etcd: EtcdArgs<'a>,
     pub listen: &'a str,
+    pub advertise: Option<&'a str>,
     pub cluster: Option<&'a Path>,
     pub node_ttl_ms: u64,
+}
+
+/// TLS and authentication for etcd.
+pub struct EtcdArgs<'a> {
+    pub ca: Option<&'a Path>,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    pub domain: Option<&'a str>,
+    pub user: Option<&'a str>,
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// The stores `--store` names: the embedded store in a directory, or etcd.
+async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
+    if !args.store.starts_with("etcd://") {
+        let dir = Path::new(args.store);
+        let mut stores = server::open_embedded(dir).map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(blobs) = args.blobs {
+            let local = strata_control_plane::blob::DirBlobStore::open(blobs)
+                .with_context(|| format!("cannot open the blob store in {}", blobs.display()))?;
+            stores.1 = Arc::new(local);
+        }
+        return Ok(stores);
+    }
+    let mut config = EtcdConfig::from_url(args.store).map_err(|e| anyhow::anyhow!(e))?;
+    let etcd = &args.etcd;
+    if etcd.ca.is_some() || etcd.cert.is_some() || etcd.domain.is_some() {
+        let identity = match (etcd.cert, etcd.key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem(cert, "etcd client certificate")?,
+                read_pem(key, "etcd client key")?,
+            )),
+            _ => None,
+        };
+        config.tls = Some(EtcdTls {
+            ca_pem: etcd
+                .ca
+                .map(|p| read_pem(p, "etcd CA certificate"))
+                .transpose()?,
+            identity,
+            domain: etcd.domain.map(str::to_string),
+        });
+    }
+    if let Some(user) = etcd.user {
+        let password = std::env::var("STRATA_ETCD_PASSWORD")
+            .context("--etcd-user needs the password in STRATA_ETCD_PASSWORD")?;
+        config.user = Some((user.to_string(), password));
+    }
+    let blobs = args.blobs.unwrap_or(Path::new("strata-data/blobs"));
+    server::open_etcd(config, blobs)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
@@ -30,8 +90,12 @@ fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
     Cluster::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn make_plane(store: &Path, cluster: Option<&Path>, node_ttl_ms: u64) -> Result<Arc<ControlPlane>> {
-    let (state, blobs) = server::open_embedded(store).map_err(|e| anyhow::anyhow!(e))?;
+fn make_plane(
+    (state, blobs): server::Stores,
+    cluster: Option<&Path>,
+    node_ttl_ms: u64,
+    advertise: Option<&str>,
+) -> Result<Arc<ControlPlane>> {
     Ok(ControlPlane::new(
         state,
         blobs,
@@ -39,6 +103,7 @@ fn make_plane(store: &Path, cluster: Option<&Path>, node_ttl_ms: u64) -> Result<
             cluster: load_cluster(cluster)?,
             node_ttl: Duration::from_millis(node_ttl_ms),
             max_model_bytes: 4 << 30,
+            advertise: advertise.map(str::to_string),
         },
     ))
 }
@@ -55,8 +120,15 @@ async fn bind(address: &str) -> Result<TcpListener> {
 pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let plane = make_plane(args.store, args.cluster, args.node_ttl_ms)?;
+        let stores = open_stores(args).await?;
+        let store_name = stores.0.name();
+        let plane = make_plane(stores, args.cluster, args.node_ttl_ms, args.advertise)?;
         let listener = bind(args.listen).await?;
+        say!(
+            "control plane replica {} on the {store_name} store",
+            plane.replica_id()
+        )?;
+        // Tests and scripts read the address as this line's last word.
         say!("control plane listening on {}", listener.local_addr()?)?;
         server::serve(plane, listener, strata_edge_agent::shutdown_signal())
             .await
@@ -80,7 +152,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let plane = make_plane(&args.data_dir.join("control-plane"), args.cluster, 3000)?;
+        let stores = server::open_embedded(&args.data_dir.join("control-plane"))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let plane = make_plane(stores, args.cluster, 3000, None)?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;
         // Agents take the next two ports, or free ones when the control plane's port was left to the OS.

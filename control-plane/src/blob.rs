@@ -55,6 +55,92 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn contains(&self, digest: &str) -> Result<bool, BlobError>;
     /// Deletes the blob; whether it existed.
     async fn delete(&self, digest: &str) -> Result<bool, BlobError>;
+    /// [`BlobStore::get`] from this store alone, never from peers (what a peer asking for a blob gets).
+    async fn get_local(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+        self.get(digest).await
+    }
+}
+
+/// A [`BlobStore`] shared by control-plane replicas without shared storage: blobs live in each replica's
+/// local store, and a blob missing here is fetched (and its hash checked) from the replicas registered under
+/// [`crate::keys::CONTROLLERS`], then kept. A model pushed to one replica is thus planned by the leader, and
+/// the leader's stage files are served by every replica.
+pub struct PeerBlobStore {
+    local: std::sync::Arc<dyn BlobStore>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    channels: strata_proto::call::Channels,
+}
+
+impl PeerBlobStore {
+    /// Blobs in `local`, with peers found in `store`.
+    pub fn new(
+        local: std::sync::Arc<dyn BlobStore>,
+        store: std::sync::Arc<dyn crate::store::Store>,
+    ) -> PeerBlobStore {
+        PeerBlobStore {
+            local,
+            store,
+            channels: strata_proto::call::Channels::new(std::time::Duration::from_secs(2)),
+        }
+    }
+
+    async fn fetch_from_peers(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+        let peers = self
+            .store
+            .range(crate::keys::CONTROLLERS)
+            .await
+            .map_err(|e| BlobError::Io(format!("cannot list peer control planes: {e}")))?;
+        for kv in peers.kvs {
+            let Ok(peer) = serde_json::from_slice::<crate::records::ControllerRecord>(&kv.value)
+            else {
+                continue;
+            };
+            let Ok(channel) = self.channels.get(&peer.address) else {
+                continue;
+            };
+            let fetch = strata_proto::call::fetch_blob_with(channel, digest, true);
+            match tokio::time::timeout(std::time::Duration::from_secs(60), fetch).await {
+                Ok(Ok(bytes)) => {
+                    let bytes = Bytes::from(bytes);
+                    self.local.put(digest, bytes.clone()).await?;
+                    tracing::info!(digest, peer = %peer.id, "blob fetched from a peer control plane");
+                    return Ok(Some(bytes));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => {}
+                Ok(Err(status)) => {
+                    tracing::warn!(digest, peer = %peer.id, error = %status.message(), "peer blob fetch failed");
+                }
+                Err(_) => tracing::warn!(digest, peer = %peer.id, "peer blob fetch timed out"),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for PeerBlobStore {
+    async fn put(&self, digest: &str, bytes: Bytes) -> Result<(), BlobError> {
+        self.local.put(digest, bytes).await
+    }
+
+    async fn get(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+        match self.local.get(digest).await? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.fetch_from_peers(digest).await,
+        }
+    }
+
+    async fn contains(&self, digest: &str) -> Result<bool, BlobError> {
+        self.local.contains(digest).await
+    }
+
+    async fn delete(&self, digest: &str) -> Result<bool, BlobError> {
+        self.local.delete(digest).await
+    }
+
+    async fn get_local(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+        self.local.get(digest).await
+    }
 }
 
 /// A [`BlobStore`] in a directory: blob `d` is the file `root/sha256/<first two hex of d>/<d>`. Writes go

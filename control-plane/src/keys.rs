@@ -7,6 +7,8 @@
 //! | `/strata/v1/models/{name}` | [`crate::records::ModelRecord`] | until `model rm` |
 //! | `/strata/v1/plans/{name}` | [`crate::records::PlansRecord`] | replaced on each re-plan |
 //! | `/strata/v1/routes/{name}` | `strata.v1.RouteTable` (protobuf) | republished when plans or ready nodes change |
+//! | `/strata/v1/controllers/{replica_id}` | [`crate::records::ControllerRecord`] | bound to the replica's lease |
+//! | `/strata/v1/election/leader/{lease hex}` | the candidate's replica id | bound to the replica's lease; lowest create revision leads |
 
 /// Prefix of every Strata key.
 pub const ROOT: &str = "/strata/v1/";
@@ -18,6 +20,16 @@ pub const MODELS: &str = "/strata/v1/models/";
 pub const PLANS: &str = "/strata/v1/plans/";
 /// Prefix of route-table keys.
 pub const ROUTES: &str = "/strata/v1/routes/";
+
+/// Prefix of control-plane replica keys.
+pub const CONTROLLERS: &str = "/strata/v1/controllers/";
+/// The election control-plane replicas campaign in (candidates' keys lie under it, plus `/`).
+pub const ELECTION: &str = "/strata/v1/election/leader";
+
+/// The key of a control-plane replica.
+pub fn controller(id: &str) -> String {
+    format!("{CONTROLLERS}{id}")
+}
 
 /// The key of a node.
 pub fn node(id: &str) -> String {

@@ -15,6 +15,7 @@ pub mod plane;
 pub mod planning;
 pub mod reconcile;
 pub mod records;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -16,7 +16,9 @@ use crate::blob::{BlobStore, sha256_hex};
 use crate::error::ControlError;
 use crate::keys;
 use crate::records::{ModelRecord, NodeRecord, PlansRecord};
-use crate::store::{Compare, CompareOp, CompareTarget, Store, StoreError, Txn, TxnOp};
+use crate::store::{
+    Compare, CompareOp, CompareTarget, Leadership, LeaseId, Store, StoreError, Txn, TxnOp,
+};
 
 /// Control-plane settings.
 #[derive(Debug, Clone)]
@@ -27,6 +29,9 @@ pub struct Settings {
     pub node_ttl: Duration,
     /// The largest model accepted, bytes.
     pub max_model_bytes: u64,
+    /// The address other replicas reach this one at (peer blob fetches); default: the listen address,
+    /// with 127.0.0.1 for an unspecified IP.
+    pub advertise: Option<String>,
 }
 
 /// What the control plane knows about a live node beyond its store record.
@@ -49,6 +54,12 @@ pub struct ControlPlane {
     live: Mutex<HashMap<String, Live>>,
     pub(crate) assignments: watch::Sender<Arc<AssignmentMap>>,
     pub(crate) wake: Notify,
+    /// This replica's id (`/strata/v1/controllers/{id}`, its candidacy's value).
+    pub(crate) replica_id: String,
+    /// The election this replica won, while it leads.
+    leadership: Mutex<Option<Leadership>>,
+    /// The lease of this replica's candidacy and controller key, revoked on a graceful stop.
+    pub(crate) replica_lease: Mutex<Option<LeaseId>>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -73,7 +84,61 @@ impl ControlPlane {
             live: Mutex::new(HashMap::new()),
             assignments: watch::channel(Arc::new(AssignmentMap::new())).0,
             wake: Notify::new(),
+            replica_id: format!(
+                "cp-{}",
+                &sha256_hex(
+                    format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
+                )[..8]
+            ),
+            leadership: Mutex::new(None),
+            replica_lease: Mutex::new(None),
         })
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// The election this replica holds, if it leads.
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether this replica leads (plans, assigns and publishes).
+    pub fn is_leader(&self) -> bool {
+        self.leadership().is_some()
+    }
+
+    pub(crate) fn set_leadership(&self, leadership: Option<Leadership>) {
+        *self.leadership.lock().unwrap_or_else(|p| p.into_inner()) = leadership;
+        self.wake.notify_one();
+    }
+
+    /// Applies `ops` only while `leadership` still holds; otherwise this replica steps down.
+    pub(crate) async fn leader_txn(
+        &self,
+        leadership: &Leadership,
+        ops: Vec<TxnOp>,
+    ) -> Result<(), ControlError> {
+        let txn = Txn {
+            compare: vec![leadership.fence()],
+            success: ops,
+            failure: vec![],
+        };
+        if self.store.txn(txn).await?.succeeded {
+            return Ok(());
+        }
+        let mut current = self.leadership.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref() == Some(leadership) {
+            *current = None;
+        }
+        Err(ControlError::Unavailable(
+            "this control plane no longer leads; the new leader takes over".into(),
+        ))
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {

@@ -17,13 +17,20 @@ use crate::keys;
 use crate::plane::{AssignmentMap, ControlPlane, parse};
 use crate::planning::plan_model;
 use crate::records::{ModelRecord, NodeRecord, PlansRecord};
+use crate::store::{Leadership, TxnOp};
 
-/// Runs the control loop forever (abort the task to stop it). Store changes (a lease expiring, a push) and
-/// explicit wake-ups both trigger a pass; a failed pass is retried after a second.
+/// Runs the control loop forever (abort the task to stop it). Store changes (a lease expiring, a push, a
+/// plan written by the leader) and explicit wake-ups both trigger a pass; a failed pass is retried after a
+/// second. On the leader a pass plans, assigns and publishes; on the other replicas it only derives the
+/// assignments of the agents connected to them from the leader's plans.
 pub async fn run(plane: Arc<ControlPlane>) {
     let _store_changes = AbortOnDrop(tokio::spawn(forward_store_changes(plane.clone())));
     loop {
-        if let Err(e) = reconcile_once(&plane).await {
+        let pass = match plane.leadership() {
+            Some(leadership) => reconcile_once(&plane, &leadership).await,
+            None => follow_once(&plane).await,
+        };
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "reconcile failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -61,7 +68,9 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
                             crate::store::Event::Put(kv) => kv.key.as_str(),
                             crate::store::Event::Delete { key, .. } => key.as_str(),
                         };
-                        key.starts_with(keys::NODES) || key.starts_with(keys::MODELS)
+                        key.starts_with(keys::NODES)
+                            || key.starts_with(keys::MODELS)
+                            || key.starts_with(keys::PLANS)
                     });
                     if relevant {
                         plane.wake.notify_one();
@@ -77,9 +86,27 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
     }
 }
 
-/// One pass: plan, assign, publish.
+/// A follower's pass: the assignments that follow from the nodes and the leader's plans.
 #[tracing::instrument(skip_all)]
-pub async fn reconcile_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
+pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
+    let nodes = plane.nodes().await?;
+    let mut plans: HashMap<String, PlansRecord> = HashMap::new();
+    for kv in plane.store.range(keys::PLANS).await?.kvs {
+        let record: PlansRecord = parse(&kv.key, &kv.value)?;
+        plans.insert(record.model.clone(), record);
+    }
+    plane
+        .assignments
+        .send_replace(Arc::new(assign(&nodes, &plans)));
+    Ok(())
+}
+
+/// The leader's pass: plan, assign, publish; every write fenced by `leadership`.
+#[tracing::instrument(skip_all)]
+pub async fn reconcile_once(
+    plane: &Arc<ControlPlane>,
+    leadership: &Leadership,
+) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
     let models = plane.models().await?;
     let mut tiers: BTreeSet<Tier> = nodes.iter().map(|n| n.tier).collect();
@@ -96,24 +123,30 @@ pub async fn reconcile_once(plane: &Arc<ControlPlane>) -> Result<(), ControlErro
             .get(&model.name)
             .is_some_and(|p| p.version == model.version && p.tiers == tier_list);
         if !fresh {
-            let record = replan(plane, model, &tiers).await?;
+            let record = replan(plane, leadership, model, &tiers).await?;
             plans.insert(model.name.clone(), record);
         }
     }
     let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    for stale in plans.keys().filter(|n| !names.contains(n.as_str())) {
-        plane.store.delete(&keys::plans(stale)).await?;
+    let stale: Vec<TxnOp> = plans
+        .keys()
+        .filter(|n| !names.contains(n.as_str()))
+        .map(|n| TxnOp::Delete(keys::plans(n)))
+        .collect();
+    if !stale.is_empty() {
+        plane.leader_txn(leadership, stale).await?;
     }
     plans.retain(|n, _| names.contains(n.as_str()));
 
     plane
         .assignments
         .send_replace(Arc::new(assign(&nodes, &plans)));
-    publish(plane, &models, &plans, &nodes).await
+    publish(plane, leadership, &models, &plans, &nodes).await
 }
 
 async fn replan(
     plane: &Arc<ControlPlane>,
+    leadership: &Leadership,
     model: &ModelRecord,
     tiers: &BTreeSet<Tier>,
 ) -> Result<PlansRecord, ControlError> {
@@ -157,10 +190,12 @@ async fn replan(
         "planned"
     );
     let value = serde_json::to_vec(&record).map_err(|e| ControlError::Internal(e.to_string()))?;
-    plane
-        .store
-        .put(&keys::plans(&model.name), value, None)
-        .await?;
+    let put = TxnOp::Put {
+        key: keys::plans(&model.name),
+        value,
+        lease: None,
+    };
+    plane.leader_txn(leadership, vec![put]).await?;
     Ok(record)
 }
 
@@ -192,6 +227,7 @@ pub fn assign(nodes: &[NodeRecord], plans: &HashMap<String, PlansRecord>) -> Ass
 
 async fn publish(
     plane: &Arc<ControlPlane>,
+    leadership: &Leadership,
     models: &[ModelRecord],
     plans: &HashMap<String, PlansRecord>,
     nodes: &[NodeRecord],
@@ -208,7 +244,8 @@ async fn publish(
         };
         if record.failed.is_some() {
             if current.contains_key(&model.name) {
-                plane.store.delete(&keys::routes(&model.name)).await?;
+                let delete = TxnOp::Delete(keys::routes(&model.name));
+                plane.leader_txn(leadership, vec![delete]).await?;
             }
             continue;
         }
@@ -217,16 +254,19 @@ async fn publish(
             .get(&model.name)
             .is_some_and(|old| same_routes(old, &table));
         if !unchanged {
-            plane
-                .store
-                .put(&keys::routes(&model.name), table.encode_to_vec(), None)
-                .await?;
+            let put = TxnOp::Put {
+                key: keys::routes(&model.name),
+                value: table.encode_to_vec(),
+                lease: None,
+            };
+            plane.leader_txn(leadership, vec![put]).await?;
             tracing::info!(model = %model.name, version = model.version, "route table published");
         }
     }
     for name in current.keys() {
         if !models.iter().any(|m| &m.name == name) {
-            plane.store.delete(&keys::routes(name)).await?;
+            let delete = TxnOp::Delete(keys::routes(name));
+            plane.leader_txn(leadership, vec![delete]).await?;
         }
     }
     Ok(())

@@ -29,6 +29,15 @@ pub struct NodeRecord {
     pub ready: Vec<String>,
 }
 
+/// A running control-plane replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControllerRecord {
+    /// Replica id, chosen at start.
+    pub id: String,
+    /// Where it serves the API, `host:port`.
+    pub address: String,
+}
+
 /// A pushed model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {

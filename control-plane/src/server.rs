@@ -29,15 +29,57 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
     Ok((Arc::new(store), Arc::new(blobs)))
 }
 
+/// Opens the stores of a replica on etcd: the state in etcd, the blobs in `blob_dir`, fetched from the
+/// other replicas when missing ([`crate::blob::PeerBlobStore`]).
+pub async fn open_etcd(
+    config: crate::store::EtcdConfig,
+    blob_dir: &Path,
+) -> Result<Stores, String> {
+    let endpoints = config.endpoints.join(",");
+    let store: Arc<dyn Store> = Arc::new(
+        crate::store::EtcdStore::connect(config)
+            .await
+            .map_err(|e| format!("cannot use etcd at {endpoints}: {e}"))?,
+    );
+    let local = DirBlobStore::open(blob_dir)
+        .map_err(|e| format!("cannot open the blob store in {}: {e}", blob_dir.display()))?;
+    let blobs = crate::blob::PeerBlobStore::new(Arc::new(local), store.clone());
+    Ok((store, Arc::new(blobs)))
+}
+
+/// Why [`serve`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener's address cannot be read.
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the control plane on `listener` until `shutdown` completes, running the control loop alongside.
 pub async fn serve(
     plane: Arc<ControlPlane>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let address = match &plane.settings.advertise {
+        Some(a) => a.clone(),
+        None => {
+            let bound = listener.local_addr()?;
+            if bound.ip().is_unspecified() {
+                format!("127.0.0.1:{}", bound.port())
+            } else {
+                bound.to_string()
+            }
+        }
+    };
+    let election = tokio::spawn(crate::replica::run(plane.clone(), address));
     let control_loop = tokio::spawn(crate::reconcile::run(plane.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
+    let plane_for_exit = plane.clone();
     let service = ControlService::new(plane, stopping.clone());
     let shutdown = async move {
         shutdown.await;
@@ -63,5 +105,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
     let result = stopping.drain(server).await;
     control_loop.abort();
-    result
+    election.abort();
+    crate::replica::step_down(&plane_for_exit).await;
+    Ok(result?)
 }

@@ -340,12 +340,17 @@ impl Routes for ControlService {
         &self,
         request: Request<v1::FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let from_peer = request
+            .metadata()
+            .contains_key(strata_proto::call::PEER_HEADER);
         let digest = request.into_inner().digest;
-        let bytes = self
-            .plane
-            .blobs
-            .get(&digest)
-            .await
+        let blobs = &self.plane.blobs;
+        let found = if from_peer {
+            blobs.get_local(&digest).await
+        } else {
+            blobs.get(&digest).await
+        };
+        let bytes = found
             .map_err(ControlError::from)?
             .ok_or_else(|| Status::not_found(format!("no blob with digest {digest}")))?;
         Ok(Response::new(blob_stream(bytes)))

@@ -169,16 +169,44 @@ impl Agent {
             address: self.config.advertise.clone(),
             name: self.config.name.clone(),
         };
-        let registered = control
-            .register(v1::RegisterRequest { spec: Some(spec) })
-            .await
-            .map_err(|s| format!("register: {}", s.message()))?
-            .into_inner();
-        let node_id = registered.node_id;
+        // A node that was registered resumes under its id (its lease lives in the store, so any replica
+        // renews it, and a store outage does not cost the registration); it registers anew only when that
+        // id is gone.
+        let known = self.node_id();
+        let resumed = if known.is_empty() {
+            None
+        } else {
+            let request = v1::HeartbeatRequest {
+                node_id: known.clone(),
+                load: Some(self.load()),
+                ready: self.stages.ready(),
+                stage_ms: HashMap::new(),
+            };
+            match tokio::time::timeout(Duration::from_secs(5), control.heartbeat(request)).await {
+                Ok(Ok(answer)) => Some((known, answer.into_inner().ttl_ms)),
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => None,
+                Ok(Err(s)) => return Err(format!("heartbeat: {}", s.message())),
+                Err(_) => return Err("heartbeat timed out".into()),
+            }
+        };
+        let (node_id, ttl_ms) = match resumed {
+            Some((id, ttl_ms)) => {
+                tracing::info!(node = %id, control_plane = %address, "resumed");
+                (id, ttl_ms)
+            }
+            None => {
+                let registered = control
+                    .register(v1::RegisterRequest { spec: Some(spec) })
+                    .await
+                    .map_err(|s| format!("register: {}", s.message()))?
+                    .into_inner();
+                tracing::info!(node = %registered.node_id, control_plane = %address, "registered");
+                (registered.node_id, registered.ttl_ms)
+            }
+        };
         *self.node_id.write().unwrap_or_else(|p| p.into_inner()) = node_id.clone();
         self.connected.store(true, Ordering::Relaxed);
-        tracing::info!(node = %node_id, control_plane = %address, "registered");
-        let period = Duration::from_millis((registered.ttl_ms / 3).clamp(100, 10_000));
+        let period = Duration::from_millis((ttl_ms / 3).clamp(100, 10_000));
 
         // Aborted with this session, however it ends (also when the session task itself is aborted).
         let _assignments = AbortOnDrop(tokio::spawn(

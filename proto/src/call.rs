@@ -156,16 +156,33 @@ pub fn blob_chunks(bytes: bytes::Bytes) -> Vec<BlobChunk> {
     }
 }
 
+/// The metadata key a control-plane replica sets when it fetches a blob from a peer: the peer answers
+/// from its own blob store only, so replicas that all lack a blob never ask each other in circles.
+pub const PEER_HEADER: &str = "strata-peer";
+
 /// Fetches a blob by digest from any `Routes` server and checks that its content hashes to the digest.
 pub async fn fetch_blob(channel: Channel, digest: &str) -> Result<Vec<u8>, Status> {
+    fetch_blob_with(channel, digest, false).await
+}
+
+/// [`fetch_blob`], as a control-plane replica asks a peer (with [`PEER_HEADER`]) when `from_peer`.
+pub async fn fetch_blob_with(
+    channel: Channel,
+    digest: &str,
+    from_peer: bool,
+) -> Result<Vec<u8>, Status> {
     use sha2::Digest;
     let mut client = RoutesClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let mut stream = client
-        .fetch_blob(FetchBlobRequest {
-            digest: digest.to_string(),
-        })
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(FetchBlobRequest {
+        digest: digest.to_string(),
+    });
+    if from_peer {
+        request.metadata_mut().insert(
+            PEER_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    let mut stream = client.fetch_blob(request).await?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
