@@ -220,7 +220,7 @@ fn inference_through_an_agent_keeps_working_while_the_control_plane_is_down() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    sandbox.control_plane.kill();
+    sandbox.replicas[0].kill();
     let second = infer();
     assert!(
         second.status.success(),
@@ -618,7 +618,7 @@ fn with_every_agent_and_the_control_plane_gone_the_device_runs_the_whole_model()
     for agent in &mut sandbox.agents {
         agent.proc.kill();
     }
-    sandbox.control_plane.kill();
+    sandbox.replicas[0].kill();
     let r = sandbox
         .runtime
         .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))

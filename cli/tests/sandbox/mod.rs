@@ -15,6 +15,10 @@ use strata_device_sdk::{Client, ClientConfig};
 use strata_proto::v1;
 use strata_runtime::{Backend, TensorData, TractBackend, npy};
 
+#[path = "../../../control-plane/tests/support/etcd.rs"]
+pub mod etcd;
+pub use etcd::Etcd;
+
 /// A cluster profile that spreads SqueezeNet over all three tiers under `features`: a very slow device (it keeps
 /// only the raw-input readers), a fast edge with too little memory for the whole model, a slower cloud with
 /// plenty, fast links.
@@ -192,47 +196,81 @@ pub struct Agent {
     pub proc: Proc,
 }
 
+/// A control-plane replica: a `strata control-plane` process on a fixed address (kept across restarts).
+pub struct Replica {
+    pub address: String,
+    /// Its replica id, as it printed it (changes on every start).
+    pub id: String,
+    pub proc: Option<Proc>,
+}
+
+impl Replica {
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
-    pub control_plane: Proc,
+    pub replicas: Vec<Replica>,
+    /// The replica that `strata` commands and the helpers talk to.
     pub cp_address: String,
     pub agents: Vec<Agent>,
     pub runtime: tokio::runtime::Runtime,
+    /// The etcd the replicas share, when the sandbox runs on etcd.
+    pub etcd: Option<Etcd>,
+    ttl_ms: u64,
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").to_string()
 }
 
 impl Sandbox {
-    /// A control plane (node TTL `ttl_ms`) and agents of the given tiers, all registered.
+    /// A control plane on the embedded store (node TTL `ttl_ms`) and agents of the given tiers, all
+    /// registered.
     pub fn start(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
+        Sandbox::launch(None, 1, tiers, ttl_ms)
+    }
+
+    /// `replicas` control planes on a fresh real etcd, and agents of the given tiers that know every
+    /// replica, all registered.
+    pub fn start_on_etcd(replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
+        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms)
+    }
+
+    fn launch(etcd: Option<Etcd>, replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cluster = dir.path().join("cluster.toml");
-        std::fs::write(&cluster, THREE_TIER).expect("cluster file");
-        let mut cmd = Command::new(strata_bin());
-        cmd.args([
-            "control-plane",
-            "--listen",
-            "127.0.0.1:0",
-            "--node-ttl-ms",
-            &ttl_ms.to_string(),
-        ])
-        .arg("--store")
-        .arg(dir.path().join("cp"))
-        .arg("--cluster")
-        .arg(&cluster);
-        let control_plane = Proc::spawn("control plane", cmd, &dir.path().join("cp.log"));
-        let cp_address =
-            address_of(&control_plane.wait_line("listening on", Duration::from_secs(30)));
+        std::fs::write(dir.path().join("cluster.toml"), THREE_TIER).expect("cluster file");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
+        let replicas = (0..replicas)
+            .map(|_| Replica {
+                address: free_address(),
+                id: String::new(),
+                proc: None,
+            })
+            .collect::<Vec<_>>();
+        let cp_address = replicas[0].address.clone();
         let mut sandbox = Sandbox {
             dir,
-            control_plane,
+            replicas,
             cp_address,
             agents: Vec::new(),
             runtime,
+            etcd,
+            ttl_ms,
         };
+        for i in 0..sandbox.replicas.len() {
+            sandbox.start_replica(i);
+        }
         for tier in tiers {
             sandbox.add_agent(tier);
         }
@@ -241,6 +279,71 @@ impl Sandbox {
             s.nodes().len() == want
         });
         sandbox
+    }
+
+    /// Starts (or restarts) replica `i` on its address.
+    pub fn start_replica(&mut self, i: usize) {
+        let name = format!("cp{i}");
+        let mut cmd = Command::new(strata_bin());
+        cmd.args(["control-plane", "--listen", &self.replicas[i].address])
+            .args(["--node-ttl-ms", &self.ttl_ms.to_string()])
+            .arg("--cluster")
+            .arg(self.dir.path().join("cluster.toml"));
+        match &self.etcd {
+            Some(etcd) => {
+                cmd.args(["--store", &etcd.url()])
+                    .arg("--blobs")
+                    .arg(self.dir.path().join(format!("{name}-blobs")));
+            }
+            None => {
+                cmd.arg("--store").arg(self.dir.path().join("cp"));
+            }
+        }
+        // cp0.log, then cp0-run2.log, … : the logs of earlier runs of this replica stay.
+        let log = (1..)
+            .map(|run| match run {
+                1 => self.dir.path().join(format!("{name}.log")),
+                n => self.dir.path().join(format!("{name}-run{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let proc = Proc::spawn(&name, cmd, &log);
+        let id_line = proc.wait_line("control plane replica", Duration::from_secs(30));
+        let id = id_line
+            .split_whitespace()
+            .nth(3)
+            .expect("a replica id")
+            .to_string();
+        proc.wait_line("listening on", Duration::from_secs(30));
+        self.replicas[i].id = id;
+        self.replicas[i].proc = Some(proc);
+    }
+
+    /// The index of the replica that leads now, read from the election in etcd.
+    pub fn leader(&self) -> Option<usize> {
+        let etcd = self.etcd.as_ref().expect("a sandbox on etcd");
+        let url = etcd.url();
+        let leader = self.runtime.block_on(async {
+            let config = strata_control_plane::store::EtcdConfig::from_url(&url).ok()?;
+            let store = strata_control_plane::store::EtcdStore::connect(config)
+                .await
+                .ok()?;
+            strata_control_plane::store::election::leader(
+                &store,
+                strata_control_plane::keys::ELECTION,
+            )
+            .await
+            .ok()
+            .flatten()
+        })?;
+        let id = String::from_utf8(leader.value).ok()?;
+        self.replicas.iter().position(|r| r.id == id)
+    }
+
+    /// Every replica's address, as agents and clients take them.
+    pub fn replica_addresses(&self) -> String {
+        let addresses: Vec<&str> = self.replicas.iter().map(|r| r.address.as_str()).collect();
+        addresses.join(",")
     }
 
     pub fn add_agent(&mut self, tier: &'static str) {
@@ -256,7 +359,7 @@ impl Sandbox {
             "--tier",
             tier,
             "--control-plane",
-            &self.cp_address,
+            &self.replica_addresses(),
             "--listen",
             "127.0.0.1:0",
             "--name",

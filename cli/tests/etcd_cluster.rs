@@ -1,0 +1,351 @@
+//! Fault tests on a real etcd: control-plane replicas, agents and etcd as separate processes on loopback,
+//! with a stream of requests running through every failure.
+//!
+//! - the leader replica is killed: another leads within 5 s and no request fails;
+//! - an agent is killed: its node key expires within the TTL and no request fails;
+//! - etcd is down for 30 s: serving goes on, agents report the degraded state, and after etcd returns
+//!   registrations are intact and a model pushed afterwards is served;
+//! - every replica is restarted: models, plans and routes come back from etcd;
+//! - several clients push one model name at once, through two replicas: one version order.
+
+mod sandbox;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sandbox::{Sandbox, assert_outputs_match, corpus, reference};
+use strata_device_sdk::{Client, Constraints, Privacy};
+use strata_proto::v1;
+
+/// Requests sent one after another until stopped; counts successes and keeps every failure.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Stream {
+    fn start(sandbox: &Sandbox, client: Client, model: &'static str, privacy: Privacy) -> Stream {
+        let want = reference(model);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = sandbox.runtime.spawn(async move {
+            let (mut ok, mut failures) = (0, Vec::new());
+            let constraints = Constraints {
+                privacy: Some(privacy),
+                ..Constraints::default()
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.infer(model, want.inputs.clone(), constraints).await {
+                    Ok(r) => {
+                        assert_outputs_match(&r.outputs, &want.outputs, model);
+                        ok += 1;
+                    }
+                    Err(e) => failures.push(format!("after {:?}: {e}", started.elapsed())),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failures)
+        });
+        Stream { stop, task }
+    }
+
+    /// Stops the stream; returns how many requests succeeded, after asserting that none failed.
+    fn finish(self, sandbox: &Sandbox, at_least: usize) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failures) = sandbox
+            .runtime
+            .block_on(self.task)
+            .expect("the request stream");
+        assert!(
+            failures.is_empty(),
+            "{} request(s) failed: {failures:#?}",
+            failures.len()
+        );
+        assert!(
+            ok >= at_least,
+            "only {ok} requests ran (expected at least {at_least})"
+        );
+        ok
+    }
+}
+
+fn features() -> Privacy {
+    Privacy::Features
+}
+
+/// A client that learns routes from the agents first (as a device on the LAN would), then the replicas.
+fn device(sandbox: &Sandbox, model: &str) -> Client {
+    let mut endpoints: Vec<String> = sandbox.agents.iter().map(|a| a.address.clone()).collect();
+    endpoints.extend(sandbox.replicas.iter().map(|r| r.address.clone()));
+    let client = sandbox.client(&endpoints);
+    sandbox
+        .runtime
+        .block_on(client.prepare(model))
+        .expect("prepare");
+    client
+}
+
+fn models(sandbox: &Sandbox) -> Vec<v1::ModelInfo> {
+    sandbox.runtime.block_on(async {
+        let channel = strata_proto::call::channel(&sandbox.cp_address, Duration::from_secs(2))
+            .expect("channel");
+        let mut models = v1::control_client::ControlClient::new(channel)
+            .list_models(v1::ListModelsRequest {})
+            .await
+            .expect("list models")
+            .into_inner()
+            .models;
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    })
+}
+
+fn plan_ids(table: &v1::RouteTable) -> BTreeSet<String> {
+    table.plans.iter().map(|p| p.id.clone()).collect()
+}
+
+fn wait_for_leader(sandbox: &Sandbox) -> usize {
+    let mut leader = None;
+    sandbox.wait_until("a leader", Duration::from_secs(15), |s| {
+        leader = s.leader();
+        leader.is_some()
+    });
+    leader.expect("a leader")
+}
+
+#[test]
+fn killing_the_leader_fails_no_request_and_another_replica_leads_within_5_s() {
+    let mut sandbox = Sandbox::start_on_etcd(2, &["edge", "cloud"], 3000);
+    // Pushed to replica 0; if replica 1 leads, it plans from the blob it fetches from replica 0.
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let leader = wait_for_leader(&sandbox);
+    let survivor = 1 - leader;
+    sandbox.cp_address = sandbox.replicas[survivor].address.clone();
+
+    let client = device(&sandbox, "squeezenet");
+    let stream = Stream::start(&sandbox, client, "squeezenet", features());
+    std::thread::sleep(Duration::from_secs(1));
+    sandbox.replicas[leader].kill();
+    let killed = Instant::now();
+    sandbox.wait_until("the survivor leads", Duration::from_secs(10), |s| {
+        s.leader() == Some(survivor)
+    });
+    let failover = killed.elapsed();
+    eprintln!("leader failover: {failover:?}");
+    assert!(
+        failover <= Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stream.finish(&sandbox, 10);
+
+    // The new leader does a leader's work: a model pushed now is planned, assigned and served.
+    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
+    sandbox.wait_served("multi_io", 1);
+    let client = device(&sandbox, "multi_io");
+    let want = reference("multi_io");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
+        .expect("inference of a model pushed after the failover");
+    assert_outputs_match(&r.outputs, &want.outputs, "multi_io after failover");
+}
+
+#[test]
+fn a_killed_agents_key_expires_within_its_ttl_and_no_request_fails() {
+    let ttl = Duration::from_secs(3);
+    let mut sandbox = Sandbox::start_on_etcd(1, &["edge", "edge", "cloud"], ttl.as_millis() as u64);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 2);
+    let victim = sandbox.status(&sandbox.agents[0].address).node_id;
+    let client = device(&sandbox, "squeezenet");
+    let stream = Stream::start(&sandbox, client, "squeezenet", features());
+    std::thread::sleep(Duration::from_millis(500));
+    sandbox.agents[0].proc.kill();
+    let killed = Instant::now();
+    sandbox.wait_until(
+        "the dead agent's key expires",
+        ttl + Duration::from_secs(3),
+        |s| !s.nodes().iter().any(|n| n.id == victim),
+    );
+    let expired = killed.elapsed();
+    eprintln!("node key expired {expired:?} after the kill (TTL {ttl:?})");
+    // etcd checks lease expiry every 500 ms.
+    assert!(
+        expired <= ttl + Duration::from_millis(700),
+        "expired after {expired:?}"
+    );
+    sandbox.wait_until(
+        "routes without the dead agent",
+        Duration::from_secs(3),
+        |s| {
+            s.routes("squeezenet")
+                .is_some_and(|t| !t.nodes.iter().any(|n| n.id == victim))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stream.finish(&sandbox, 10);
+}
+
+#[test]
+fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
+    let mut sandbox = Sandbox::start_on_etcd(1, &["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let ids = |s: &Sandbox| -> BTreeSet<String> { s.nodes().into_iter().map(|n| n.id).collect() };
+    let registered = ids(&sandbox);
+    let client = device(&sandbox, "squeezenet");
+    let stream = Stream::start(&sandbox, client, "squeezenet", features());
+    std::thread::sleep(Duration::from_millis(500));
+
+    sandbox.etcd.as_mut().expect("etcd").stop();
+    let stopped = Instant::now();
+    let edge = sandbox.agents[0].address.clone();
+    sandbox.wait_until(
+        "the agent reports the degraded state",
+        Duration::from_secs(10),
+        |s| !s.status(&edge).control_plane_connected,
+    );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
+    sandbox.etcd.as_mut().expect("etcd").restart();
+    sandbox.wait_until("the agents reconnect", Duration::from_secs(20), |s| {
+        s.agents
+            .iter()
+            .all(|a| s.status(&a.address).control_plane_connected)
+    });
+    let served = stream.finish(&sandbox, 100);
+    eprintln!(
+        "{served} requests served across a {:?} etcd outage",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        ids(&sandbox),
+        registered,
+        "registrations survive the outage"
+    );
+
+    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
+    sandbox.wait_served("multi_io", 1);
+    let client = device(&sandbox, "multi_io");
+    let want = reference("multi_io");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
+        .expect("inference of a model pushed after the outage");
+    assert_outputs_match(&r.outputs, &want.outputs, "multi_io after the outage");
+}
+
+#[test]
+fn restarting_every_control_plane_brings_the_state_back_from_etcd() {
+    let mut sandbox = Sandbox::start_on_etcd(2, &["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
+    let squeezenet = plan_ids(&sandbox.wait_served("squeezenet", 1));
+    let multi_io = plan_ids(&sandbox.wait_served("multi_io", 1));
+    let before: Vec<(String, u64, String)> = models(&sandbox)
+        .into_iter()
+        .map(|m| (m.name, m.version, m.digest))
+        .collect();
+    assert_eq!(before.len(), 2);
+
+    for replica in &mut sandbox.replicas {
+        replica.kill();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..sandbox.replicas.len() {
+        sandbox.start_replica(i);
+    }
+    let after: Vec<(String, u64, String)> = models(&sandbox)
+        .into_iter()
+        .map(|m| (m.name, m.version, m.digest))
+        .collect();
+    assert_eq!(after, before, "models after the restart");
+    assert_eq!(plan_ids(&sandbox.wait_served("squeezenet", 1)), squeezenet);
+    assert_eq!(plan_ids(&sandbox.wait_served("multi_io", 1)), multi_io);
+    wait_for_leader(&sandbox);
+    let client = device(&sandbox, "squeezenet");
+    let want = reference("squeezenet");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer(
+            "squeezenet",
+            want.inputs.clone(),
+            Constraints {
+                privacy: Some(features()),
+                ..Constraints::default()
+            },
+        ))
+        .expect("inference after the restart");
+    assert_outputs_match(&r.outputs, &want.outputs, "squeezenet after the restart");
+}
+
+#[test]
+fn concurrent_pushes_of_one_name_get_one_version_order() {
+    let sandbox = Sandbox::start_on_etcd(2, &["edge"], 3000);
+    const FILES: [&str; 6] = [
+        "fanout",
+        "multi_io",
+        "shared_init",
+        "skip_long",
+        "squeezenet",
+        "shufflenet",
+    ];
+    let files = FILES;
+    let strata = sandbox::strata_bin();
+    let pushes: Vec<_> = files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| {
+            let (strata, endpoint) = (strata.clone(), sandbox.replicas[i % 2].address.clone());
+            let path = corpus(&format!("{file}.onnx"));
+            std::thread::spawn(move || {
+                let out = std::process::Command::new(strata)
+                    .args(["--endpoint", &endpoint, "model", "push"])
+                    .arg(&path)
+                    .args(["--name", "contested"])
+                    .env("STRATA_LOG", "off")
+                    .output()
+                    .expect("strata runs");
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(
+                    out.status.success(),
+                    "push {file}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let version: u64 = stdout
+                    .split_whitespace()
+                    .skip_while(|w| *w != "version")
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no version in {stdout:?}"));
+                let bytes = std::fs::read(&path).expect("model file");
+                (version, strata_control_plane::blob::sha256_hex(&bytes))
+            })
+        })
+        .collect();
+    let mut results: Vec<(u64, String)> = pushes
+        .into_iter()
+        .map(|p| p.join().expect("a push thread"))
+        .collect();
+    results.sort();
+    let versions: Vec<u64> = results.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        (1..=files.len() as u64).collect::<Vec<_>>(),
+        "one version each, no gap"
+    );
+    let latest = models(&sandbox)
+        .into_iter()
+        .find(|m| m.name == "contested")
+        .expect("the model");
+    let (last_version, last_digest) = results.last().expect("pushes").clone();
+    assert_eq!(latest.version, last_version);
+    assert_eq!(
+        latest.digest, last_digest,
+        "the record is the push that got the last version"
+    );
+}
