@@ -213,6 +213,10 @@ enum Command {
         /// A node is dropped this long after its last heartbeat.
         #[arg(long, default_value_t = 3000)]
         node_ttl_ms: u64,
+        /// After a new model version's routes are published, the old version's stages stay loaded this
+        /// long for requests already on their way.
+        #[arg(long, default_value_t = 10_000)]
+        rollout_grace_ms: u64,
     },
     /// Models on the cluster.
     Model {
@@ -368,6 +372,7 @@ fn main() -> ExitCode {
             advertise,
             cluster,
             node_ttl_ms,
+            rollout_grace_ms,
         } => up::control_plane(&up::ControlPlaneArgs {
             store: &store,
             blobs: blobs.as_deref(),
@@ -382,6 +387,7 @@ fn main() -> ExitCode {
             advertise: advertise.as_deref(),
             cluster: cluster.as_deref(),
             node_ttl_ms,
+            rollout_grace_ms,
         }),
         Command::Model { command } => match command {
             ModelCommand::Push {

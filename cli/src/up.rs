@@ -24,6 +24,7 @@ pub struct ControlPlaneArgs<'a> {
     pub advertise: Option<&'a str>,
     pub cluster: Option<&'a Path>,
     pub node_ttl_ms: u64,
+    pub rollout_grace_ms: u64,
 }
 
 /// TLS and authentication for etcd.
@@ -93,7 +94,7 @@ fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
 fn make_plane(
     (state, blobs): server::Stores,
     cluster: Option<&Path>,
-    node_ttl_ms: u64,
+    (node_ttl_ms, rollout_grace_ms): (u64, u64),
     advertise: Option<&str>,
 ) -> Result<Arc<ControlPlane>> {
     Ok(ControlPlane::new(
@@ -103,6 +104,7 @@ fn make_plane(
             cluster: load_cluster(cluster)?,
             node_ttl: Duration::from_millis(node_ttl_ms),
             max_model_bytes: 4 << 30,
+            rollout_grace: Duration::from_millis(rollout_grace_ms),
             advertise: advertise.map(str::to_string),
         },
     ))
@@ -122,7 +124,12 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
     runtime.block_on(async {
         let stores = open_stores(args).await?;
         let store_name = stores.0.name();
-        let plane = make_plane(stores, args.cluster, args.node_ttl_ms, args.advertise)?;
+        let plane = make_plane(
+            stores,
+            args.cluster,
+            (args.node_ttl_ms, args.rollout_grace_ms),
+            args.advertise,
+        )?;
         let listener = bind(args.listen).await?;
         say!(
             "control plane replica {} on the {store_name} store",
@@ -154,7 +161,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     runtime.block_on(async {
         let stores = server::open_embedded(&args.data_dir.join("control-plane"))
             .map_err(|e| anyhow::anyhow!(e))?;
-        let plane = make_plane(stores, args.cluster, 3000, None)?;
+        let plane = make_plane(stores, args.cluster, (3000, 10_000), None)?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;
         // Agents take the next two ports, or free ones when the control plane's port was left to the OS.

@@ -630,3 +630,96 @@ fn with_every_agent_and_the_control_plane_gone_the_device_runs_the_whole_model()
         "the first choice was the split plan: {r:?}"
     );
 }
+
+/// The digests of a table's edge and cloud stages.
+fn remote_stages(table: &v1::RouteTable) -> std::collections::BTreeSet<String> {
+    table
+        .plans
+        .iter()
+        .flat_map(|p| &p.stages)
+        .filter(|s| s.tier != v1::Tier::Device as i32)
+        .map(|s| s.digest.clone())
+        .collect()
+}
+
+#[test]
+fn a_new_version_rolls_out_without_a_failed_request_then_the_old_one_is_unloaded() {
+    use prost::Message;
+    let sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    let v1_table = sandbox.wait_served("squeezenet", 1);
+    assert_eq!(v1_table.version, 1);
+
+    // Version 2: the same network with a metadata entry, so every stage has new bytes (and digests) but
+    // the outputs stay those of the reference.
+    let bytes = std::fs::read(corpus("squeezenet.onnx")).expect("model");
+    let mut model = strata_planner::onnx::ModelProto::decode(bytes.as_slice()).expect("ONNX");
+    model
+        .metadata_props
+        .push(strata_planner::onnx::StringStringEntryProto {
+            key: Some("strata-test-release".into()),
+            value: Some("2".into()),
+        });
+    let v2_file = sandbox.dir.path().join("squeezenet-v2.onnx");
+    std::fs::write(&v2_file, model.encode_to_vec()).expect("write v2");
+
+    let client = sandbox.client(&[
+        sandbox.agents[0].address.clone(),
+        sandbox.cp_address.clone(),
+    ]);
+    sandbox
+        .runtime
+        .block_on(client.prepare("squeezenet"))
+        .expect("prepare");
+    let stream = sandbox::Stream::start(&sandbox, client, "squeezenet", Privacy::Features);
+    std::thread::sleep(Duration::from_millis(500));
+    sandbox.push(&v2_file, "squeezenet", "features");
+    let mut seen = Vec::new();
+    sandbox.wait_until("version 2 routed", Duration::from_secs(60), |s| {
+        let Some(table) = s.routes("squeezenet") else {
+            return false;
+        };
+        if table.version == 2 {
+            seen.push(table);
+            return true;
+        }
+        false
+    });
+    let v2_table = seen.pop().expect("a version 2 table");
+    // The switch waited for the agents: the first version 2 table already names a ready agent for every
+    // edge and cloud stage.
+    for stage in v2_table.plans.iter().flat_map(|p| &p.stages) {
+        assert!(
+            stage.tier == v1::Tier::Device as i32 || !stage.nodes.is_empty(),
+            "version 2 was routed before stage {} ({}) was loaded anywhere",
+            stage.index,
+            stage.digest
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = stream.finish(&sandbox, 20);
+    eprintln!("{served} requests served across the rollout");
+
+    // After the grace period the old version's stages are unloaded; the new ones stay.
+    let (old, new) = (remote_stages(&v1_table), remote_stages(&v2_table));
+    assert!(old.is_disjoint(&new), "version 2 has new stage files");
+    sandbox.wait_until(
+        "version 1 unloaded",
+        sandbox::ROLLOUT_GRACE + Duration::from_secs(10),
+        |s| {
+            s.agents.iter().all(|a| {
+                let loaded = s.status(&a.address).stages;
+                loaded.iter().all(|d| !old.contains(d))
+            })
+        },
+    );
+    let loaded: std::collections::BTreeSet<String> = sandbox
+        .agents
+        .iter()
+        .flat_map(|a| sandbox.status(&a.address).stages)
+        .collect();
+    assert!(
+        new.is_subset(&loaded),
+        "version 2 stays loaded: {new:?} vs {loaded:?}"
+    );
+}

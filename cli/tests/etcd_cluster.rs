@@ -11,66 +11,11 @@
 mod sandbox;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sandbox::{Sandbox, assert_outputs_match, corpus, reference};
+use sandbox::{Sandbox, Stream, assert_outputs_match, corpus, reference};
 use strata_device_sdk::{Client, Constraints, Privacy};
 use strata_proto::v1;
-
-/// Requests sent one after another until stopped; counts successes and keeps every failure.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl Stream {
-    fn start(sandbox: &Sandbox, client: Client, model: &'static str, privacy: Privacy) -> Stream {
-        let want = reference(model);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let task = sandbox.runtime.spawn(async move {
-            let (mut ok, mut failures) = (0, Vec::new());
-            let constraints = Constraints {
-                privacy: Some(privacy),
-                ..Constraints::default()
-            };
-            while !stopped.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                match client.infer(model, want.inputs.clone(), constraints).await {
-                    Ok(r) => {
-                        assert_outputs_match(&r.outputs, &want.outputs, model);
-                        ok += 1;
-                    }
-                    Err(e) => failures.push(format!("after {:?}: {e}", started.elapsed())),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, failures)
-        });
-        Stream { stop, task }
-    }
-
-    /// Stops the stream; returns how many requests succeeded, after asserting that none failed.
-    fn finish(self, sandbox: &Sandbox, at_least: usize) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        let (ok, failures) = sandbox
-            .runtime
-            .block_on(self.task)
-            .expect("the request stream");
-        assert!(
-            failures.is_empty(),
-            "{} request(s) failed: {failures:#?}",
-            failures.len()
-        );
-        assert!(
-            ok >= at_least,
-            "only {ok} requests ran (expected at least {at_least})"
-        );
-        ok
-    }
-}
 
 fn features() -> Privacy {
     Privacy::Features

@@ -53,7 +53,6 @@ pub fn route_table(
     nodes: &[NodeRecord],
     load_of: impl Fn(&str) -> Option<v1::Load>,
 ) -> v1::RouteTable {
-    let mut used = Vec::new();
     let wire_plans = plans
         .plans
         .iter()
@@ -71,34 +70,21 @@ pub fn route_table(
             stages: p
                 .stages
                 .iter()
-                .map(|s| {
-                    let ready: Vec<String> = nodes
-                        .iter()
-                        .filter(|n| n.tier == s.tier && n.ready.contains(&s.digest))
-                        .map(|n| n.id.clone())
-                        .collect();
-                    for id in &ready {
-                        if !used.contains(id) {
-                            used.push(id.clone());
-                        }
-                    }
-                    v1::Stage {
-                        index: s.index,
-                        tier: tier_to_wire(s.tier) as i32,
-                        digest: s.digest.clone(),
-                        size_bytes: s.size_bytes,
-                        inputs: s.inputs.clone(),
-                        outputs: s.outputs.clone(),
-                        memory_bytes: s.memory_bytes,
-                        predicted_ms: s.predicted_ms,
-                        nodes: ready,
-                    }
+                .map(|s| v1::Stage {
+                    index: s.index,
+                    tier: tier_to_wire(s.tier) as i32,
+                    digest: s.digest.clone(),
+                    size_bytes: s.size_bytes,
+                    inputs: s.inputs.clone(),
+                    outputs: s.outputs.clone(),
+                    memory_bytes: s.memory_bytes,
+                    predicted_ms: s.predicted_ms,
+                    nodes: Vec::new(),
                 })
                 .collect(),
         })
         .collect();
-    used.sort();
-    v1::RouteTable {
+    let table = v1::RouteTable {
         model: plans.model.clone(),
         version: plans.version,
         revision: 0,
@@ -114,17 +100,45 @@ pub fn route_table(
             .collect(),
         outputs: plans.outputs.clone(),
         plans: wire_plans,
-        nodes: nodes
-            .iter()
-            .filter(|n| used.contains(&n.id))
-            .map(|n| v1::NodeRef {
-                id: n.id.clone(),
-                tier: tier_to_wire(n.tier) as i32,
-                address: n.address.clone(),
-                load: load_of(&n.id),
-            })
-            .collect(),
+        nodes: Vec::new(),
         deleted: false,
         notes: plans.notes.clone(),
+    };
+    refresh_nodes(&table, nodes, load_of)
+}
+
+/// `table` with its stages' ready agents and its node list recomputed from `nodes` (for an older version
+/// that keeps serving during a rollout).
+pub fn refresh_nodes(
+    table: &v1::RouteTable,
+    nodes: &[NodeRecord],
+    load_of: impl Fn(&str) -> Option<v1::Load>,
+) -> v1::RouteTable {
+    let mut table = table.clone();
+    let mut used: Vec<String> = Vec::new();
+    for stage in table.plans.iter_mut().flat_map(|p| &mut p.stages) {
+        let tier = tier_from_wire(stage.tier);
+        stage.nodes = nodes
+            .iter()
+            .filter(|n| Some(n.tier) == tier && n.ready.contains(&stage.digest))
+            .map(|n| n.id.clone())
+            .collect();
+        for id in &stage.nodes {
+            if !used.contains(id) {
+                used.push(id.clone());
+            }
+        }
     }
+    table.nodes = nodes
+        .iter()
+        .filter(|n| used.contains(&n.id))
+        .map(|n| v1::NodeRef {
+            id: n.id.clone(),
+            tier: tier_to_wire(n.tier) as i32,
+            address: n.address.clone(),
+            load: load_of(&n.id),
+        })
+        .collect();
+    table.revision = 0;
+    table
 }

@@ -7,6 +7,7 @@
 //! | `/strata/v1/models/{name}` | [`crate::records::ModelRecord`] | until `model rm` |
 //! | `/strata/v1/plans/{name}` | [`crate::records::PlansRecord`] | replaced on each re-plan |
 //! | `/strata/v1/routes/{name}` | `strata.v1.RouteTable` (protobuf) | republished when plans or ready nodes change |
+//! | `/strata/v1/retired/{name}/{version}` | the replaced `strata.v1.RouteTable` | a lease of the rollout grace period: its stages stay assigned until it expires |
 //! | `/strata/v1/controllers/{replica_id}` | [`crate::records::ControllerRecord`] | bound to the replica's lease |
 //! | `/strata/v1/election/leader/{lease hex}` | the candidate's replica id | bound to the replica's lease; lowest create revision leads |
 
@@ -20,6 +21,14 @@ pub const MODELS: &str = "/strata/v1/models/";
 pub const PLANS: &str = "/strata/v1/plans/";
 /// Prefix of route-table keys.
 pub const ROUTES: &str = "/strata/v1/routes/";
+
+/// Prefix of route tables replaced by a newer version, kept for the rollout grace period.
+pub const RETIRED: &str = "/strata/v1/retired/";
+
+/// The key of a replaced route table.
+pub fn retired(name: &str, version: u64) -> String {
+    format!("{RETIRED}{name}/{version}")
+}
 
 /// Prefix of control-plane replica keys.
 pub const CONTROLLERS: &str = "/strata/v1/controllers/";

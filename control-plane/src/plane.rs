@@ -29,6 +29,9 @@ pub struct Settings {
     pub node_ttl: Duration,
     /// The largest model accepted, bytes.
     pub max_model_bytes: u64,
+    /// How long a replaced version's stages stay loaded after its successor's route table is published
+    /// (for requests already on their way with the old table).
+    pub rollout_grace: Duration,
     /// The address other replicas reach this one at (peer blob fetches); default: the listen address,
     /// with 127.0.0.1 for an unspecified IP.
     pub advertise: Option<String>,

@@ -71,6 +71,8 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
                         key.starts_with(keys::NODES)
                             || key.starts_with(keys::MODELS)
                             || key.starts_with(keys::PLANS)
+                            || key.starts_with(keys::ROUTES)
+                            || key.starts_with(keys::RETIRED)
                     });
                     if relevant {
                         plane.wake.notify_one();
@@ -95,9 +97,27 @@ pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> 
         let record: PlansRecord = parse(&kv.key, &kv.value)?;
         plans.insert(record.model.clone(), record);
     }
+    refresh_assignments(plane, &nodes, &plans).await
+}
+
+/// Assigns stages from the current plans plus those of every published and retiring route table (an older
+/// version still serving while its successor loads, or in its grace period after the switch).
+async fn refresh_assignments(
+    plane: &Arc<ControlPlane>,
+    nodes: &[NodeRecord],
+    plans: &HashMap<String, PlansRecord>,
+) -> Result<(), ControlError> {
+    let mut serving = Vec::new();
+    for prefix in [keys::ROUTES, keys::RETIRED] {
+        for kv in plane.store.range(prefix).await?.kvs {
+            if let Ok(table) = v1::RouteTable::decode(kv.value.as_slice()) {
+                serving.push(table);
+            }
+        }
+    }
     plane
         .assignments
-        .send_replace(Arc::new(assign(&nodes, &plans)));
+        .send_replace(Arc::new(assign(nodes, plans, &serving)));
     Ok(())
 }
 
@@ -138,10 +158,8 @@ pub async fn reconcile_once(
     }
     plans.retain(|n, _| names.contains(n.as_str()));
 
-    plane
-        .assignments
-        .send_replace(Arc::new(assign(&nodes, &plans)));
-    publish(plane, leadership, &models, &plans, &nodes).await
+    publish(plane, leadership, &models, &plans, &nodes).await?;
+    refresh_assignments(plane, &nodes, &plans).await
 }
 
 async fn replan(
@@ -200,29 +218,74 @@ async fn replan(
 }
 
 /// Every agent holds every stage of its tier (replication is full in this version; memory-aware packing
-/// comes with larger clusters).
-pub fn assign(nodes: &[NodeRecord], plans: &HashMap<String, PlansRecord>) -> AssignmentMap {
-    let mut map = AssignmentMap::new();
-    for node in nodes {
-        let mut stages: Vec<v1::StageAssignment> = Vec::new();
-        let mut models: Vec<&PlansRecord> = plans.values().collect();
-        models.sort_by(|a, b| a.model.cmp(&b.model));
-        for record in models {
-            for stage in record.plans.iter().flat_map(|p| &p.stages) {
-                if stage.tier == node.tier && !stages.iter().any(|s| s.digest == stage.digest) {
-                    stages.push(v1::StageAssignment {
-                        model: record.model.clone(),
-                        version: record.version,
-                        digest: stage.digest.clone(),
-                        size_bytes: stage.size_bytes,
-                        tier: tier_to_wire(stage.tier) as i32,
-                    });
-                }
+/// comes with larger clusters): the stages of the current plans, and those of `serving`, the route tables
+/// still in use (an older version stays loaded until its successor is ready, and for a grace period after).
+pub fn assign(
+    nodes: &[NodeRecord],
+    plans: &HashMap<String, PlansRecord>,
+    serving: &[v1::RouteTable],
+) -> AssignmentMap {
+    let mut records: Vec<&PlansRecord> = plans.values().collect();
+    records.sort_by(|a, b| a.model.cmp(&b.model));
+    let mut wanted: Vec<(Tier, v1::StageAssignment)> = Vec::new();
+    let mut add = |model: &str, version: u64, digest: &str, size_bytes: u64, tier: Tier| {
+        if !wanted.iter().any(|(_, s)| s.digest == digest) {
+            wanted.push((
+                tier,
+                v1::StageAssignment {
+                    model: model.to_string(),
+                    version,
+                    digest: digest.to_string(),
+                    size_bytes,
+                    tier: tier_to_wire(tier) as i32,
+                },
+            ));
+        }
+    };
+    for record in records {
+        for stage in record.plans.iter().flat_map(|p| &p.stages) {
+            add(
+                &record.model,
+                record.version,
+                &stage.digest,
+                stage.size_bytes,
+                stage.tier,
+            );
+        }
+    }
+    for table in serving {
+        for stage in table.plans.iter().flat_map(|p| &p.stages) {
+            if let Some(tier) = crate::convert::tier_from_wire(stage.tier) {
+                add(
+                    &table.model,
+                    table.version,
+                    &stage.digest,
+                    stage.size_bytes,
+                    tier,
+                );
             }
         }
+    }
+    let mut map = AssignmentMap::new();
+    for node in nodes {
+        let stages = wanted
+            .iter()
+            .filter(|(tier, _)| *tier == node.tier)
+            .map(|(_, s)| s.clone())
+            .collect();
         map.insert(node.id.clone(), stages);
     }
     map
+}
+
+/// Whether every remote stage of every plan has a ready agent: a new version's table replaces the old one
+/// only then, so no request meets a stage nobody holds.
+fn servable(table: &v1::RouteTable) -> bool {
+    table
+        .plans
+        .iter()
+        .flat_map(|p| &p.stages)
+        .all(|s| s.tier == v1::Tier::Device as i32 || !s.nodes.is_empty())
 }
 
 async fn publish(
@@ -250,17 +313,39 @@ async fn publish(
             continue;
         }
         let table = route_table(record, model.privacy, nodes, |id| plane.load_of(id));
-        let unchanged = current
-            .get(&model.name)
-            .is_some_and(|old| same_routes(old, &table));
+        let old = current.get(&model.name);
+        let mut ops = Vec::new();
+        let (table, note) = match old {
+            Some(old) if old.version < table.version && !servable(&table) => {
+                // Rollout: the old version serves (with its agents kept current) until the new one's
+                // stages are loaded somewhere.
+                let old_plans = crate::convert::refresh_nodes(old, nodes, |id| plane.load_of(id));
+                (old_plans, "route table kept while the new version loads")
+            }
+            Some(old) if old.version < table.version => {
+                let grace = plane
+                    .store
+                    .grant_lease(plane.settings.rollout_grace)
+                    .await?;
+                ops.push(TxnOp::Put {
+                    key: keys::retired(&old.model, old.version),
+                    value: old.encode_to_vec(),
+                    lease: Some(grace),
+                });
+                (table, "new version's route table published")
+            }
+            _ => (table, "route table published"),
+        };
+        let unchanged = old.is_some_and(|old| same_routes(old, &table));
         if !unchanged {
-            let put = TxnOp::Put {
+            let version = table.version;
+            ops.push(TxnOp::Put {
                 key: keys::routes(&model.name),
                 value: table.encode_to_vec(),
                 lease: None,
-            };
-            plane.leader_txn(leadership, vec![put]).await?;
-            tracing::info!(model = %model.name, version = model.version, "route table published");
+            });
+            plane.leader_txn(leadership, ops).await?;
+            tracing::info!(model = %model.name, version, "{note}");
         }
     }
     for name in current.keys() {

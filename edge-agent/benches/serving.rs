@@ -80,6 +80,7 @@ async fn start() -> Bench {
             cluster: Cluster::from_toml(CLUSTER).expect("bench cluster parses"),
             node_ttl: Duration::from_secs(3),
             max_model_bytes: 1 << 30,
+            rollout_grace: Duration::from_secs(10),
             advertise: None,
         },
     );

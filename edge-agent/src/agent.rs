@@ -43,6 +43,9 @@ pub struct Agent {
     pub(crate) node_id: RwLock<String>,
     pub(crate) stages: StageStore,
     pub(crate) routes: RwLock<HashMap<String, v1::RouteTable>>,
+    /// Each model's table of the version before the current one: requests sent with it just before a
+    /// rollout switched versions are still served (its stages stay assigned for a grace period).
+    pub(crate) previous_routes: RwLock<HashMap<String, v1::RouteTable>>,
     pub(crate) route_updates: broadcast::Sender<v1::RouteTable>,
     pub(crate) balancer: Balancer,
     channels: strata_proto::call::Channels,
@@ -69,6 +72,7 @@ impl Agent {
             node_id: RwLock::new(String::new()),
             stages,
             routes: RwLock::new(HashMap::new()),
+            previous_routes: RwLock::new(HashMap::new()),
             route_updates: broadcast::channel(256).0,
             balancer: Balancer::new(),
             channels: strata_proto::call::Channels::new(CONNECT_TIMEOUT),
@@ -103,13 +107,48 @@ impl Agent {
         self.channels.get(address)
     }
 
+    /// The route table of `model` at `version`: the current one, or the one it replaced. Otherwise the
+    /// current version, if any.
+    pub(crate) fn table_for(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> Result<v1::RouteTable, Option<u64>> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let current = routes.get(model);
+        if let Some(table) = current.filter(|t| t.version == version) {
+            return Ok(table.clone());
+        }
+        let previous = self
+            .previous_routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match previous.get(model).filter(|t| t.version == version) {
+            Some(table) => Ok(table.clone()),
+            None => Err(current.map(|t| t.version)),
+        }
+    }
+
     pub(crate) fn set_route(&self, table: v1::RouteTable) {
         {
             let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-            if table.deleted {
-                routes.remove(&table.model);
+            let replaced = if table.deleted {
+                routes.remove(&table.model)
             } else {
-                routes.insert(table.model.clone(), table.clone());
+                routes.insert(table.model.clone(), table.clone())
+            };
+            let mut previous = self
+                .previous_routes
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            match replaced {
+                Some(old) if old.version != table.version => {
+                    previous.insert(old.model.clone(), old);
+                }
+                _ if table.deleted => {
+                    previous.remove(&table.model);
+                }
+                _ => {}
             }
         }
         let _ = self.route_updates.send(table);

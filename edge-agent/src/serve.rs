@@ -70,24 +70,18 @@ impl AgentService {
     ) -> Result<Vec<v1::InferResponse>, Status> {
         let agent = &self.agent;
         let node_id = agent.node_id();
-        let table = agent
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&header.model)
-            .cloned()
-            .ok_or_else(|| {
-                Status::not_found(format!(
+        let table = agent.table_for(&header.model, header.version).map_err(|current| {
+            match current {
+                None => Status::not_found(format!(
                     "agent {node_id} has no routes for model \"{}\"",
                     header.model
-                ))
-            })?;
-        if table.version != header.version {
-            return Err(Status::failed_precondition(format!(
-                "model \"{}\" is at version {} here, the request is for version {}; refresh routes",
-                header.model, table.version, header.version
-            )));
-        }
+                )),
+                Some(version) => Status::failed_precondition(format!(
+                    "model \"{}\" is at version {version} here, the request is for version {}; refresh routes",
+                    header.model, header.version
+                )),
+            }
+        })?;
         let plan = table
             .plans
             .iter()

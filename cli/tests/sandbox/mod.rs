@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use strata_device_sdk::{Client, ClientConfig};
+use strata_device_sdk::{Client, ClientConfig, Constraints, Privacy};
 use strata_proto::v1;
 use strata_runtime::{Backend, TensorData, TractBackend, npy};
 
@@ -213,6 +214,9 @@ impl Replica {
     }
 }
 
+/// The control planes' rollout grace period in tests.
+pub const ROLLOUT_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub replicas: Vec<Replica>,
@@ -287,6 +291,7 @@ impl Sandbox {
         let mut cmd = Command::new(strata_bin());
         cmd.args(["control-plane", "--listen", &self.replicas[i].address])
             .args(["--node-ttl-ms", &self.ttl_ms.to_string()])
+            .args(["--rollout-grace-ms", &ROLLOUT_GRACE.as_millis().to_string()])
             .arg("--cluster")
             .arg(self.dir.path().join("cluster.toml"));
         match &self.etcd {
@@ -478,6 +483,64 @@ impl Sandbox {
                 .expect("agent status")
                 .into_inner()
         })
+    }
+}
+
+/// Requests sent one after another until stopped; counts successes and keeps every failure.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Stream {
+    pub fn start(
+        sandbox: &Sandbox,
+        client: Client,
+        model: &'static str,
+        privacy: Privacy,
+    ) -> Stream {
+        let want = reference(model);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = sandbox.runtime.spawn(async move {
+            let (mut ok, mut failures) = (0, Vec::new());
+            let constraints = Constraints {
+                privacy: Some(privacy),
+                ..Constraints::default()
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.infer(model, want.inputs.clone(), constraints).await {
+                    Ok(r) => {
+                        assert_outputs_match(&r.outputs, &want.outputs, model);
+                        ok += 1;
+                    }
+                    Err(e) => failures.push(format!("after {:?}: {e}", started.elapsed())),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failures)
+        });
+        Stream { stop, task }
+    }
+
+    /// Stops the stream; returns how many requests succeeded, after asserting that none failed.
+    pub fn finish(self, sandbox: &Sandbox, at_least: usize) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failures) = sandbox
+            .runtime
+            .block_on(self.task)
+            .expect("the request stream");
+        assert!(
+            failures.is_empty(),
+            "{} request(s) failed: {failures:#?}",
+            failures.len()
+        );
+        assert!(
+            ok >= at_least,
+            "only {ok} requests ran (expected at least {at_least})"
+        );
+        ok
     }
 }
 
