@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sandbox::{Sandbox, Stream, assert_outputs_match, corpus, reference};
 use strata_device_sdk::{Client, Constraints, Privacy};
 use strata_proto::v1;
+use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
 
 fn features() -> Privacy {
     Privacy::Features
@@ -155,6 +156,17 @@ fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
         Duration::from_secs(10),
         |s| !s.status(&edge).control_plane_connected,
     );
+    let control_plane = sandbox.cp_address.clone();
+    sandbox.wait_until(
+        "the control plane reports the store down",
+        Duration::from_secs(10),
+        |s| s.health(&control_plane, "strata.v1.Control") == Some(NotServing),
+    );
+    assert_eq!(
+        sandbox.health(&control_plane, ""),
+        Some(Serving),
+        "alive, waiting for etcd"
+    );
     std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
     sandbox.etcd.as_mut().expect("etcd").restart();
     sandbox.wait_until("the agents reconnect", Duration::from_secs(20), |s| {
@@ -166,6 +178,11 @@ fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
     eprintln!(
         "{served} requests served across a {:?} etcd outage",
         stopped.elapsed()
+    );
+    sandbox.wait_until(
+        "the control plane reports the store back",
+        Duration::from_secs(10),
+        |s| s.health(&control_plane, "strata.v1.Control") == Some(Serving),
     );
     assert_eq!(
         ids(&sandbox),
@@ -293,4 +310,53 @@ fn concurrent_pushes_of_one_name_get_one_version_order() {
         latest.digest, last_digest,
         "the record is the push that got the last version"
     );
+}
+
+#[test]
+fn bad_store_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("missing-cert.pem");
+    let key = dir.path().join("missing-key.pem");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--store".into(), "etcd://nohost".into()],
+            "is not HOST:PORT",
+        ),
+        (
+            vec!["--store".into(), "etcd://".into()],
+            "names no etcd endpoint",
+        ),
+        (
+            vec![
+                "--store".into(),
+                "etcd://127.0.0.1:1".into(),
+                "--etcd-cert".into(),
+                cert.display().to_string(),
+                "--etcd-key".into(),
+                key.display().to_string(),
+            ],
+            "cannot read the etcd client certificate",
+        ),
+        (
+            vec![
+                "--store".into(),
+                "etcd://127.0.0.1:1".into(),
+                "--etcd-user".into(),
+                "u".into(),
+            ],
+            "STRATA_ETCD_PASSWORD",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(sandbox::strata_bin())
+            .args(["control-plane", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env_remove("STRATA_ETCD_PASSWORD")
+            .env("STRATA_LOG", "off")
+            .output()
+            .expect("strata runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }

@@ -63,6 +63,9 @@ pub struct ControlPlane {
     leadership: Mutex<Option<Leadership>>,
     /// The lease of this replica's candidacy and controller key, revoked on a graceful stop.
     pub(crate) replica_lease: Mutex<Option<LeaseId>>,
+    /// Whether the store answered this replica's last lease renewal (the health service reports
+    /// `strata.v1.Control` as NOT_SERVING while it does not).
+    pub(crate) store_reachable: watch::Sender<bool>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -95,6 +98,7 @@ impl ControlPlane {
             ),
             leadership: Mutex::new(None),
             replica_lease: Mutex::new(None),
+            store_reachable: watch::channel(true).0,
         })
     }
 
@@ -109,6 +113,11 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the store answered this replica's last lease renewal.
+    pub fn store_reachable(&self) -> bool {
+        *self.store_reachable.borrow()
     }
 
     /// Whether this replica leads (plans, assigns and publishes).

@@ -18,8 +18,12 @@ pub const ELECTION_TTL: Duration = Duration::from_secs(2);
 /// Campaigns for ever: leads when elected, steps down when the lease is lost, and campaigns again.
 pub(crate) async fn run(plane: Arc<ControlPlane>, address: String) {
     loop {
-        if let Err(e) = campaign_and_hold(&plane, &address).await {
-            tracing::warn!(error = %e, "leader election failed; retrying");
+        match campaign_and_hold(&plane, &address).await {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Backend(_))) => {
+                reachable(&plane, Err(&e))
+            }
+            Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            Ok(()) => {}
         }
         if plane.is_leader() {
             tracing::warn!(replica = %plane.replica_id, "lost the leadership");
@@ -31,6 +35,7 @@ pub(crate) async fn run(plane: Arc<ControlPlane>, address: String) {
 
 async fn campaign_and_hold(plane: &Arc<ControlPlane>, address: &str) -> Result<(), StoreError> {
     let lease = plane.store.grant_lease(ELECTION_TTL).await?;
+    reachable(plane, Ok(()));
     *plane
         .replica_lease
         .lock()
@@ -60,22 +65,26 @@ async fn campaign_and_hold(plane: &Arc<ControlPlane>, address: &str) -> Result<(
 /// Keeps the lease alive; returns once it is gone. While the store is unreachable the replica keeps its
 /// role: its fenced writes fail anyway, and an etcd that comes back extends its leases.
 async fn keep(plane: Arc<ControlPlane>, lease: LeaseId) -> Result<(), StoreError> {
-    let mut unreachable = false;
     loop {
         tokio::time::sleep(ELECTION_TTL / 4).await;
         match plane.store.keep_alive(lease).await {
-            Ok(_) => {
-                if std::mem::take(&mut unreachable) {
-                    tracing::info!("the store is reachable again");
-                }
-            }
+            Ok(_) => reachable(&plane, Ok(())),
             Err(e @ StoreError::LeaseNotFound(_)) => return Err(e),
-            Err(e) => {
-                if !std::mem::replace(&mut unreachable, true) {
-                    tracing::warn!(error = %e, "cannot renew this replica's lease; the store is unreachable");
-                }
-            }
+            Err(e) => reachable(&plane, Err(&e)),
         }
+    }
+}
+
+/// Records whether the store answers, logging the changes (the health service follows it).
+fn reachable(plane: &ControlPlane, outcome: Result<(), &StoreError>) {
+    let now = outcome.is_ok();
+    let was = plane.store_reachable.send_replace(now);
+    match outcome {
+        Ok(()) if !was => tracing::info!("the store is reachable again"),
+        Err(e) if was => {
+            tracing::warn!(error = %e, "the store is unreachable: serving reads from what agents cache; writes wait")
+        }
+        _ => {}
     }
 }
 

@@ -89,6 +89,23 @@ pub async fn serve(
         .set_serving::<ControlServer<ControlService>>()
         .await;
     reporter.set_serving::<RoutesServer<ControlService>>().await;
+    // `strata.v1.Control` is NOT_SERVING while the store is unreachable (a readiness signal); the server
+    // as a whole ("") stays SERVING: it is alive, and waits for the store.
+    let mut reachable = plane_for_exit.store_reachable.subscribe();
+    let health_task = tokio::spawn(async move {
+        while reachable.changed().await.is_ok() {
+            let up = *reachable.borrow_and_update();
+            if up {
+                reporter
+                    .set_serving::<ControlServer<ControlService>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<ControlServer<ControlService>>()
+                    .await;
+            }
+        }
+    });
     let max = strata_proto::MAX_MESSAGE_BYTES;
     let server = tonic::transport::Server::builder()
         .add_service(health)
@@ -106,6 +123,7 @@ pub async fn serve(
     let result = stopping.drain(server).await;
     control_loop.abort();
     election.abort();
+    health_task.abort();
     crate::replica::step_down(&plane_for_exit).await;
     Ok(result?)
 }

@@ -473,6 +473,27 @@ impl Sandbox {
         Client::new(ClientConfig::new(endpoints.to_vec())).expect("client")
     }
 
+    /// What `grpc.health.v1` says of `service` at `address` ("" is the server as a whole).
+    pub fn health(
+        &self,
+        address: &str,
+        service: &str,
+    ) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+        self.runtime.block_on(async {
+            let channel = strata_proto::call::channel(address, Duration::from_secs(2)).ok()?;
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+                .ok()?;
+            tonic_health::pb::health_check_response::ServingStatus::try_from(
+                answer.into_inner().status,
+            )
+            .ok()
+        })
+    }
+
     pub fn status(&self, address: &str) -> v1::AgentStatus {
         self.runtime.block_on(async {
             let channel =
