@@ -16,6 +16,7 @@ pub mod planning;
 pub mod reconcile;
 pub mod records;
 pub mod replica;
+pub mod route_cache;
 pub mod server;
 pub mod service;
 pub mod store;

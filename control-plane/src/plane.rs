@@ -66,6 +66,8 @@ pub struct ControlPlane {
     /// Whether the store answered this replica's last lease renewal (the health service reports
     /// `strata.v1.Control` as NOT_SERVING while it does not).
     pub(crate) store_reachable: watch::Sender<bool>,
+    /// The published route tables, for `WatchRoutes` (fed by one store watch, run by `server::serve`).
+    pub(crate) route_cache: Arc<crate::route_cache::RouteCache>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -99,6 +101,7 @@ impl ControlPlane {
             leadership: Mutex::new(None),
             replica_lease: Mutex::new(None),
             store_reachable: watch::channel(true).0,
+            route_cache: Arc::default(),
         })
     }
 

@@ -77,6 +77,7 @@ pub async fn serve(
     };
     let election = tokio::spawn(crate::replica::run(plane.clone(), address));
     let control_loop = tokio::spawn(crate::reconcile::run(plane.clone()));
+    let route_cache = tokio::spawn(plane.route_cache.clone().run(plane.store.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
     let plane_for_exit = plane.clone();
@@ -124,6 +125,7 @@ pub async fn serve(
     control_loop.abort();
     election.abort();
     health_task.abort();
+    route_cache.abort();
     crate::replica::step_down(&plane_for_exit).await;
     Ok(result?)
 }

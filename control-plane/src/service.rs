@@ -5,16 +5,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use prost::Message;
 use strata_proto::v1::{self, control_server::Control, routes_server::Routes};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{privacy_to_wire, tier_to_wire};
 use crate::error::ControlError;
-use crate::keys;
 use crate::plane::ControlPlane;
 use crate::records::ModelRecord;
-use crate::store::{Event, StoreError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -264,69 +261,31 @@ impl Routes for ControlService {
         request: Request<v1::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
         let models = request.into_inner().models;
-        let store = self.plane.store.clone();
         let wanted = move |name: &str| models.is_empty() || models.iter().any(|m| m == name);
+        let cache = self.plane.route_cache.clone();
         let stream = async_stream(move |tx| async move {
-            // List, then watch from the list's revision; on a compacted or broken watch, list again.
+            // Every table now, then each change; a watcher that fell behind gets every table again.
             loop {
-                let range = match store.range(keys::ROUTES).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!("state store: {e}"))))
-                            .await;
+                let (tables, mut updates) = cache.subscribe();
+                for table in tables {
+                    if wanted(&table.model) && tx.send(Ok((*table).clone())).await.is_err() {
                         return;
-                    }
-                };
-                for kv in &range.kvs {
-                    if let Ok(mut t) = v1::RouteTable::decode(kv.value.as_slice())
-                        && wanted(&t.model)
-                    {
-                        t.revision = kv.mod_revision as u64;
-                        if tx.send(Ok(t)).await.is_err() {
-                            return;
-                        }
                     }
                 }
-                let mut watch = match store.watch(keys::ROUTES, range.revision + 1).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!("state store: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                while let Some(batch) = watch.next().await {
-                    let batch = match batch {
-                        Ok(b) => b,
-                        Err(StoreError::Compacted { .. }) => break,
-                        Err(e) => {
-                            let _ = tx
-                                .send(Err(Status::unavailable(format!("state store: {e}"))))
-                                .await;
-                            return;
-                        }
+                loop {
+                    let update = tokio::select! {
+                        update = updates.recv() => update,
+                        () = tx.closed() => return,
                     };
-                    for event in batch.events {
-                        let table = match event {
-                            Event::Put(kv) => match v1::RouteTable::decode(kv.value.as_slice()) {
-                                Ok(mut t) => {
-                                    t.revision = kv.mod_revision as u64;
-                                    t
-                                }
-                                Err(_) => continue,
-                            },
-                            Event::Delete { key, mod_revision } => v1::RouteTable {
-                                model: key.trim_start_matches(keys::ROUTES).to_string(),
-                                revision: mod_revision as u64,
-                                deleted: true,
-                                ..Default::default()
-                            },
-                        };
-                        if wanted(&table.model) && tx.send(Ok(table)).await.is_err() {
-                            return;
+                    match update {
+                        Ok(table) => {
+                            if wanted(&table.model) && tx.send(Ok((*table).clone())).await.is_err()
+                            {
+                                return;
+                            }
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                 }
             }

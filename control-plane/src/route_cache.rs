@@ -1,0 +1,125 @@
+//! Each replica's copy of the published route tables: one store watch feeds every `WatchRoutes` stream, so
+//! the store sees one watcher per replica however many agents and devices watch, and watchers' streams stay
+//! open (on the last tables) while the store is unreachable.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+use strata_proto::v1;
+use tokio::sync::broadcast;
+
+use crate::keys;
+use crate::store::{Event, KeyValue, Store};
+
+/// How many changes a watcher may fall behind before it is sent the whole set again.
+const BACKLOG: usize = 1024;
+
+/// The published route tables, kept current from the store.
+pub struct RouteCache {
+    tables: Mutex<BTreeMap<String, Arc<v1::RouteTable>>>,
+    updates: broadcast::Sender<Arc<v1::RouteTable>>,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            tables: Mutex::new(BTreeMap::new()),
+            updates: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+fn decode(kv: &KeyValue) -> Option<Arc<v1::RouteTable>> {
+    let mut table = v1::RouteTable::decode(kv.value.as_slice()).ok()?;
+    table.revision = kv.mod_revision as u64;
+    Some(Arc::new(table))
+}
+
+impl RouteCache {
+    fn tables(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<v1::RouteTable>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every table now, and the changes from then on (each exactly once). A deleted model's change is a
+    /// table with `deleted` set.
+    pub fn subscribe(
+        &self,
+    ) -> (
+        Vec<Arc<v1::RouteTable>>,
+        broadcast::Receiver<Arc<v1::RouteTable>>,
+    ) {
+        let tables = self.tables();
+        (tables.values().cloned().collect(), self.updates.subscribe())
+    }
+
+    fn set(&self, table: Arc<v1::RouteTable>) {
+        let mut tables = self.tables();
+        let changed = tables
+            .get(&table.model)
+            .is_none_or(|old| old.revision != table.revision);
+        if changed {
+            tables.insert(table.model.clone(), table.clone());
+            let _ = self.updates.send(table);
+        }
+    }
+
+    fn remove(&self, model: &str, revision: u64) {
+        let mut tables = self.tables();
+        if tables.remove(model).is_some() {
+            let _ = self.updates.send(Arc::new(v1::RouteTable {
+                model: model.to_string(),
+                revision,
+                deleted: true,
+                ..Default::default()
+            }));
+        }
+    }
+
+    /// Follows the store for ever: list, then watch from the list's revision; after a broken or compacted
+    /// watch, list again and pass on only what changed meanwhile.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        loop {
+            if let Err(e) = self.follow(store.as_ref()).await {
+                tracing::debug!(error = %e, "route watch broke; listing again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn follow(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
+        let range = store.range(keys::ROUTES).await?;
+        let listed: Vec<Arc<v1::RouteTable>> = range.kvs.iter().filter_map(decode).collect();
+        let gone: Vec<String> = self
+            .tables()
+            .keys()
+            .filter(|m| !listed.iter().any(|t| &&t.model == m))
+            .cloned()
+            .collect();
+        for model in gone {
+            self.remove(&model, range.revision as u64);
+        }
+        for table in listed {
+            self.set(table);
+        }
+        let mut watch = store.watch(keys::ROUTES, range.revision + 1).await?;
+        while let Some(batch) = watch.next().await {
+            for event in batch?.events {
+                match event {
+                    Event::Put(kv) => {
+                        if let Some(table) = decode(&kv) {
+                            self.set(table);
+                        }
+                    }
+                    Event::Delete { key, mod_revision } => {
+                        let model = key.trim_start_matches(keys::ROUTES);
+                        self.remove(model, mod_revision as u64);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
