@@ -10,11 +10,12 @@
 //! - **Watches** end with [`StoreError::Unavailable`] when etcd goes away (the connection breaks, or the
 //!   member loses its raft leader: watches require a leader) and with [`StoreError::Compacted`] when etcd
 //!   has compacted the revision asked for; either way the caller re-lists and watches again.
-//! - **Leases.** `keep_alive` keeps one keep-alive stream per lease open for as long as the lease lives.
+//! - **Leases.** `keep_alive` keeps one keep-alive stream per lease open while the lease is renewed (closed
+//!   after a minute without renewal, or when the lease is found gone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, ConnectOptions, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
@@ -97,12 +98,23 @@ impl EtcdConfig {
 
 type Keeper = Arc<tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>>;
 
+/// A lease's keep-alive stream, and when it was last used.
+struct KeeperEntry {
+    keeper: Keeper,
+    used: Instant,
+}
+
+/// A keep-alive stream unused this long is closed (its lease was abandoned, e.g. by an agent that died).
+const KEEPER_IDLE: Duration = Duration::from_secs(60);
+
 /// The [`Store`] on etcd. Cheap to share: every request clones one multiplexed connection.
 pub struct EtcdStore {
     client: Client,
     namespace: String,
     request_timeout: Duration,
-    keepers: Mutex<HashMap<LeaseId, Keeper>>,
+    keepers: Mutex<HashMap<LeaseId, KeeperEntry>>,
+    /// When idle keep-alive streams were last swept.
+    swept: Mutex<Instant>,
 }
 
 /// The largest response accepted from etcd (a range over every node of a large cluster).
@@ -146,6 +158,7 @@ impl EtcdStore {
             namespace: config.namespace,
             request_timeout: config.request_timeout,
             keepers: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
         })
     }
 
@@ -198,8 +211,24 @@ impl EtcdStore {
     }
 
     fn keeper(&self, lease: LeaseId) -> Keeper {
+        let now = Instant::now();
         let mut keepers = self.keepers.lock().unwrap_or_else(|p| p.into_inner());
-        keepers.entry(lease).or_default().clone()
+        let sweep = {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            now.duration_since(*swept) > KEEPER_IDLE && {
+                *swept = now;
+                true
+            }
+        };
+        if sweep {
+            keepers.retain(|_, e| now.duration_since(e.used) < KEEPER_IDLE);
+        }
+        let entry = keepers.entry(lease).or_insert_with(|| KeeperEntry {
+            keeper: Keeper::default(),
+            used: now,
+        });
+        entry.used = now;
+        entry.keeper.clone()
     }
 
     fn forget_keeper(&self, lease: LeaseId) {
