@@ -25,6 +25,12 @@ pub fn connect(endpoints: &[String]) -> Result<(tokio::runtime::Runtime, Channel
 
 fn status(endpoint: &[String], s: tonic::Status) -> anyhow::Error {
     match s.code() {
+        // The control plane answered but its store did not: say so, not "cannot reach".
+        tonic::Code::Unavailable if s.message().starts_with("state store") => anyhow::anyhow!(
+            "{} is up but cannot reach its state store ({}); serving goes on from cached routes, retry later",
+            endpoint.join(","),
+            s.message()
+        ),
         tonic::Code::Unavailable
             if s.message().contains("transport") || s.message().contains("connect") =>
         {
