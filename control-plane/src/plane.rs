@@ -61,6 +61,8 @@ pub struct ControlPlane {
     pub(crate) replica_id: String,
     /// The election this replica won, while it leads.
     leadership: Mutex<Option<Leadership>>,
+    /// When this replica last became leader.
+    led_since: Mutex<Instant>,
     /// The lease of this replica's candidacy and controller key, revoked on a graceful stop.
     pub(crate) replica_lease: Mutex<Option<LeaseId>>,
     /// Whether the store answered this replica's last lease renewal (the health service reports
@@ -99,6 +101,7 @@ impl ControlPlane {
                 )[..8]
             ),
             leadership: Mutex::new(None),
+            led_since: Mutex::new(Instant::now()),
             replica_lease: Mutex::new(None),
             store_reachable: watch::channel(true).0,
             route_cache: Arc::default(),
@@ -128,7 +131,18 @@ impl ControlPlane {
         self.leadership().is_some()
     }
 
+    /// How long this replica has led (meaningful while it leads).
+    pub(crate) fn leading_for(&self) -> Duration {
+        self.led_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
     pub(crate) fn set_leadership(&self, leadership: Option<Leadership>) {
+        if leadership.is_some() {
+            *self.led_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
         *self.leadership.lock().unwrap_or_else(|p| p.into_inner()) = leadership;
         self.wake.notify_one();
     }

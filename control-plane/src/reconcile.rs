@@ -137,11 +137,23 @@ pub async fn reconcile_once(
         let record: PlansRecord = parse(&kv.key, &kv.value)?;
         plans.insert(record.model.clone(), record);
     }
+    // A new leader (after a failover or a store outage that outlived the node leases) gives agents one node
+    // TTL to resume or re-register before it plans without the tiers it does not see yet.
+    let settling = plane.settings.node_ttl.saturating_sub(plane.leading_for());
+    if !settling.is_zero() {
+        let plane = plane.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(settling).await;
+            plane.wake.notify_one();
+        });
+    }
     for model in &models {
         let tier_list: Vec<Tier> = tiers.iter().copied().collect();
-        let fresh = plans
-            .get(&model.name)
-            .is_some_and(|p| p.version == model.version && p.tiers == tier_list);
+        let fresh = plans.get(&model.name).is_some_and(|p| {
+            let lost_only = tier_list.iter().all(|t| p.tiers.contains(t));
+            p.version == model.version
+                && (p.tiers == tier_list || (lost_only && !settling.is_zero()))
+        });
         if !fresh {
             let record = replan(plane, leadership, model, &tiers).await?;
             plans.insert(model.name.clone(), record);
