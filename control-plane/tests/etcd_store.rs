@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use strata_control_plane::store::{EtcdConfig, EtcdStore, Store, StoreError, conformance};
+use strata_control_plane::store::{EtcdConfig, EtcdStore, EtcdTls, Store, StoreError, conformance};
 
 use etcd::Etcd;
 
@@ -200,4 +200,53 @@ async fn an_outage_is_unavailable_then_the_store_recovers() {
         .put("/after", b"v".to_vec(), None)
         .await
         .expect("a put after the outage");
+}
+
+/// etcd serving TLS with client-certificate authentication: the store connects with the CA and a client
+/// certificate; without the certificate, or without TLS, etcd refuses and the store says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let (etcd, files) = Etcd::start_tls();
+    let read = |p: &std::path::Path| std::fs::read(p).expect("PEM file");
+    let config = |tls: Option<EtcdTls>| {
+        let mut config = EtcdConfig::from_url(&etcd.url()).expect("a valid URL");
+        config.tls = tls;
+        config.request_timeout = Duration::from_secs(2);
+        config
+    };
+    let full = EtcdTls {
+        ca_pem: Some(read(&files.ca)),
+        identity: Some((read(&files.client_cert), read(&files.client_key))),
+        domain: None,
+    };
+    let store = EtcdStore::connect(config(Some(full)))
+        .await
+        .expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.put("/tls", b"secret".to_vec(), None).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => panic!("no TLS put within 15 s: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let kv = store.get("/tls").await.expect("get").expect("the key");
+    assert_eq!(kv.value, b"secret");
+
+    let no_certificate = EtcdTls {
+        ca_pem: Some(read(&files.ca)),
+        identity: None,
+        domain: None,
+    };
+    let anonymous = EtcdStore::connect(config(Some(no_certificate)))
+        .await
+        .expect("connect");
+    let refused = anonymous.get("/tls").await;
+    assert!(
+        refused.is_err(),
+        "etcd served a client without a certificate: {refused:?}"
+    );
+    let plain = EtcdStore::connect(config(None)).await.expect("connect");
+    let refused = plain.get("/tls").await;
+    assert!(refused.is_err(), "etcd served plain text: {refused:?}");
 }
