@@ -328,8 +328,8 @@ impl ControlPlane {
         for kv in range.kvs {
             nodes.push(parse::<NodeRecord>(&kv.key, &kv.value)?);
         }
-        let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-        self.live().retain(|id, _| ids.contains(&id.as_str()));
+        let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        self.live().retain(|id, _| ids.contains(id.as_str()));
         Ok(nodes)
     }
 
