@@ -35,21 +35,7 @@ pub fn load_inputs(args: &[String]) -> Result<HashMap<String, TensorData>> {
     Ok(inputs)
 }
 
-/// A tensor name as a file name: path separators and odd characters become `_`.
-pub fn file_stem(tensor: &str) -> String {
-    tensor
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>()
-        .trim_start_matches('.')
-        .to_string()
-}
+pub use strata_runtime::npy::file_stem;
 
 /// Writes tensors as `<dir>/<name>.npy`.
 pub fn write_outputs(

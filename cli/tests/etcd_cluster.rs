@@ -49,6 +49,20 @@ fn models(sandbox: &Sandbox) -> Vec<v1::ModelInfo> {
     })
 }
 
+/// Pushes `multi_io`, waits until it is served, and checks one inference of it: the leader plans, assigns
+/// and publishes.
+fn push_and_infer_multi_io(sandbox: &Sandbox, when: &str) {
+    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
+    sandbox.wait_served("multi_io", 1);
+    let client = device(sandbox, "multi_io");
+    let want = reference("multi_io");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
+        .unwrap_or_else(|e| panic!("inference of a model pushed {when}: {e}"));
+    assert_outputs_match(&r.outputs, &want.outputs, &format!("multi_io {when}"));
+}
+
 fn plan_ids(table: &v1::RouteTable) -> BTreeSet<String> {
     table.plans.iter().map(|p| p.id.clone()).collect()
 }
@@ -90,15 +104,7 @@ fn killing_the_leader_fails_no_request_and_another_replica_leads_within_5_s() {
     stream.finish(&sandbox, 10);
 
     // The new leader does a leader's work: a model pushed now is planned, assigned and served.
-    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
-    sandbox.wait_served("multi_io", 1);
-    let client = device(&sandbox, "multi_io");
-    let want = reference("multi_io");
-    let r = sandbox
-        .runtime
-        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
-        .expect("inference of a model pushed after the failover");
-    assert_outputs_match(&r.outputs, &want.outputs, "multi_io after failover");
+    push_and_infer_multi_io(&sandbox, "after the failover");
 }
 
 #[test]
@@ -190,15 +196,7 @@ fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
         "registrations survive the outage"
     );
 
-    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
-    sandbox.wait_served("multi_io", 1);
-    let client = device(&sandbox, "multi_io");
-    let want = reference("multi_io");
-    let r = sandbox
-        .runtime
-        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
-        .expect("inference of a model pushed after the outage");
-    assert_outputs_match(&r.outputs, &want.outputs, "multi_io after the outage");
+    push_and_infer_multi_io(&sandbox, "after the outage");
 }
 
 #[test]

@@ -1257,6 +1257,46 @@ struct FanoutResult {
     first_error: Option<String>,
 }
 
+/// What a fan-out trigger starts from: the watch errors and CPU counters before it, and its instant.
+struct Trigger {
+    errors_before: u64,
+    before: Snap,
+    t0: Instant,
+}
+
+impl Trigger {
+    fn start(shared: &Watchers, pids: Pids) -> Trigger {
+        Trigger {
+            errors_before: shared.errors.load(Ordering::Relaxed),
+            before: Snap::take(pids),
+            t0: Instant::now(),
+        }
+    }
+
+    /// The result for `(watchers, open_s, trigger name)`, given the call's duration and each watcher's delay.
+    fn finish(
+        self,
+        shared: &Watchers,
+        pids: Pids,
+        clk: f64,
+        (watchers, open_s, trigger): (usize, f64, &'static str),
+        call_ms: f64,
+        found: &[Option<Duration>],
+    ) -> FanoutResult {
+        let after = Snap::take(pids);
+        FanoutResult {
+            watchers,
+            open_s,
+            trigger,
+            call_ms,
+            delivery: delivery(found),
+            usage: Usage::between(&self.before, &after, clk),
+            watch_errors: shared.errors.load(Ordering::Relaxed) - self.errors_before,
+            first_error: shared.first_error.lock().expect("error lock").clone(),
+        }
+    }
+}
+
 /// A simulated edge agent that loads instantly: it follows its assignments and reports every assigned stage
 /// ready at once (a heartbeat right after each change, as the real agent does), then every second, until its
 /// task is aborted.
@@ -1409,9 +1449,8 @@ async fn fanout_part(config: &Config, clk: f64, model: &bytes::Bytes) -> Vec<Fan
 
         // (a) The victim dies: stop its heartbeats and deregister it.
         drop(heartbeats);
-        let errors_before = shared.errors.load(Ordering::Relaxed);
-        let before = Snap::take(cluster.pids);
-        let t0 = Instant::now();
+        let trigger = Trigger::start(&shared, cluster.pids);
+        let t0 = trigger.t0;
         control
             .deregister(v1::DeregisterRequest {
                 node_id: node_id.clone(),
@@ -1423,17 +1462,8 @@ async fn fanout_part(config: &Config, clk: f64, model: &bytes::Bytes) -> Vec<Fan
             !s.nodes.contains(&node_id)
         })
         .await;
-        let after = Snap::take(cluster.pids);
-        results.push(FanoutResult {
-            watchers: w,
-            open_s,
-            trigger: "node death (Deregister)",
-            call_ms,
-            delivery: delivery(&found),
-            usage: Usage::between(&before, &after, clk),
-            watch_errors: shared.errors.load(Ordering::Relaxed) - errors_before,
-            first_error: shared.first_error.lock().expect("error lock").clone(),
-        });
+        let what = (w, open_s, "node death (Deregister)");
+        results.push(trigger.finish(&shared, cluster.pids, clk, what, call_ms, &found));
         report_fanout(results.last().expect("just pushed"));
         tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -1443,9 +1473,8 @@ async fn fanout_part(config: &Config, clk: f64, model: &bytes::Bytes) -> Vec<Fan
         } else {
             v1::Privacy::Open
         };
-        let errors_before = shared.errors.load(Ordering::Relaxed);
-        let before = Snap::take(cluster.pids);
-        let t0 = Instant::now();
+        let trigger = Trigger::start(&shared, cluster.pids);
+        let t0 = trigger.t0;
         let pushed = push(&mut control, model, privacy).await.version;
         let call_ms = t0.elapsed().as_secs_f64() * 1e3;
         assert!(
@@ -1457,17 +1486,8 @@ async fn fanout_part(config: &Config, clk: f64, model: &bytes::Bytes) -> Vec<Fan
             s.version == version
         })
         .await;
-        let after = Snap::take(cluster.pids);
-        results.push(FanoutResult {
-            watchers: w,
-            open_s,
-            trigger: "model push (new version)",
-            call_ms,
-            delivery: delivery(&found),
-            usage: Usage::between(&before, &after, clk),
-            watch_errors: shared.errors.load(Ordering::Relaxed) - errors_before,
-            first_error: shared.first_error.lock().expect("error lock").clone(),
-        });
+        let what = (w, open_s, "model push (new version)");
+        results.push(trigger.finish(&shared, cluster.pids, clk, what, call_ms, &found));
         report_fanout(results.last().expect("just pushed"));
         drop(watch_tasks);
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use strata_control_plane::store::{EtcdConfig, EtcdStore, EtcdTls, Store, StoreError, conformance};
+use strata_control_plane::store::{EtcdConfig, EtcdStore, EtcdTls, Store, StoreError};
 
 use etcd::Etcd;
 
@@ -18,44 +18,12 @@ async fn store_on(etcd: &Etcd, namespace: &str) -> Arc<dyn Store> {
     Arc::new(EtcdStore::connect(config).await.expect("connect"))
 }
 
-macro_rules! conformance_tests {
-    ($($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let etcd = Etcd::start();
-                conformance::$check(store_on(&etcd, "").await).await;
-            }
-        )*
-
-        #[test]
-        fn every_conformance_check_runs_on_etcd() {
-            let names: Vec<&str> = conformance::CHECKS.iter().map(|(name, _)| *name).collect();
-            assert_eq!(names, [$(stringify!($check)),*]);
-        }
-    };
-}
-
-conformance_tests!(
-    put_get_versions,
-    range_by_prefix,
-    delete_and_delete_prefix,
-    invalid_arguments,
-    txn_compare_and_swap,
-    txn_racing_create_has_one_winner,
-    txn_concurrent_increments,
-    watch_from_now,
-    watch_replays_missed_batches,
-    watch_during_writes_has_no_gap,
-    watch_filters_by_prefix,
-    watch_txn_is_one_batch,
-    lease_expiry_deletes_keys,
-    lease_keep_alive_extends,
-    lease_revoke_deletes_at_once,
-    lease_keep_alive_after_expiry,
-    lease_unknown_is_refused,
-    election_one_leader_at_a_time,
-);
+// One fresh etcd per check.
+strata_control_plane::store_conformance_tests!(async {
+    let etcd = Etcd::start();
+    let store = store_on(&etcd, "").await;
+    (etcd, store)
+});
 
 #[test]
 fn store_urls_parse_with_clear_errors() {

@@ -125,22 +125,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// A tensor name as the corpus names its `.npy` file (`gpu_0/data_0` → `gpu_0_data_0`).
-fn file_stem(tensor: &str) -> String {
-    tensor
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>()
-        .trim_start_matches('.')
-        .to_string()
-}
-
 fn read_npy(path: &PathBuf) -> Result<TensorData> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(npy::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
@@ -161,7 +145,7 @@ async fn load_inputs(client: &Client, args: &Args) -> Result<HashMap<String, Ten
         .unwrap_or_else(|| PathBuf::from("corpus/models").join(format!("{}.inputs", args.model)));
     let table = client.routes(&args.model).await?;
     for spec in &table.inputs {
-        let file = dir.join(format!("{}.npy", file_stem(&spec.name)));
+        let file = dir.join(format!("{}.npy", npy::file_stem(&spec.name)));
         inputs.insert(spec.name.clone(), read_npy(&file)?);
     }
     Ok(inputs)

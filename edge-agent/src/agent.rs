@@ -215,12 +215,7 @@ impl Agent {
         let resumed = if known.is_empty() {
             None
         } else {
-            let request = v1::HeartbeatRequest {
-                node_id: known.clone(),
-                load: Some(self.load()),
-                ready: self.stages.ready(),
-                stage_ms: HashMap::new(),
-            };
+            let request = self.heartbeat_request(&known);
             match tokio::time::timeout(Duration::from_secs(5), control.heartbeat(request)).await {
                 Ok(Ok(answer)) => Some((known, answer.into_inner().ttl_ms)),
                 Ok(Err(s)) if s.code() == tonic::Code::NotFound => None,
@@ -256,6 +251,15 @@ impl Agent {
         self.heartbeats(&mut control, &node_id, period).await
     }
 
+    fn heartbeat_request(&self, node_id: &str) -> v1::HeartbeatRequest {
+        v1::HeartbeatRequest {
+            node_id: node_id.to_string(),
+            load: Some(self.load()),
+            ready: self.stages.ready(),
+            stage_ms: HashMap::new(),
+        }
+    }
+
     async fn heartbeats(
         &self,
         control: &mut ControlClient<Channel>,
@@ -263,12 +267,7 @@ impl Agent {
         period: Duration,
     ) -> Result<(), String> {
         loop {
-            let request = v1::HeartbeatRequest {
-                node_id: node_id.to_string(),
-                load: Some(self.load()),
-                ready: self.stages.ready(),
-                stage_ms: HashMap::new(),
-            };
+            let request = self.heartbeat_request(node_id);
             let call = tokio::time::timeout(period * 2, control.heartbeat(request)).await;
             match call {
                 Ok(Ok(_)) => {}

@@ -176,6 +176,23 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.trim())
 }
 
+/// A tensor name as a file name (`<stem>.npy`): characters other than letters, digits, `-`, `_` and `.`
+/// become `_`, and leading dots go (`gpu_0/softmax_1` → `gpu_0_softmax_1`).
+pub fn file_stem(tensor: &str) -> String {
+    tensor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

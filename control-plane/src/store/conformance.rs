@@ -1,6 +1,6 @@
 //! Checks every [`Store`] must pass: each takes a fresh, empty store and panics with a clear message on
 //! failure. Revisions are checked relative to the store's starting revision. A backend's tests run
-//! [`run_all`], or one test per entry of [`CHECKS`]. The checks must run inside a Tokio runtime (a
+//! [`run_all`], or one test per check with [`crate::store_conformance_tests!`]. The checks must run inside a Tokio runtime (a
 //! multi-thread one makes the racing checks race for real); the lease checks take a few seconds each.
 
 use std::collections::BTreeSet;
@@ -29,34 +29,56 @@ const EXPIRY_SLACK: Duration = Duration::from_secs(1);
 /// One check: takes a fresh, empty store and panics on failure.
 pub type Check = fn(Arc<dyn Store>) -> BoxFuture<'static, ()>;
 
-macro_rules! checks {
-    ($($name:ident),* $(,)?) => {
+/// The conformance checks as tests, and the one place their list is written.
+///
+/// `store_conformance_tests!(MAKE)` defines one `#[tokio::test]` (multi-thread) per check; `MAKE` is a future
+/// giving `(guard, Arc<dyn Store>)`, a fresh empty store and whatever must live as long as it (an etcd
+/// process, say; `()` for none).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! store_conformance_tests {
+    (@list $($then:tt)*) => {
+        $crate::store_conformance_tests!(@ $($then)* ;
+            put_get_versions,
+            range_by_prefix,
+            delete_and_delete_prefix,
+            invalid_arguments,
+            txn_compare_and_swap,
+            txn_racing_create_has_one_winner,
+            txn_concurrent_increments,
+            watch_from_now,
+            watch_replays_missed_batches,
+            watch_during_writes_has_no_gap,
+            watch_filters_by_prefix,
+            watch_txn_is_one_batch,
+            lease_expiry_deletes_keys,
+            lease_keep_alive_extends,
+            lease_revoke_deletes_at_once,
+            lease_keep_alive_after_expiry,
+            lease_unknown_is_refused,
+            election_one_leader_at_a_time
+        );
+    };
+    (@consts ; $($name:ident),*) => {
         /// Every check by name, in the order [`run_all`] runs them.
         pub const CHECKS: &[(&str, Check)] =
             &[$((stringify!($name), |store| Box::pin($name(store)))),*];
     };
+    (@tests $make:expr ; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_guard, store) = $make.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )*
+    };
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@list tests $make);
+    };
 }
 
-checks!(
-    put_get_versions,
-    range_by_prefix,
-    delete_and_delete_prefix,
-    invalid_arguments,
-    txn_compare_and_swap,
-    txn_racing_create_has_one_winner,
-    txn_concurrent_increments,
-    watch_from_now,
-    watch_replays_missed_batches,
-    watch_during_writes_has_no_gap,
-    watch_filters_by_prefix,
-    watch_txn_is_one_batch,
-    lease_expiry_deletes_keys,
-    lease_keep_alive_extends,
-    lease_revoke_deletes_at_once,
-    lease_keep_alive_after_expiry,
-    lease_unknown_is_refused,
-    election_one_leader_at_a_time,
-);
+crate::store_conformance_tests!(@list consts);
 
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {

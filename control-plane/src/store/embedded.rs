@@ -644,51 +644,13 @@ impl Store for EmbeddedStore {
 mod tests {
     use futures::StreamExt;
 
-    use super::super::conformance;
     use super::*;
 
     fn store() -> Arc<dyn Store> {
         Arc::new(EmbeddedStore::in_memory().expect("in-memory store"))
     }
 
-    /// One test per conformance check, and a test that none is missing.
-    macro_rules! conformance_tests {
-        ($($check:ident),* $(,)?) => {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    conformance::$check(store()).await;
-                }
-            )*
-
-            #[test]
-            fn every_conformance_check_has_a_test() {
-                let names: Vec<&str> = conformance::CHECKS.iter().map(|(name, _)| *name).collect();
-                assert_eq!(names, [$(stringify!($check)),*]);
-            }
-        };
-    }
-
-    conformance_tests!(
-        put_get_versions,
-        range_by_prefix,
-        delete_and_delete_prefix,
-        invalid_arguments,
-        txn_compare_and_swap,
-        txn_racing_create_has_one_winner,
-        txn_concurrent_increments,
-        watch_from_now,
-        watch_replays_missed_batches,
-        watch_during_writes_has_no_gap,
-        watch_filters_by_prefix,
-        watch_txn_is_one_batch,
-        lease_expiry_deletes_keys,
-        lease_keep_alive_extends,
-        lease_revoke_deletes_at_once,
-        lease_keep_alive_after_expiry,
-        lease_unknown_is_refused,
-        election_one_leader_at_a_time,
-    );
+    crate::store_conformance_tests!(async { ((), store()) });
 
     async fn put(store: &EmbeddedStore, key: &str, lease: Option<LeaseId>) -> Revision {
         let result = store.put(key, key.as_bytes().to_vec(), lease).await;

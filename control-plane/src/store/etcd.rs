@@ -245,13 +245,10 @@ impl EtcdStore {
                     .timed("a lease keep-alive", client.keep_alive(lease))
                     .await
                 {
-                    Ok((keeper, stream)) => {
-                        *slot = Some((keeper, stream));
+                    Ok(opened) => {
                         // `keep_alive` read the first answer and refused a lease with TTL 0; read the
                         // TTL it granted with a second renewal on the new stream.
-                        let Some((keeper, stream)) = slot.as_mut() else {
-                            unreachable!("just set")
-                        };
+                        let (keeper, stream) = slot.insert(opened);
                         renew_on(keeper, stream, self.request_timeout).await
                     }
                     Err(StoreError::Backend(m) | StoreError::Unavailable(m))
