@@ -20,7 +20,7 @@ What it produces in ``--out`` (default: ``corpus/models`` next to this script):
   - **OCR models** copied byte-for-byte from the ``rapidocr`` wheel:
     ``ocr_det.onnx``, ``ocr_rec.onnx``, ``ocr_cls.onnx`` (SHA-256 verified).
   - **generated edge-case models** (opset 17): ``multi_io``, ``skip_long``,
-    ``shared_init``, ``int_tensors``, ``fanout``.
+    ``shared_init``, ``int_tensors``, ``fanout``, ``shape_chain``.
 
 * ``<name>.inputs/<input>.npy``: deterministic sample inputs (float32 uniform
   [0, 1), int64 indices inside the valid range).  Characters outside
@@ -571,12 +571,45 @@ def gen_fanout() -> tuple[onnx.ModelProto, dict]:
     return b.model("One tensor with four consumers spread across the graph; an input used only at the end."), b.ranges
 
 
+def gen_shape_chain() -> tuple[onnx.ModelProto, dict]:
+    """Two heads reshaped with one target shape computed from an activation, the PyTorch way:
+    ``Shape -> Gather -> Unsqueeze -> Concat (-> Cast(int64))``. Head A is reshaped early with the cast shape,
+    head B late with the Concat's output (the no-op Cast makes tract type both as one tensor, and the Concat's
+    name is lost), so a split between the heads (``--at scores_a``) has the target shape cross the boundary
+    unless it is held as a constant."""
+    b = GraphBuilder("shape_chain")
+    x = b.input("x", F, [1, 3, 16, 16])
+    t = b.node("Conv", [x, b.weight("w0", [8, 3, 3, 3]), b.bias("b0", 8)], "conv0", pads=[1, 1, 1, 1])
+    feat = b.node("Relu", [t], "feat")                                               # [1,8,16,16]
+    shape = b.node("Shape", [feat], "feat_shape")                                    # int64 [4]
+    n = b.node("Gather", [shape, b.const("i0", np.array(0, np.int64))], "batch", axis=0)
+    n = b.node("Unsqueeze", [n, b.const("axes0", np.array([0], np.int64))], "batch1")
+    c = b.node("Gather", [shape, b.const("i1", np.array(1, np.int64))], "chans", axis=0)
+    c = b.node("Unsqueeze", [c, b.const("axes1", np.array([0], np.int64))], "chans1")
+    target = b.node("Concat", [n, c, b.const("minus_one", np.array([-1], np.int64))], "target_shape", axis=0)
+    target_raw = target
+    target = b.node("Cast", [target], "target_shape_i64", to=I64)                    # [1, 8, -1]
+    a = b.node("Reshape", [feat, target], "head_a")                                  # [1,8,256]
+    a = b.node("Softmax", [a], "scores_a", axis=-1)
+    t = b.node("Conv", [feat, b.weight("w1", [8, 8, 3, 3]), b.bias("b1", 8)], "conv1", pads=[1, 1, 1, 1])
+    t = b.node("Relu", [t], "feat2")
+    t = b.node("Reshape", [t, target_raw], "head_b")                                 # [1,8,256]
+    t = b.node("Add", [a, t], "heads")
+    t = b.node("Transpose", [t], "tokens", perm=[0, 2, 1])                           # [1,256,8]
+    t = b.node("MatMul", [t, b.weight("w2", [8, 4], fan_in=8)], "logits")            # [1,256,4]
+    b.node("Softmax", [t], "scores", axis=-1)
+    b.output("scores", F, [1, 256, 4])
+    return b.model("Two heads reshaped with one target shape computed from an activation's Shape, "
+                   "as PyTorch exports."), b.ranges
+
+
 GENERATED: dict[str, Callable[[], tuple[onnx.ModelProto, dict]]] = {
     "multi_io": gen_multi_io,
     "skip_long": gen_skip_long,
     "shared_init": gen_shared_init,
     "int_tensors": gen_int_tensors,
     "fanout": gen_fanout,
+    "shape_chain": gen_shape_chain,
 }
 
 

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use strata_core::Privacy;
 use strata_planner::analyse::InputShape;
-use strata_planner::privacy::Privacy;
 
 /// Strata runs one neural network across device, edge and cloud.
 #[derive(Debug, Parser)]
@@ -217,6 +217,10 @@ enum Command {
         /// long for requests already on their way.
         #[arg(long, default_value_t = 10_000)]
         rollout_grace_ms: u64,
+        /// A model or stage file no record references any more is deleted this long after it was last
+        /// stored (by every replica, from its own blob directory).
+        #[arg(long, default_value_t = 600_000)]
+        blob_grace_ms: u64,
     },
     /// Models on the cluster.
     Model {
@@ -373,6 +377,7 @@ fn main() -> ExitCode {
             cluster,
             node_ttl_ms,
             rollout_grace_ms,
+            blob_grace_ms,
         } => up::control_plane(&up::ControlPlaneArgs {
             store: &store,
             blobs: blobs.as_deref(),
@@ -388,6 +393,7 @@ fn main() -> ExitCode {
             cluster: cluster.as_deref(),
             node_ttl_ms,
             rollout_grace_ms,
+            blob_grace_ms,
         }),
         Command::Model { command } => match command {
             ModelCommand::Push {

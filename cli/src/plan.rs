@@ -4,13 +4,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use prost::Message;
+use strata_core::Privacy;
+use strata_core::Tier;
 use strata_planner::analyse::{self, InputShape};
-use strata_planner::cluster::{Cluster, Tier};
+use strata_planner::cluster::Cluster;
 use strata_planner::cost::{self, Profile};
 use strata_planner::onnx::ModelProto;
 use strata_planner::partition::{self, Objective};
 use strata_planner::plan::{self as planner, PlanFile, PlanOptions, Predicted, Timings};
-use strata_planner::privacy::Privacy;
 use strata_planner::split;
 
 use crate::io::{human_bytes, load_model};
@@ -80,11 +81,11 @@ pub fn split(
         .with_context(|| model_path.display().to_string())?;
     let analyse_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = std::time::Instant::now();
-    let stage_of = split::stage_assignment(&model, boundaries)?;
+    let stage_of = split::stage_assignment(&model, &analysis, boundaries)?;
     let tiers: Vec<Tier> = (0..=boundaries.len())
         .map(|s| Tier::ALL[s.min(2)])
         .collect();
-    let specs = planner::stages_from_assignment(&model, &stage_of, &tiers)?;
+    let specs = planner::stages_from_assignment(&model, &analysis, &stage_of, &tiers)?;
     let plan_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = std::time::Instant::now();
     // With a cluster, score the manual split with the same cost model the planner optimises.

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use strata_core::{Digest, Privacy, Tier};
 use strata_device_sdk::{Constraints, route};
+use strata_proto::convert::{privacy_name, tier_name};
+use strata_proto::error::{ErrorReason, reason};
 use strata_proto::v1::{self, control_client::ControlClient, routes_client::RoutesClient};
 use tonic::transport::Channel;
 
@@ -17,23 +20,35 @@ pub fn connect(endpoints: &[String]) -> Result<(tokio::runtime::Runtime, Channel
     };
     let channel = {
         let _guard = runtime.enter();
-        strata_proto::call::channel(first, Duration::from_secs(2))
-            .map_err(|e| anyhow::anyhow!(e))?
+        strata_proto::call::channel(first, Duration::from_secs(2))?
     };
     Ok((runtime, channel))
+}
+
+/// Whether a failed call never reached a server: the client's transport failed (connection refused, no
+/// route, TLS), as opposed to a server answering `UNAVAILABLE`.
+fn unreachable(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn status(endpoint: &[String], s: tonic::Status) -> anyhow::Error {
     match s.code() {
         // The control plane answered but its store did not: say so, not "cannot reach".
-        tonic::Code::Unavailable if s.message().starts_with("state store") => anyhow::anyhow!(
-            "{} is up but cannot reach its state store ({}); serving goes on from cached routes, retry later",
-            endpoint.join(","),
-            s.message()
-        ),
-        tonic::Code::Unavailable
-            if s.message().contains("transport") || s.message().contains("connect") =>
-        {
+        tonic::Code::Unavailable if reason(&s) == Some(ErrorReason::StoreUnavailable) => {
+            anyhow::anyhow!(
+                "{} is up but cannot reach its state store ({}); serving goes on from cached routes, retry later",
+                endpoint.join(","),
+                s.message()
+            )
+        }
+        tonic::Code::Unavailable if unreachable(&s) => {
             anyhow::anyhow!(
                 "cannot reach {} ({}); is `strata up` or `strata control-plane` running?",
                 endpoint.join(","),
@@ -56,15 +71,13 @@ pub fn push(
     privacy: &str,
     input_shapes: &[String],
 ) -> Result<()> {
-    let privacy = v1::Privacy::from_label(privacy).with_context(|| {
-        format!("unknown privacy \"{privacy}\"; expected device, edge, features or open")
-    })?;
+    let privacy: Privacy = privacy.parse()?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let meta = v1::ModelMeta {
         name: name.to_string(),
-        digest: strata_control_plane::blob::sha256_hex(&bytes),
+        digest: Digest::of(&bytes).to_string(),
         size_bytes: bytes.len() as u64,
-        privacy: privacy as i32,
+        privacy: v1::Privacy::from(privacy) as i32,
         input_shapes: input_shapes.to_vec(),
     };
     let bar = (bytes.len() > 8 << 20 && std::io::stderr().is_terminal()).then(|| {
@@ -116,10 +129,8 @@ pub fn push(
         info.version,
         info.size_bytes,
         &info.digest[..12.min(info.digest.len())],
-        v1::Privacy::try_from(info.privacy)
-            .unwrap_or(v1::Privacy::Unspecified)
-            .label(),
-        info.state
+        privacy_name(info.privacy),
+        state(&info)
     )?;
     Ok(())
 }
@@ -147,12 +158,10 @@ pub fn list(endpoints: &[String]) -> Result<()> {
             "{:<20} {:>7} {:>9} {:>12} {:>6}  {}",
             m.name,
             m.version,
-            v1::Privacy::try_from(m.privacy)
-                .unwrap_or(v1::Privacy::Unspecified)
-                .label(),
+            privacy_name(m.privacy),
             m.size_bytes,
             m.routes.as_ref().map_or(0, |r| r.plans.len()),
-            m.state
+            state(&m)
         )?;
     }
     Ok(())
@@ -181,28 +190,43 @@ pub fn nodes(endpoints: &[String]) -> Result<()> {
         .into_inner()
         .nodes;
     say!(
-        "{:<20} {:<6} {:<22} {:>9} {:>6} {:>7} {:>10}",
+        "{:<24} {:<6} {:<22} {:>5} {:>8} {:<8} {:>9} {:>6} {:>7} {:>10} {:>10}",
         "node",
         "tier",
         "address",
+        "cores",
+        "memory",
+        "backends",
         "in-flight",
         "queue",
         "stages",
+        "stage ms",
         "last seen"
     )?;
     for n in nodes {
         let spec = n.spec.unwrap_or_default();
         let load = n.load.unwrap_or_default();
+        // The mean of the node's measured stage times: what one stage costs there now.
+        let stage_ms = if n.stage_ms.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}",
+                n.stage_ms.values().sum::<f64>() / n.stage_ms.len() as f64
+            )
+        };
         say!(
-            "{:<20} {:<6} {:<22} {:>9} {:>6} {:>7} {:>8}ms",
+            "{:<24} {:<6} {:<22} {:>5} {:>6}Mi {:<8} {:>9} {:>6} {:>7} {:>10} {:>8}ms",
             n.id,
-            v1::Tier::try_from(spec.tier)
-                .unwrap_or(v1::Tier::Unspecified)
-                .label(),
+            tier_name(spec.tier),
             spec.address,
+            spec.cores,
+            spec.memory_bytes >> 20,
+            spec.backends.join(","),
             load.in_flight,
             load.queue_depth,
             n.ready.len(),
+            stage_ms,
             n.last_seen_ms
         )?;
     }
@@ -232,14 +256,14 @@ pub fn routes(
                 serde_json::json!({
                     "id": p.id,
                     "chosen": Some(&p.id) == chosen.as_ref(),
-                    "satisfies": p.satisfies.iter().map(|&l| v1::Privacy::try_from(l).unwrap_or(v1::Privacy::Unspecified).label()).collect::<Vec<_>>(),
-                    "objective": p.objective,
+                    "satisfies": p.satisfies.iter().map(|&l| privacy_name(l)).collect::<Vec<_>>(),
+                    "objectives": objectives(p),
                     "latency_ms": p.latency_ms,
                     "device_energy_mj": p.device_energy_mj,
                     "device_bytes_sent": p.device_bytes_sent,
                     "stages": p.stages.iter().map(|s| serde_json::json!({
                         "index": s.index,
-                        "tier": v1::Tier::try_from(s.tier).unwrap_or(v1::Tier::Unspecified).label(),
+                        "tier": tier_name(s.tier),
                         "inputs": s.inputs, "outputs": s.outputs, "nodes": s.nodes,
                     })).collect::<Vec<_>>(),
                 })
@@ -249,7 +273,7 @@ pub fn routes(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "model": table.model, "version": table.version, "revision": table.revision,
-                "privacy": v1::Privacy::try_from(table.privacy).unwrap_or(v1::Privacy::Unspecified).label(),
+                "privacy": privacy_name(table.privacy),
                 "plans": plans, "notes": table.notes,
             }))?
         )?;
@@ -259,9 +283,7 @@ pub fn routes(
         "{} version {} (privacy {}), {} plan(s):",
         table.model,
         table.version,
-        v1::Privacy::try_from(table.privacy)
-            .unwrap_or(v1::Privacy::Unspecified)
-            .label(),
+        privacy_name(table.privacy),
         table.plans.len()
     )?;
     say!(
@@ -277,25 +299,15 @@ pub fn routes(
             .stages
             .iter()
             .map(|s| {
-                let tier = v1::Tier::try_from(s.tier)
-                    .unwrap_or(v1::Tier::Unspecified)
-                    .label();
-                if s.tier == v1::Tier::Device as i32 {
+                let tier = tier_name(s.tier);
+                if strata_proto::convert::is_tier(s.tier, Tier::Device) {
                     tier.to_string()
                 } else {
                     format!("{tier}[{}]", s.nodes.len())
                 }
             })
             .collect();
-        let levels: Vec<&str> = p
-            .satisfies
-            .iter()
-            .map(|&l| {
-                v1::Privacy::try_from(l)
-                    .unwrap_or(v1::Privacy::Unspecified)
-                    .label()
-            })
-            .collect();
+        let levels: Vec<&str> = p.satisfies.iter().map(|&l| privacy_name(l)).collect();
         say!(
             "{} {:<14} {:<28} {:>11.2} {:>11.2} {:>12}  {}",
             if Some(&p.id) == chosen.as_ref() {
@@ -316,4 +328,27 @@ pub fn routes(
     }
     say!("* = what a request with these constraints gets now; [n] = ready agents")?;
     Ok(())
+}
+
+/// A model's state as `strata model ls` and `push` print it.
+fn state(m: &v1::ModelInfo) -> String {
+    match v1::ModelState::try_from(m.state) {
+        Ok(v1::ModelState::Ready) => "ready".to_string(),
+        Ok(v1::ModelState::Planning) => "planning".to_string(),
+        Ok(v1::ModelState::Failed) => format!("failed: {}", m.state_message),
+        Ok(v1::ModelState::Unknown) => format!("unknown: {}", m.state_message),
+        Ok(v1::ModelState::Unspecified) | Err(_) => "unknown".to_string(),
+    }
+}
+
+/// A plan's objectives by name.
+fn objectives(p: &v1::Plan) -> Vec<&'static str> {
+    p.objectives
+        .iter()
+        .map(|&o| match v1::Objective::try_from(o) {
+            Ok(v1::Objective::Latency) => "latency",
+            Ok(v1::Objective::Energy) => "energy",
+            _ => "unspecified",
+        })
+        .collect()
 }

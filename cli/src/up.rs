@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use strata_control_plane::store::{EtcdConfig, EtcdTls};
 use strata_control_plane::{ControlPlane, Settings, server};
+use strata_core::{Digest, Privacy, Tier};
 use strata_edge_agent::{Agent, AgentConfig};
 use strata_planner::cluster::Cluster;
+use strata_proto::convert::is_tier;
 use strata_proto::v1;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,6 +27,7 @@ pub struct ControlPlaneArgs<'a> {
     pub cluster: Option<&'a Path>,
     pub node_ttl_ms: u64,
     pub rollout_grace_ms: u64,
+    pub blob_grace_ms: u64,
 }
 
 /// TLS and authentication for etcd.
@@ -44,15 +47,13 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
 async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
     if !args.store.starts_with("etcd://") {
         let dir = Path::new(args.store);
-        let mut stores = server::open_embedded(dir).map_err(|e| anyhow::anyhow!(e))?;
+        let mut stores = server::open_embedded(dir)?;
         if let Some(blobs) = args.blobs {
-            let local = strata_control_plane::blob::DirBlobStore::open(blobs)
-                .with_context(|| format!("cannot open the blob store in {}", blobs.display()))?;
-            stores.1 = Arc::new(local);
+            stores.1 = Arc::new(server::open_blobs(blobs)?);
         }
         return Ok(stores);
     }
-    let mut config = EtcdConfig::from_url(args.store).map_err(|e| anyhow::anyhow!(e))?;
+    let mut config = EtcdConfig::from_url(args.store)?;
     let etcd = &args.etcd;
     if etcd.ca.is_some() || etcd.cert.is_some() || etcd.domain.is_some() {
         let identity = match (etcd.cert, etcd.key) {
@@ -77,9 +78,7 @@ async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
         config.user = Some((user.to_string(), password));
     }
     let blobs = args.blobs.unwrap_or(Path::new("strata-data/blobs"));
-    server::open_etcd(config, blobs)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+    Ok(server::open_etcd(config, blobs).await?)
 }
 
 fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
@@ -94,20 +93,11 @@ fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
 fn make_plane(
     (state, blobs): server::Stores,
     cluster: Option<&Path>,
-    (node_ttl_ms, rollout_grace_ms): (u64, u64),
-    advertise: Option<&str>,
+    adjust: impl FnOnce(&mut Settings),
 ) -> Result<Arc<ControlPlane>> {
-    Ok(ControlPlane::new(
-        state,
-        blobs,
-        Settings {
-            cluster: load_cluster(cluster)?,
-            node_ttl: Duration::from_millis(node_ttl_ms),
-            max_model_bytes: 4 << 30,
-            rollout_grace: Duration::from_millis(rollout_grace_ms),
-            advertise: advertise.map(str::to_string),
-        },
-    ))
+    let mut settings = Settings::new(load_cluster(cluster)?);
+    adjust(&mut settings);
+    Ok(ControlPlane::new(state, blobs, settings))
 }
 
 async fn bind(address: &str) -> Result<TcpListener> {
@@ -124,12 +114,12 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
     runtime.block_on(async {
         let stores = open_stores(args).await?;
         let store_name = stores.0.name();
-        let plane = make_plane(
-            stores,
-            args.cluster,
-            (args.node_ttl_ms, args.rollout_grace_ms),
-            args.advertise,
-        )?;
+        let plane = make_plane(stores, args.cluster, |s| {
+            s.node_ttl = Duration::from_millis(args.node_ttl_ms);
+            s.rollout_grace = Duration::from_millis(args.rollout_grace_ms);
+            s.blob_grace = Duration::from_millis(args.blob_grace_ms);
+            s.advertise = args.advertise.map(str::to_string);
+        })?;
         let listener = bind(args.listen).await?;
         say!(
             "control plane replica {} on the {store_name} store",
@@ -137,7 +127,7 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         )?;
         // Tests and scripts read the address as this line's last word.
         say!("control plane listening on {}", listener.local_addr()?)?;
-        server::serve(plane, listener, strata_edge_agent::shutdown_signal())
+        server::serve(plane, listener, strata_proto::shutdown_signal())
             .await
             .context("control plane failed")
     })
@@ -159,9 +149,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let stores = server::open_embedded(&args.data_dir.join("control-plane"))
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let plane = make_plane(stores, args.cluster, (3000, 10_000), None)?;
+        let stores = server::open_embedded(&args.data_dir.join("control-plane"))?;
+        let plane = make_plane(stores, args.cluster, |_| {})?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;
         // Agents take the next two ports, or free ones when the control plane's port was left to the OS.
@@ -174,26 +163,21 @@ pub fn up(args: &UpArgs) -> Result<()> {
         let cp_task = tokio::spawn(server::serve(plane.clone(), cp_listener, wait_for(plane_stopped)));
         let mut agent_tasks = Vec::new();
         let mut agent_addrs = Vec::new();
-        for (tier, listener) in [(v1::Tier::Edge, edge_listener), (v1::Tier::Cloud, cloud_listener)] {
+        for (tier, listener) in [(Tier::Edge, edge_listener), (Tier::Cloud, cloud_listener)] {
             let address = listener.local_addr()?.to_string();
             agent_addrs.push((tier, address.clone()));
-            let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            let agent = Agent::new(AgentConfig {
+            let config = AgentConfig::new(
                 tier,
-                control_planes: vec![cp_addr.to_string()],
-                advertise: address,
-                name: tier.label().to_string(),
-                data_dir: args.data_dir.join(tier.label()),
-                slots,
-                queue: slots * 4,
-                max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
-            })
-            .context("cannot open the agent's data directory")?;
+                vec![cp_addr.to_string()],
+                address,
+                args.data_dir.join(tier.name()),
+            );
+            let agent = Agent::new(config).context("cannot open the agent's data directory")?;
             agent_tasks.push(tokio::spawn(strata_edge_agent::serve(agent, listener, wait_for(agents_stopped.clone()))));
         }
         say!("control plane  {cp_addr}   (store: {})", args.data_dir.display())?;
         for (tier, address) in &agent_addrs {
-            say!("{:<14} {address}", format!("{} agent", tier.label()))?;
+            say!("{:<14} {address}", format!("{tier} agent"))?;
         }
 
         let demo = if args.no_demo {
@@ -217,9 +201,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
             let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let meta = v1::ModelMeta {
                 name: name.clone(),
-                digest: strata_control_plane::blob::sha256_hex(&bytes),
+                digest: Digest::of(&bytes).to_string(),
                 size_bytes: bytes.len() as u64,
-                privacy: v1::Privacy::Features as i32,
+                privacy: v1::Privacy::from(Privacy::Features) as i32,
                 input_shapes: vec![],
             };
             plane.push_model(meta, bytes.into()).await.with_context(|| format!("cannot push {}", path.display()))?;
@@ -232,7 +216,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             )?;
         }
         say!("press Ctrl-C to stop")?;
-        strata_edge_agent::shutdown_signal().await;
+        strata_proto::shutdown_signal().await;
         say!("stopping: draining agents, then the control plane")?;
         let _ = stop_agents.send(true);
         for t in agent_tasks {
@@ -255,10 +239,10 @@ async fn wait_ready(plane: &Arc<ControlPlane>, name: &str) -> Result<()> {
     loop {
         if let Ok(table) = plane.route_table(name).await {
             let remote_ready = table.plans.iter().any(|p| {
-                p.stages.iter().any(|s| s.tier != v1::Tier::Device as i32)
+                p.stages.iter().any(|s| !is_tier(s.tier, Tier::Device))
                     && p.stages
                         .iter()
-                        .all(|s| s.tier == v1::Tier::Device as i32 || !s.nodes.is_empty())
+                        .all(|s| is_tier(s.tier, Tier::Device) || !s.nodes.is_empty())
             });
             if remote_ready {
                 return Ok(());

@@ -283,7 +283,7 @@ fn concurrent_pushes_of_one_name_get_one_version_order() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| panic!("no version in {stdout:?}"));
                 let bytes = std::fs::read(&path).expect("model file");
-                (version, strata_control_plane::blob::sha256_hex(&bytes))
+                (version, strata_core::Digest::of(&bytes).to_string())
             })
         })
         .collect();

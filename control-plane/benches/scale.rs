@@ -544,7 +544,7 @@ async fn push(
 ) -> v1::ModelInfo {
     let meta = v1::ModelMeta {
         name: MODEL.to_string(),
-        digest: strata_control_plane::blob::sha256_hex(bytes),
+        digest: strata_core::Digest::of(bytes).to_string(),
         size_bytes: bytes.len() as u64,
         privacy: privacy as i32,
         input_shapes: Vec::new(),

@@ -1,116 +1,84 @@
-//! Content-addressed blob storage: models and stage files, named by the SHA-256 of their bytes.
+//! Blobs on the control plane: [`PeerBlobStore`] (each replica's local blobs, with the ones it lacks fetched
+//! from the other replicas) and the collector that deletes blobs no record references any more, on every
+//! replica ([`collect`]).
 //!
-//! [`BlobStore`] is the seam (an `object_store`-backed implementation can sit behind it);
-//! [`DirBlobStore`] keeps blobs as files in a directory.
+//! **Blob lifetime.** A blob lives while a record references it: a model record (`/models/`), a plan
+//! (`/plans/`), a published or retiring route table (`/routes/`, `/retired/`). Writers store a blob before the
+//! record that references it and store it again after (a put of a present blob only refreshes its time), and
+//! the collector deletes a blob only when it was stored more than the grace period before the collector
+//! listed it, no record referenced it in a read taken after that listing, and its time is still old when it
+//! is deleted. So a concurrent push of the same bytes, or a model deleted and pushed again, never loses its
+//! blob; and a blob is never deleted while the store cannot be read.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use strata_blob::{BlobError, BlobInfo, BlobStore};
+use strata_core::Digest;
 
-/// The SHA-256 of `bytes`, as 64 lower-case hex characters: a blob's address.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Why a blob store request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    /// The bytes given do not hash to the digest they were stored under; nothing was stored.
-    #[error("blob digest mismatch: expected sha256 {expected}, the bytes hash to {actual}")]
-    DigestMismatch {
-        /// The digest the caller gave.
-        expected: String,
-        /// The SHA-256 of the bytes.
-        actual: String,
-    },
-    /// The digest is not 64 lower-case hex characters.
-    #[error("invalid blob digest {0:?}: expected 64 lower-case hex characters (a SHA-256)")]
-    InvalidDigest(String),
-    /// A stored blob no longer hashes to its digest (the storage corrupted it); delete it and push again.
-    #[error(
-        "stored blob {digest} is corrupt (its bytes hash to {actual}): delete it and push it again"
-    )]
-    Corrupt {
-        /// The blob's digest.
-        digest: String,
-        /// The SHA-256 of the bytes read.
-        actual: String,
-    },
-    /// The storage failed.
-    #[error("blob storage I/O error: {0}")]
-    Io(String),
-}
-
-/// Blobs addressed by the SHA-256 of their content.
-#[async_trait::async_trait]
-pub trait BlobStore: Send + Sync + 'static {
-    /// Stores `bytes` under `digest` after checking `sha256(bytes) == digest`. Idempotent.
-    async fn put(&self, digest: &str, bytes: Bytes) -> Result<(), BlobError>;
-    /// The blob's bytes (checked against the digest), or `None` if absent.
-    async fn get(&self, digest: &str) -> Result<Option<Bytes>, BlobError>;
-    /// Whether the blob is stored.
-    async fn contains(&self, digest: &str) -> Result<bool, BlobError>;
-    /// Deletes the blob; whether it existed.
-    async fn delete(&self, digest: &str) -> Result<bool, BlobError>;
-    /// [`BlobStore::get`] from this store alone, never from peers (what a peer asking for a blob gets).
-    async fn get_local(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
-        self.get(digest).await
-    }
-}
+use crate::error::ControlError;
+use crate::keys;
+use crate::plane::{ControlPlane, parse};
+use crate::records::{ModelRecord, PlansRecord};
 
 /// A [`BlobStore`] shared by control-plane replicas without shared storage: blobs live in each replica's
 /// local store, and a blob missing here is fetched (and its hash checked) from the replicas registered under
 /// [`crate::keys::CONTROLLERS`], then kept. A model pushed to one replica is thus planned by the leader, and
 /// the leader's stage files are served by every replica.
 pub struct PeerBlobStore {
-    local: std::sync::Arc<dyn BlobStore>,
-    store: std::sync::Arc<dyn crate::store::Store>,
+    local: Arc<dyn BlobStore>,
+    store: Arc<dyn crate::store::Store>,
     channels: strata_proto::call::Channels,
 }
 
 impl PeerBlobStore {
     /// Blobs in `local`, with peers found in `store`.
-    pub fn new(
-        local: std::sync::Arc<dyn BlobStore>,
-        store: std::sync::Arc<dyn crate::store::Store>,
-    ) -> PeerBlobStore {
+    pub fn new(local: Arc<dyn BlobStore>, store: Arc<dyn crate::store::Store>) -> PeerBlobStore {
         PeerBlobStore {
             local,
             store,
-            channels: strata_proto::call::Channels::new(std::time::Duration::from_secs(2)),
+            channels: strata_proto::call::Channels::new(Duration::from_secs(2)),
         }
     }
 
-    async fn fetch_from_peers(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
-        let peers = self
-            .store
-            .range(crate::keys::CONTROLLERS)
-            .await
-            .map_err(|e| BlobError::Io(format!("cannot list peer control planes: {e}")))?;
-        for kv in peers.kvs {
-            let Ok(peer) = serde_json::from_slice::<crate::records::ControllerRecord>(&kv.value)
-            else {
-                continue;
+    async fn fetch_from_peers(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
+        let peers = match self.store.range(keys::CONTROLLERS).await {
+            Ok(range) => range.kvs,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot list peer control planes to fetch a blob");
+                return Ok(None);
+            }
+        };
+        for kv in peers {
+            let peer = match serde_json::from_slice::<crate::records::ControllerRecord>(&kv.value) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    tracing::error!(key = %kv.key, error = %e, "corrupt controller record; skipping that peer");
+                    continue;
+                }
             };
-            let Ok(channel) = self.channels.get(&peer.address) else {
-                continue;
+            let channel = match self.channels.get(&peer.address) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.id, error = %e, "peer has a bad address");
+                    continue;
+                }
             };
             let fetch = strata_proto::call::fetch_blob_with(channel, digest, true);
-            match tokio::time::timeout(std::time::Duration::from_secs(60), fetch).await {
+            match tokio::time::timeout(Duration::from_secs(60), fetch).await {
                 Ok(Ok(bytes)) => {
                     let bytes = Bytes::from(bytes);
                     self.local.put(digest, bytes.clone()).await?;
-                    tracing::info!(digest, peer = %peer.id, "blob fetched from a peer control plane");
+                    tracing::info!(%digest, peer = %peer.id, "blob fetched from a peer control plane");
                     return Ok(Some(bytes));
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::NotFound => {}
                 Ok(Err(status)) => {
-                    tracing::warn!(digest, peer = %peer.id, error = %status.message(), "peer blob fetch failed");
+                    tracing::warn!(%digest, peer = %peer.id, error = %status.message(), "peer blob fetch failed");
                 }
-                Err(_) => tracing::warn!(digest, peer = %peer.id, "peer blob fetch timed out"),
+                Err(_) => tracing::warn!(%digest, peer = %peer.id, "peer blob fetch timed out"),
             }
         }
         Ok(None)
@@ -119,306 +87,128 @@ impl PeerBlobStore {
 
 #[async_trait::async_trait]
 impl BlobStore for PeerBlobStore {
-    async fn put(&self, digest: &str, bytes: Bytes) -> Result<(), BlobError> {
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
         self.local.put(digest, bytes).await
     }
 
-    async fn get(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+    async fn get(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
         match self.local.get(digest).await? {
             Some(bytes) => Ok(Some(bytes)),
             None => self.fetch_from_peers(digest).await,
         }
     }
 
-    async fn contains(&self, digest: &str) -> Result<bool, BlobError> {
+    async fn contains(&self, digest: &Digest) -> Result<bool, BlobError> {
         self.local.contains(digest).await
     }
 
-    async fn delete(&self, digest: &str) -> Result<bool, BlobError> {
+    async fn delete(&self, digest: &Digest) -> Result<bool, BlobError> {
         self.local.delete(digest).await
     }
 
-    async fn get_local(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
+    async fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        self.local.list().await
+    }
+
+    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError> {
+        self.local.info(digest).await
+    }
+
+    async fn get_local(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
         self.local.get(digest).await
     }
 }
 
-/// A [`BlobStore`] in a directory: blob `d` is the file `root/sha256/<first two hex of d>/<d>`. Writes go
-/// to a temporary file in the same directory, synced, then renamed, so a blob file is always complete.
-#[derive(Debug)]
-pub struct DirBlobStore {
-    root: PathBuf,
-}
-
-/// Distinguishes the temporary files of concurrent writes.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-impl DirBlobStore {
-    /// A blob store under `root`, created if needed. Blocking (it creates a directory).
-    pub fn open(root: impl Into<PathBuf>) -> Result<DirBlobStore, BlobError> {
-        let root = root.into();
-        let sha = root.join("sha256");
-        std::fs::create_dir_all(&sha).map_err(|e| io_error("create", &sha, &e))?;
-        Ok(DirBlobStore { root })
+/// Every digest a record references: models, plans, published and retiring route tables. Fails (rather
+/// than under-count) when a record cannot be read or decoded.
+pub async fn referenced(plane: &ControlPlane) -> Result<BTreeSet<Digest>, ControlError> {
+    let mut digests = BTreeSet::new();
+    for kv in plane.store.range(keys::MODELS).await?.kvs {
+        let model: ModelRecord = parse(&plane.corrupt, &kv.key, &kv.value)?;
+        digests.insert(model.digest);
     }
-
-    /// The file of a blob, after checking the digest cannot escape the directory.
-    fn path(&self, digest: &str) -> Result<PathBuf, BlobError> {
-        let valid = digest.len() == 64
-            && digest
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
-            return Err(BlobError::InvalidDigest(digest.to_owned()));
-        }
-        Ok(self.root.join("sha256").join(&digest[..2]).join(digest))
-    }
-}
-
-fn io_error(action: &str, path: &Path, e: &std::io::Error) -> BlobError {
-    BlobError::Io(format!("{action} {}: {e}", path.display()))
-}
-
-/// Runs blocking file work (and hashing) off the async runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
-) -> Result<T, BlobError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| BlobError::Io(format!("a blob task failed: {e}")))?
-}
-
-/// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| BlobError::Io(format!("{} has no parent", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, &e))?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-    let written = std::fs::File::create(&temp)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if let Err(e) = written {
-        // Best effort: the write already failed, and a leftover temporary file is harmless.
-        let _ = std::fs::remove_file(&temp);
-        return Err(io_error("write", path, &e));
-    }
-    // Make the rename durable; some file systems cannot sync a directory, which only costs durability.
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-#[async_trait::async_trait]
-impl BlobStore for DirBlobStore {
-    async fn put(&self, digest: &str, bytes: Bytes) -> Result<(), BlobError> {
-        let path = self.path(digest)?;
-        let expected = digest.to_owned();
-        blocking(move || {
-            let actual = sha256_hex(&bytes);
-            if actual != expected {
-                return Err(BlobError::DigestMismatch { expected, actual });
-            }
-            if path.exists() {
-                return Ok(());
-            }
-            write_atomically(&path, &bytes)
-        })
-        .await
-    }
-
-    async fn get(&self, digest: &str) -> Result<Option<Bytes>, BlobError> {
-        let path = self.path(digest)?;
-        let digest = digest.to_owned();
-        blocking(move || {
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_error("read", &path, &e)),
-            };
-            let actual = sha256_hex(&bytes);
-            if actual != digest {
-                return Err(BlobError::Corrupt { digest, actual });
-            }
-            Ok(Some(Bytes::from(bytes)))
-        })
-        .await
-    }
-
-    async fn contains(&self, digest: &str) -> Result<bool, BlobError> {
-        let path = self.path(digest)?;
-        tokio::fs::try_exists(&path)
-            .await
-            .map_err(|e| io_error("check", &path, &e))
-    }
-
-    async fn delete(&self, digest: &str) -> Result<bool, BlobError> {
-        let path = self.path(digest)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("delete", &path, &e)),
+    for kv in plane.store.range(keys::PLANS).await?.kvs {
+        let plans: PlansRecord = parse(&plane.corrupt, &kv.key, &kv.value)?;
+        for stage in plans.plans.iter().flat_map(|p| &p.stages) {
+            digests.insert(stage.digest.clone());
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(root: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut dirs = vec![root.to_path_buf()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read_dir") {
-                let path = entry.expect("dir entry").path();
-                if path.is_dir() {
-                    dirs.push(path)
-                } else {
-                    out.push(path)
+    for prefix in [keys::ROUTES, keys::RETIRED] {
+        for kv in plane.store.range(prefix).await?.kvs {
+            let table = crate::records::route_table(&plane.corrupt, &kv)?;
+            for stage in table.plans.iter().flat_map(|p| &p.stages) {
+                if let Ok(d) = stage.digest.parse() {
+                    digests.insert(d);
                 }
             }
         }
-        out
     }
+    Ok(digests)
+}
 
-    #[tokio::test]
-    async fn round_trip_and_layout() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blobs = DirBlobStore::open(dir.path()).expect("open");
-        let bytes = Bytes::from_static(b"model bytes");
-        let digest = sha256_hex(&bytes);
-        assert!(
-            !blobs.contains(&digest).await.expect("contains"),
-            "absent before put"
-        );
-        assert_eq!(
-            blobs.get(&digest).await.expect("get"),
-            None,
-            "get of an absent blob"
-        );
-        blobs.put(&digest, bytes.clone()).await.expect("put");
-        assert!(
-            blobs.contains(&digest).await.expect("contains"),
-            "present after put"
-        );
-        assert_eq!(
-            blobs.get(&digest).await.expect("get"),
-            Some(bytes),
-            "round trip"
-        );
-        let expected = dir.path().join("sha256").join(&digest[..2]).join(&digest);
-        assert_eq!(
-            files(dir.path()),
-            [expected],
-            "one file at sha256/<2 hex>/<digest>, no temp file"
-        );
-        assert!(
-            blobs.delete(&digest).await.expect("delete"),
-            "delete of a stored blob"
-        );
-        assert!(
-            !blobs.delete(&digest).await.expect("delete"),
-            "delete of an absent blob"
-        );
-        assert!(
-            !blobs.contains(&digest).await.expect("contains"),
-            "absent after delete"
-        );
-    }
+/// What one collection pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs deleted.
+    pub deleted: Vec<Digest>,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Unreferenced blobs kept because they were stored within the grace period.
+    pub young: usize,
+}
 
-    #[tokio::test]
-    async fn put_is_idempotent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blobs = DirBlobStore::open(dir.path()).expect("open");
-        let bytes = Bytes::from(vec![7u8; 100_000]);
-        let digest = sha256_hex(&bytes);
-        let puts = (0..8).map(|_| blobs.put(&digest, bytes.clone()));
-        for result in futures::future::join_all(puts).await {
-            result.expect("concurrent put");
+/// One pass of the collector on this replica's blobs (see the [module docs](self) for the rules).
+pub async fn collect(plane: &ControlPlane) -> Result<Collected, ControlError> {
+    let grace = plane.settings.blob_grace;
+    // Listed first, referenced read after: a blob stored after the listing is not a candidate, and a
+    // record written before the read is seen.
+    let listed_at = SystemTime::now();
+    let listed = plane.blobs.list().await?;
+    let referenced = referenced(plane).await?;
+    let old_before = listed_at
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut done = Collected::default();
+    for blob in listed {
+        if referenced.contains(&blob.digest) {
+            continue;
         }
-        blobs.put(&digest, bytes.clone()).await.expect("put again");
-        assert_eq!(blobs.get(&digest).await.expect("get"), Some(bytes));
-        assert_eq!(files(dir.path()).len(), 1, "one file, no temp files left");
+        if blob.stored >= old_before {
+            done.young += 1;
+            continue;
+        }
+        // Stored again since the listing (a push of the same bytes)? Then it stays.
+        let still_old = plane
+            .blobs
+            .info(&blob.digest)
+            .await?
+            .is_some_and(|b| b.stored < old_before);
+        if still_old && plane.blobs.delete(&blob.digest).await? {
+            tracing::info!(digest = %blob.digest, bytes = blob.size, "unreferenced blob deleted");
+            done.bytes += blob.size;
+            done.deleted.push(blob.digest);
+        }
     }
+    Ok(done)
+}
 
-    #[tokio::test]
-    async fn digest_mismatch_is_refused_and_nothing_is_written() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blobs = DirBlobStore::open(dir.path()).expect("open");
-        let claimed = sha256_hex(b"the real model");
-        let result = blobs
-            .put(&claimed, Bytes::from_static(b"something else"))
-            .await;
-        match result {
-            Err(BlobError::DigestMismatch { expected, actual }) => {
-                assert_eq!(expected, claimed);
-                assert_eq!(actual, sha256_hex(b"something else"));
+/// Runs [`collect`] for ever, every quarter of the grace period (at least every second, at most every
+/// minute); a pass that cannot read the store deletes nothing and is retried at the next tick.
+pub async fn run_collector(plane: Arc<ControlPlane>) {
+    let period =
+        (plane.settings.blob_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(period).await;
+        match collect(&plane).await {
+            Ok(done) if !done.deleted.is_empty() => {
+                tracing::info!(
+                    blobs = done.deleted.len(),
+                    bytes = done.bytes,
+                    "blob collection freed space"
+                )
             }
-            other => panic!("expected DigestMismatch, got {other:?}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "blob collection skipped: {e}"),
         }
-        assert!(files(dir.path()).is_empty(), "a refused put writes nothing");
-        assert!(!blobs.contains(&claimed).await.expect("contains"));
-    }
-
-    #[tokio::test]
-    async fn path_tricks_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blobs = DirBlobStore::open(dir.path().join("blobs")).expect("open");
-        let good = sha256_hex(b"x");
-        let bad = [
-            String::new(),
-            "../../etc/passwd".to_owned(),
-            format!("../{}", &good[3..]),
-            format!("{}/..", &good[..62]),
-            good.to_uppercase(),
-            good[..63].to_owned(),
-            format!("{good}0"),
-            format!("sha256:{good}"),
-            format!("/{}", &good[1..]),
-        ];
-        for digest in &bad {
-            let put = blobs.put(digest, Bytes::from_static(b"x")).await;
-            assert!(
-                matches!(put, Err(BlobError::InvalidDigest(_))),
-                "put {digest:?}: {put:?}"
-            );
-            let get = blobs.get(digest).await;
-            assert!(
-                matches!(get, Err(BlobError::InvalidDigest(_))),
-                "get {digest:?}: {get:?}"
-            );
-            let contains = blobs.contains(digest).await;
-            assert!(
-                matches!(contains, Err(BlobError::InvalidDigest(_))),
-                "contains {digest:?}"
-            );
-            let delete = blobs.delete(digest).await;
-            assert!(
-                matches!(delete, Err(BlobError::InvalidDigest(_))),
-                "delete {digest:?}"
-            );
-        }
-        assert!(files(dir.path()).is_empty(), "nothing written anywhere");
-    }
-
-    #[tokio::test]
-    async fn corrupt_file_is_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blobs = DirBlobStore::open(dir.path()).expect("open");
-        let digest = sha256_hex(b"original");
-        blobs
-            .put(&digest, Bytes::from_static(b"original"))
-            .await
-            .expect("put");
-        let path = dir.path().join("sha256").join(&digest[..2]).join(&digest);
-        std::fs::write(&path, b"bit rot").expect("corrupt the file");
-        let get = blobs.get(&digest).await;
-        assert!(
-            matches!(get, Err(BlobError::Corrupt { .. })),
-            "get of a corrupt blob: {get:?}"
-        );
     }
 }

@@ -1,48 +1,18 @@
-//! Conversions between the planner's types and the wire's.
+//! From the control plane's records (planner types) to the wire: route tables built from plans and ready
+//! agents. The conversions of Strata's shared types (tiers, privacy, digests) live in
+//! [`strata_proto::convert`]; this module only adds what the planner knows.
 
-use strata_planner::cluster::Tier;
-use strata_planner::privacy::Privacy;
+use strata_core::Privacy;
+use strata_planner::partition::Objective;
 use strata_proto::v1;
 
 use crate::records::{NodeRecord, PlansRecord};
 
-/// Planner tier → wire tier.
-pub fn tier_to_wire(t: Tier) -> v1::Tier {
-    match t {
-        Tier::Device => v1::Tier::Device,
-        Tier::Edge => v1::Tier::Edge,
-        Tier::Cloud => v1::Tier::Cloud,
-    }
-}
-
-/// Wire tier → planner tier.
-pub fn tier_from_wire(t: i32) -> Option<Tier> {
-    match v1::Tier::try_from(t).ok()? {
-        v1::Tier::Device => Some(Tier::Device),
-        v1::Tier::Edge => Some(Tier::Edge),
-        v1::Tier::Cloud => Some(Tier::Cloud),
-        v1::Tier::Unspecified => None,
-    }
-}
-
-/// Planner privacy → wire privacy.
-pub fn privacy_to_wire(p: Privacy) -> v1::Privacy {
-    match p {
-        Privacy::Device => v1::Privacy::Device,
-        Privacy::Edge => v1::Privacy::Edge,
-        Privacy::Features => v1::Privacy::Features,
-        Privacy::Open => v1::Privacy::Open,
-    }
-}
-
-/// Wire privacy → planner privacy (`None` for unspecified or unknown).
-pub fn privacy_from_wire(p: i32) -> Option<Privacy> {
-    match v1::Privacy::try_from(p).ok()? {
-        v1::Privacy::Device => Some(Privacy::Device),
-        v1::Privacy::Edge => Some(Privacy::Edge),
-        v1::Privacy::Features => Some(Privacy::Features),
-        v1::Privacy::Open => Some(Privacy::Open),
-        v1::Privacy::Unspecified => None,
+/// Planner objective → wire objective.
+pub fn objective_to_wire(o: Objective) -> v1::Objective {
+    match o {
+        Objective::Latency => v1::Objective::Latency,
+        Objective::Energy => v1::Objective::Energy,
     }
 }
 
@@ -61,9 +31,13 @@ pub fn route_table(
             satisfies: p
                 .satisfies
                 .iter()
-                .map(|&l| privacy_to_wire(l) as i32)
+                .map(|&l| v1::Privacy::from(l) as i32)
                 .collect(),
-            objective: p.objective.clone(),
+            objectives: p
+                .objectives
+                .iter()
+                .map(|&o| objective_to_wire(o) as i32)
+                .collect(),
             latency_ms: p.latency_ms,
             device_energy_mj: p.device_energy_mj,
             device_bytes_sent: p.device_bytes_sent,
@@ -72,8 +46,8 @@ pub fn route_table(
                 .iter()
                 .map(|s| v1::Stage {
                     index: s.index,
-                    tier: tier_to_wire(s.tier) as i32,
-                    digest: s.digest.clone(),
+                    tier: v1::Tier::from(s.tier) as i32,
+                    digest: s.digest.to_string(),
                     size_bytes: s.size_bytes,
                     inputs: s.inputs.clone(),
                     outputs: s.outputs.clone(),
@@ -88,7 +62,7 @@ pub fn route_table(
         model: plans.model.clone(),
         version: plans.version,
         revision: 0,
-        privacy: privacy_to_wire(privacy) as i32,
+        privacy: v1::Privacy::from(privacy) as i32,
         inputs: plans
             .inputs
             .iter()
@@ -117,10 +91,10 @@ pub fn refresh_nodes(
     let mut table = table.clone();
     let mut used: Vec<String> = Vec::new();
     for stage in table.plans.iter_mut().flat_map(|p| &mut p.stages) {
-        let tier = tier_from_wire(stage.tier);
+        let tier = strata_proto::convert::tier(stage.tier, "stage.tier").ok();
         stage.nodes = nodes
             .iter()
-            .filter(|n| Some(n.tier) == tier && n.ready.contains(&stage.digest))
+            .filter(|n| Some(n.tier) == tier && n.ready.iter().any(|d| d.as_str() == stage.digest))
             .map(|n| n.id.clone())
             .collect();
         for id in &stage.nodes {
@@ -134,7 +108,7 @@ pub fn refresh_nodes(
         .filter(|n| used.contains(&n.id))
         .map(|n| v1::NodeRef {
             id: n.id.clone(),
-            tier: tier_to_wire(n.tier) as i32,
+            tier: v1::Tier::from(n.tier) as i32,
             address: n.address.clone(),
             load: load_of(&n.id),
         })

@@ -1,8 +1,10 @@
-//! The control plane's errors and their one mapping to gRPC status codes.
+//! The control plane's errors and their one mapping to gRPC status codes and typed reasons
+//! ([`strata_proto::error::ErrorReason`]): clients branch on the code and the reason, never on the message.
 
-use tonic::Status;
+use strata_blob::BlobError;
+use strata_proto::error::{self, ErrorReason};
+use tonic::{Code, Status};
 
-use crate::blob::BlobError;
 use crate::store::StoreError;
 
 /// Why a control-plane call failed.
@@ -11,12 +13,33 @@ pub enum ControlError {
     /// The caller sent something invalid.
     #[error("{0}")]
     InvalidArgument(String),
-    /// Something named does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// Not possible in the current state (retrying later may help).
-    #[error("{0}")]
-    Unavailable(String),
+    /// The model is not known.
+    #[error("unknown model \"{name}\" (known: {})", known_models(.known))]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
+        /// The models that exist.
+        known: Vec<String>,
+    },
+    /// The node is not registered (its lease expired, or it deregistered).
+    #[error(
+        "node \"{0}\" is not registered (its lease expired or it deregistered); register again"
+    )]
+    UnknownNode(String),
+    /// The model's current version has no route table yet.
+    #[error("model \"{0}\" is still being planned; retry in a moment")]
+    Planning(String),
+    /// No plan could be made for the model.
+    #[error("model \"{model}\" has no plan: {why}")]
+    PlanFailed {
+        /// The model.
+        model: String,
+        /// Why.
+        why: String,
+    },
+    /// This replica lost the leadership while writing.
+    #[error("this control plane no longer leads; the new leader takes over")]
+    NotLeader,
     /// Too big.
     #[error("{0}")]
     TooLarge(String),
@@ -31,20 +54,58 @@ pub enum ControlError {
     Internal(String),
 }
 
+fn known_models(known: &[String]) -> String {
+    if known.is_empty() {
+        "none; push one with `strata model push`".to_string()
+    } else {
+        known.join(", ")
+    }
+}
+
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
         let message = e.to_string();
-        match e {
-            ControlError::InvalidArgument(_) => Status::invalid_argument(message),
-            ControlError::NotFound(_) => Status::not_found(message),
-            ControlError::Unavailable(_) => Status::unavailable(message),
-            ControlError::TooLarge(_) => Status::resource_exhausted(message),
-            ControlError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
-            ControlError::Store(_) | ControlError::Internal(_) => Status::internal(message),
-            ControlError::Blob(BlobError::DigestMismatch { .. }) => {
-                Status::invalid_argument(message)
+        let (code, reason) = match e {
+            ControlError::InvalidArgument(_) => (Code::InvalidArgument, None),
+            ControlError::UnknownModel { .. } => (Code::NotFound, Some(ErrorReason::UnknownModel)),
+            ControlError::UnknownNode(_) => (Code::NotFound, Some(ErrorReason::NodeNotRegistered)),
+            ControlError::Planning(_) => (Code::Unavailable, Some(ErrorReason::ModelPlanning)),
+            ControlError::PlanFailed { .. } => (Code::Unavailable, Some(ErrorReason::ModelFailed)),
+            ControlError::NotLeader => (Code::Unavailable, Some(ErrorReason::NotLeader)),
+            ControlError::TooLarge(_) => (Code::ResourceExhausted, None),
+            ControlError::Store(StoreError::Unavailable(_)) => {
+                (Code::Unavailable, Some(ErrorReason::StoreUnavailable))
             }
-            ControlError::Blob(_) => Status::internal(message),
+            ControlError::Store(_) | ControlError::Internal(_) => (Code::Internal, None),
+            ControlError::Blob(BlobError::DigestMismatch(_)) => (Code::InvalidArgument, None),
+            ControlError::Blob(_) => (Code::Internal, None),
+        };
+        match reason {
+            Some(reason) => error::status(code, message, reason),
+            None => Status::new(code, message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_outages_and_unknown_models_carry_typed_reasons() {
+        let s = Status::from(ControlError::Store(StoreError::Unavailable(
+            "etcd is down".into(),
+        )));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(error::reason(&s), Some(ErrorReason::StoreUnavailable));
+        let s = Status::from(ControlError::UnknownModel {
+            name: "yolo".into(),
+            known: vec![],
+        });
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(error::reason(&s), Some(ErrorReason::UnknownModel));
+        assert!(s.message().contains("push one"), "{}", s.message());
+        let s = Status::from(ControlError::InvalidArgument("bad".into()));
+        assert_eq!((s.code(), error::reason(&s)), (Code::InvalidArgument, None));
     }
 }

@@ -60,16 +60,21 @@ pub fn routes(name: &str) -> String {
     format!("{ROUTES}{name}")
 }
 
+/// A model name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid model name \"{0}\": use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with a dot)"
+)]
+pub struct InvalidModelName(pub String);
+
 /// Checks a model name: it becomes part of a key and of file names, so it is restricted to
 /// `[A-Za-z0-9._-]`, 1 to 128 characters, not starting with a dot.
-pub fn check_model_name(name: &str) -> Result<(), String> {
+pub fn check_model_name(name: &str) -> Result<(), InvalidModelName> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > 128 || !ok_chars || name.starts_with('.') {
-        return Err(format!(
-            "invalid model name \"{name}\": use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with a dot)"
-        ));
+        return Err(InvalidModelName(name.to_string()));
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! from cached tables, so serving continues while it is down.
 //!
 //! State goes through the [`store::Store`] trait (etcd semantics; [`store::embedded::EmbeddedStore`] is the
-//! zero-setup default), model and stage bytes through the content-addressed [`blob::BlobStore`].
+//! zero-setup default), model and stage bytes through the content-addressed [`strata_blob::BlobStore`]
+//! ([`blob::PeerBlobStore`] across replicas, with the collector of unreferenced blobs).
 
 #![forbid(unsafe_code)]
 

@@ -2,20 +2,21 @@
 //! (content-addressed pushes, versions) and the route tables watchers read. gRPC glue lives in `service`;
 //! planning and publishing in `reconcile`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata_planner::cluster::{Cluster, Tier};
-use strata_planner::privacy::Privacy;
-use strata_proto::v1;
+use parking_lot::Mutex;
+use strata_blob::BlobStore;
+use strata_core::{Digest, Privacy, Tier};
+use strata_planner::cluster::Cluster;
+use strata_proto::{convert, v1};
 use tokio::sync::{Notify, watch};
 
-use crate::blob::{BlobStore, sha256_hex};
 use crate::error::ControlError;
 use crate::keys;
-use crate::records::{ModelRecord, NodeRecord, PlansRecord};
+use crate::records::{CorruptRecords, ModelRecord, NodeRecord, PlansRecord};
 use crate::store::{
     Compare, CompareOp, CompareTarget, Leadership, LeaseId, Store, StoreError, Txn, TxnOp,
 };
@@ -35,14 +36,33 @@ pub struct Settings {
     /// The address other replicas reach this one at (peer blob fetches); default: the listen address,
     /// with 127.0.0.1 for an unspecified IP.
     pub advertise: Option<String>,
+    /// How long a blob no record references is kept before it is deleted (a push or a plan stores its blobs
+    /// just before the record that references them).
+    pub blob_grace: Duration,
+}
+
+impl Settings {
+    /// Defaults for a cluster profile: node TTL 3 s, models up to 4 GiB, rollout grace 10 s, blob grace
+    /// 10 min.
+    pub fn new(cluster: Cluster) -> Settings {
+        Settings {
+            cluster,
+            node_ttl: Duration::from_secs(3),
+            max_model_bytes: 4 << 30,
+            rollout_grace: Duration::from_secs(10),
+            advertise: None,
+            blob_grace: Duration::from_secs(600),
+        }
+    }
 }
 
 /// What the control plane knows about a live node beyond its store record.
 #[derive(Debug, Clone)]
 struct Live {
     lease: i64,
-    ready: Vec<String>,
+    ready: Vec<Digest>,
     load: v1::Load,
+    stage_ms: BTreeMap<String, f64>,
     last_seen: Instant,
 }
 
@@ -70,23 +90,30 @@ pub struct ControlPlane {
     pub(crate) store_reachable: watch::Sender<bool>,
     /// The published route tables, for `WatchRoutes` (fed by one store watch, run by `server::serve`).
     pub(crate) route_cache: Arc<crate::route_cache::RouteCache>,
+    /// Records found corrupt (logged and counted where found; never skipped silently).
+    pub(crate) corrupt: CorruptRecords,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
     serde_json::to_vec(value).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
+/// Decodes a JSON record; a corrupt one is logged, counted and an error (callers never skip it silently).
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    corrupt: &CorruptRecords,
     key: &str,
     bytes: &[u8],
 ) -> Result<T, ControlError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ControlError::Internal(format!("corrupt record at {key}: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        corrupt.note(key, &e);
+        ControlError::Internal(format!("corrupt record at {key}: {e}"))
+    })
 }
 
 impl ControlPlane {
     /// A control plane over a store and a blob store. Call [`crate::reconcile::run`] to plan and publish.
     pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, settings: Settings) -> Arc<Self> {
+        let corrupt = CorruptRecords::default();
         Arc::new(ControlPlane {
             store,
             blobs,
@@ -96,15 +123,17 @@ impl ControlPlane {
             wake: Notify::new(),
             replica_id: format!(
                 "cp-{}",
-                &sha256_hex(
+                &Digest::of(
                     format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
-                )[..8]
+                )
+                .as_str()[..8]
             ),
             leadership: Mutex::new(None),
             led_since: Mutex::new(Instant::now()),
             replica_lease: Mutex::new(None),
             store_reachable: watch::channel(true).0,
-            route_cache: Arc::default(),
+            route_cache: Arc::new(crate::route_cache::RouteCache::new(corrupt.clone())),
+            corrupt,
         })
     }
 
@@ -115,10 +144,12 @@ impl ControlPlane {
 
     /// The election this replica holds, if it leads.
     pub fn leadership(&self) -> Option<Leadership> {
-        self.leadership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.leadership.lock().clone()
+    }
+
+    /// How many corrupt records this replica has found (each also logged where it was found).
+    pub fn corrupt_records(&self) -> u64 {
+        self.corrupt.count()
     }
 
     /// Whether the store answered this replica's last lease renewal.
@@ -133,17 +164,14 @@ impl ControlPlane {
 
     /// How long this replica has led (meaningful while it leads).
     pub(crate) fn leading_for(&self) -> Duration {
-        self.led_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        self.led_since.lock().elapsed()
     }
 
     pub(crate) fn set_leadership(&self, leadership: Option<Leadership>) {
         if leadership.is_some() {
-            *self.led_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            *self.led_since.lock() = Instant::now();
         }
-        *self.leadership.lock().unwrap_or_else(|p| p.into_inner()) = leadership;
+        *self.leadership.lock() = leadership;
         self.wake.notify_one();
     }
 
@@ -161,22 +189,28 @@ impl ControlPlane {
         if self.store.txn(txn).await?.succeeded {
             return Ok(());
         }
-        let mut current = self.leadership.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.leadership.lock();
         if current.as_ref() == Some(leadership) {
             *current = None;
         }
-        Err(ControlError::Unavailable(
-            "this control plane no longer leads; the new leader takes over".into(),
-        ))
+        Err(ControlError::NotLeader)
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn live(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock()
     }
 
     /// The last load a node reported.
     pub fn load_of(&self, node_id: &str) -> Option<v1::Load> {
         self.live().get(node_id).map(|l| l.load)
+    }
+
+    /// The per-stage compute times a node last reported (ms by stage digest).
+    pub fn stage_ms_of(&self, node_id: &str) -> BTreeMap<String, f64> {
+        self.live()
+            .get(node_id)
+            .map(|l| l.stage_ms.clone())
+            .unwrap_or_default()
     }
 
     /// Milliseconds since a node's last heartbeat.
@@ -189,7 +223,8 @@ impl ControlPlane {
     /// Registers a node under a fresh lease.
     #[tracing::instrument(skip_all, fields(name = %spec.name, address = %spec.address))]
     pub async fn register(&self, spec: v1::NodeSpec) -> Result<(String, Duration), ControlError> {
-        let tier = crate::convert::tier_from_wire(spec.tier)
+        let tier = convert::tier(spec.tier, "spec.tier")
+            .ok()
             .filter(|t| *t != Tier::Device)
             .ok_or_else(|| {
                 ControlError::InvalidArgument(
@@ -208,8 +243,8 @@ impl ControlPlane {
         } else {
             spec.name.clone()
         };
-        let suffix =
-            &sha256_hex(format!("{}{lease}{:?}", spec.address, Instant::now()).as_bytes())[..6];
+        let suffix = Digest::of(format!("{}{lease}{:?}", spec.address, Instant::now()).as_bytes());
+        let suffix = &suffix.as_str()[..6];
         let id: String = format!("{base}-{suffix}")
             .chars()
             .map(|c| {
@@ -241,6 +276,7 @@ impl ControlPlane {
                 lease,
                 ready: Vec::new(),
                 load: v1::Load::default(),
+                stage_ms: BTreeMap::new(),
                 last_seen: Instant::now(),
             },
         );
@@ -252,16 +288,28 @@ impl ControlPlane {
     async fn node_record(&self, node_id: &str) -> Result<NodeRecord, ControlError> {
         let key = keys::node(node_id);
         match self.store.get(&key).await? {
-            Some(kv) => parse(&key, &kv.value),
-            None => Err(ControlError::NotFound(format!(
-                "node \"{node_id}\" is not registered (its lease expired or it deregistered); register again"
-            ))),
+            Some(kv) => parse(&self.corrupt, &key, &kv.value),
+            None => Err(ControlError::UnknownNode(node_id.to_string())),
         }
     }
 
     /// Renews a node's lease, records its load, and republishes when its ready stages changed.
     #[tracing::instrument(skip_all, fields(node = %req.node_id))]
     pub async fn heartbeat(&self, req: v1::HeartbeatRequest) -> Result<Duration, ControlError> {
+        let mut new_ready = req
+            .ready
+            .iter()
+            .map(|d| convert::digest(d, "ready"))
+            .collect::<Result<Vec<Digest>, _>>()
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        new_ready.sort();
+        new_ready.dedup();
+        let stage_ms: BTreeMap<String, f64> = req
+            .stage_ms
+            .iter()
+            .filter(|(d, ms)| d.parse::<Digest>().is_ok() && ms.is_finite() && **ms >= 0.0)
+            .map(|(d, ms)| (d.clone(), *ms))
+            .collect();
         let cached = self
             .live()
             .get(&req.node_id)
@@ -277,16 +325,10 @@ impl ControlPlane {
             Ok(_) => {}
             Err(StoreError::LeaseNotFound(_)) => {
                 self.live().remove(&req.node_id);
-                return Err(ControlError::NotFound(format!(
-                    "node \"{}\": lease expired; register again",
-                    req.node_id
-                )));
+                return Err(ControlError::UnknownNode(req.node_id));
             }
             Err(e) => return Err(e.into()),
         }
-        let mut new_ready = req.ready.clone();
-        new_ready.sort();
-        new_ready.dedup();
         if new_ready != ready {
             let mut record = self.node_record(&req.node_id).await?;
             record.ready = new_ready.clone();
@@ -301,6 +343,7 @@ impl ControlPlane {
                 lease,
                 ready: new_ready,
                 load: req.load.unwrap_or_default(),
+                stage_ms,
                 last_seen: Instant::now(),
             },
         );
@@ -326,7 +369,7 @@ impl ControlPlane {
         let range = self.store.range(keys::NODES).await?;
         let mut nodes = Vec::with_capacity(range.kvs.len());
         for kv in range.kvs {
-            nodes.push(parse::<NodeRecord>(&kv.key, &kv.value)?);
+            nodes.push(parse::<NodeRecord>(&self.corrupt, &kv.key, &kv.value)?);
         }
         let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         self.live().retain(|id, _| ids.contains(id.as_str()));
@@ -341,17 +384,23 @@ impl ControlPlane {
         meta: v1::ModelMeta,
         bytes: Bytes,
     ) -> Result<ModelRecord, ControlError> {
-        keys::check_model_name(&meta.name).map_err(ControlError::InvalidArgument)?;
-        let actual = sha256_hex(&bytes);
-        if actual != meta.digest {
+        keys::check_model_name(&meta.name)
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        let declared = convert::digest(&meta.digest, "meta.digest")
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        if let Err(e) = declared.verify(&bytes) {
             return Err(ControlError::InvalidArgument(format!(
-                "model \"{}\": the uploaded {} bytes hash to {actual}, not the declared {}; the upload was corrupted, nothing was stored",
+                "model \"{}\": the uploaded {} bytes hash to {}, not the declared {}; the upload was corrupted, nothing was stored",
                 meta.name,
                 bytes.len(),
+                e.actual,
                 meta.digest
             )));
         }
-        let privacy = crate::convert::privacy_from_wire(meta.privacy).unwrap_or(Privacy::Open);
+        let actual = declared;
+        let privacy = convert::privacy(meta.privacy, "meta.privacy")
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?
+            .unwrap_or(Privacy::Open);
         let shapes = meta.input_shapes.clone();
         let check_bytes = bytes.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -368,7 +417,7 @@ impl ControlPlane {
             let existing = self.store.get(&key).await?;
             let (version, compare) = match &existing {
                 Some(kv) => {
-                    let old: ModelRecord = parse(&key, &kv.value)?;
+                    let old: ModelRecord = parse(&self.corrupt, &key, &kv.value)?;
                     if old.digest == actual
                         && old.privacy == privacy
                         && old.input_shapes == meta.input_shapes
@@ -401,6 +450,9 @@ impl ControlPlane {
                 failure: vec![],
             };
             if self.store.txn(txn).await?.succeeded {
+                // The blob was stored before its record existed: store it again now that the record
+                // references it, in case the collector removed it in between (`crate::blob::collect`).
+                self.blobs.put(&actual, bytes.clone()).await?;
                 tracing::info!(version, digest = %actual, "model stored");
                 self.wake.notify_one();
                 return Ok(record);
@@ -414,7 +466,7 @@ impl ControlPlane {
         range
             .kvs
             .iter()
-            .map(|kv| parse(&kv.key, &kv.value))
+            .map(|kv| parse(&self.corrupt, &kv.key, &kv.value))
             .collect()
     }
 
@@ -422,7 +474,7 @@ impl ControlPlane {
     pub async fn model(&self, name: &str) -> Result<ModelRecord, ControlError> {
         let key = keys::model(name);
         match self.store.get(&key).await? {
-            Some(kv) => parse(&key, &kv.value),
+            Some(kv) => parse(&self.corrupt, &key, &kv.value),
             None => Err(self.unknown_model(name).await),
         }
     }
@@ -431,7 +483,7 @@ impl ControlPlane {
     pub async fn plans(&self, name: &str) -> Result<Option<PlansRecord>, ControlError> {
         let key = keys::plans(name);
         match self.store.get(&key).await? {
-            Some(kv) => Ok(Some(parse(&key, &kv.value)?)),
+            Some(kv) => Ok(Some(parse(&self.corrupt, &key, &kv.value)?)),
             None => Ok(None),
         }
     }
@@ -442,28 +494,17 @@ impl ControlPlane {
             .await
             .map(|ms| ms.into_iter().map(|m| m.name).collect())
             .unwrap_or_default();
-        ControlError::NotFound(format!(
-            "unknown model \"{name}\" (known: {})",
-            if known.is_empty() {
-                "none; push one with `strata model push`".to_string()
-            } else {
-                known.join(", ")
-            }
-        ))
+        ControlError::UnknownModel {
+            name: name.to_string(),
+            known,
+        }
     }
 
-    /// Deletes a model; its plans and routes go with the next reconcile.
+    /// Deletes a model; its plans and routes go with the next reconcile, and its blobs with the blob
+    /// collector of every replica once no record references them ([`crate::blob::collect`]).
     pub async fn delete_model(&self, name: &str) -> Result<(), ControlError> {
-        let record = self.model(name).await?;
+        self.model(name).await?;
         self.store.delete(&keys::model(name)).await?;
-        let still_used = self
-            .models()
-            .await?
-            .iter()
-            .any(|m| m.digest == record.digest);
-        if !still_used {
-            self.blobs.delete(&record.digest).await?;
-        }
         tracing::info!(model = %name, "model deleted");
         self.wake.notify_one();
         Ok(())
@@ -471,29 +512,37 @@ impl ControlPlane {
 
     /// A model's current route table, with its store revision.
     pub async fn route_table(&self, name: &str) -> Result<v1::RouteTable, ControlError> {
-        use prost::Message;
         let key = keys::routes(name);
         match self.store.get(&key).await? {
-            Some(kv) => {
-                let mut table = v1::RouteTable::decode(kv.value.as_slice()).map_err(|e| {
-                    ControlError::Internal(format!("corrupt route table {key}: {e}"))
-                })?;
-                table.revision = kv.mod_revision as u64;
-                Ok(table)
-            }
+            Some(kv) => crate::records::route_table(&self.corrupt, &kv),
             None => {
                 self.model(name).await?;
                 match self.plans(name).await? {
                     Some(PlansRecord {
                         failed: Some(why), ..
-                    }) => Err(ControlError::Unavailable(format!(
-                        "model \"{name}\" has no plan: {why}"
-                    ))),
-                    _ => Err(ControlError::Unavailable(format!(
-                        "model \"{name}\" is still being planned; retry in a moment"
-                    ))),
+                    }) => Err(ControlError::PlanFailed {
+                        model: name.to_string(),
+                        why,
+                    }),
+                    _ => Err(ControlError::Planning(name.to_string())),
                 }
             }
         }
+    }
+
+    /// Every route table under `prefix` (routes or retired ones); a corrupt one is logged, counted and left
+    /// out.
+    pub(crate) async fn route_tables(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<v1::RouteTable>, ControlError> {
+        Ok(self
+            .store
+            .range(prefix)
+            .await?
+            .kvs
+            .iter()
+            .filter_map(|kv| crate::records::route_table(&self.corrupt, kv).ok())
+            .collect())
     }
 }

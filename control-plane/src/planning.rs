@@ -7,15 +7,15 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use sha2::{Digest, Sha256};
-use strata_planner::analyse::{self, Analysis, InputShape};
-use strata_planner::cluster::{Cluster, LinkSpec, Tier};
-use strata_planner::model::Model;
+use strata_core::Digest;
+use strata_core::Privacy;
+use strata_core::Tier;
+use strata_planner::analyse::{self, AnalyseError, Analysis, InputShape, InputShapeError};
+use strata_planner::cluster::{Cluster, LinkSpec};
+use strata_planner::model::{Model, ModelError};
 use strata_planner::partition::Objective;
 use strata_planner::plan::{self, PlanOptions, PlannedModel};
-use strata_planner::privacy::Privacy;
 
-use crate::blob::sha256_hex;
 use crate::records::{InputRecord, PlanRecord, PlansRecord, StageRecord};
 
 /// A model's plans and the stage blobs they reference.
@@ -24,7 +24,7 @@ pub struct PlannedSet {
     /// The plans (version and name filled in).
     pub record: PlansRecord,
     /// `(digest, bytes)` of every stage ONNX file the plans reference.
-    pub blobs: Vec<(String, Vec<u8>)>,
+    pub blobs: Vec<(Digest, Vec<u8>)>,
 }
 
 /// Plans `bytes` (model `name`, `version`) for `base` restricted to `tiers`, keeping the plans that satisfy the
@@ -53,7 +53,7 @@ pub fn plan_model(
     let (model, analysis) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            record.failed = Some(e);
+            record.failed = Some(e.to_string());
             return PlannedSet { record, blobs };
         }
     };
@@ -107,8 +107,8 @@ pub fn plan_model(
             }
             match record.plans.iter_mut().find(|p| p.id == plan.id) {
                 Some(existing) => {
-                    if !existing.objective.contains(&plan.objective) {
-                        existing.objective = format!("{},{}", existing.objective, plan.objective);
+                    if !existing.objectives.contains(&objective) {
+                        existing.objectives.push(objective);
                     }
                 }
                 None => record.plans.push(plan),
@@ -127,27 +127,37 @@ pub fn plan_model(
     PlannedSet { record, blobs }
 }
 
+/// Why a model cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Not a valid ONNX model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An input shape given with the push does not parse.
+    #[error(transparent)]
+    InputShape(#[from] InputShapeError),
+    /// Unsupported operators, shapes that do not resolve, or a graph tract cannot type.
+    #[error(transparent)]
+    Analyse(#[from] AnalyseError),
+}
+
 /// Checks that a model can be served: it parses, tract supports every operator, and its input shapes resolve.
-pub fn check_model(bytes: &[u8], input_shapes: &[String]) -> Result<(), String> {
+pub fn check_model(bytes: &[u8], input_shapes: &[String]) -> Result<(), CheckError> {
     prepare(bytes, input_shapes).map(|_| ())
 }
 
-fn prepare(bytes: &[u8], input_shapes: &[String]) -> Result<(Model, Analysis), String> {
-    let model = Model::from_bytes(bytes).map_err(|e| e.to_string())?;
+fn prepare(bytes: &[u8], input_shapes: &[String]) -> Result<(Model, Analysis), CheckError> {
+    let model = Model::from_bytes(bytes)?;
     let shapes: Vec<InputShape> = input_shapes
         .iter()
         .map(|s| s.parse::<InputShape>())
         .collect::<Result<_, _>>()?;
-    let unsupported = analyse::unsupported_ops(&model, bytes).map_err(|e| e.to_string())?;
-    if let Some(op) = unsupported.first() {
-        return Err(format!(
-            "{} unsupported operator(s), first: node \"{}\" ({}) — not supported by tract",
-            unsupported.len(),
-            op.node,
-            op.op_type
-        ));
+    // Unsupported operators first: they are the news, whatever else is wrong.
+    let unsupported = analyse::unsupported_ops(&model, bytes)?;
+    if !unsupported.is_empty() {
+        return Err(AnalyseError::Unsupported(unsupported).into());
     }
-    let analysis = analyse::analyse(&model, bytes, &shapes).map_err(|e| e.to_string())?;
+    let analysis = analyse::analyse(&model, bytes, &shapes)?;
     Ok((model, analysis))
 }
 
@@ -212,14 +222,14 @@ fn to_record(
     analysis: &Analysis,
     planned: &PlannedModel,
     objective: Objective,
-    blobs: &mut Vec<(String, Vec<u8>)>,
-    seen: &mut HashSet<String>,
+    blobs: &mut Vec<(Digest, Vec<u8>)>,
+    seen: &mut HashSet<Digest>,
 ) -> PlanRecord {
     use prost::Message;
     let mut stages = Vec::new();
     for (info, proto) in planned.plan.stages.iter().zip(&planned.stage_models) {
         let bytes = proto.encode_to_vec();
-        let digest = sha256_hex(&bytes);
+        let digest = Digest::of(&bytes);
         let size_bytes = bytes.len() as u64;
         if seen.insert(digest.clone()) {
             blobs.push((digest.clone(), bytes));
@@ -235,20 +245,17 @@ fn to_record(
             predicted_ms: info.predicted_ms.unwrap_or(0.0),
         });
     }
-    let mut hasher = Sha256::new();
+    let mut split = Vec::new();
     for s in &stages {
-        hasher.update(s.tier.name().as_bytes());
-        hasher.update(s.digest.as_bytes());
+        split.extend_from_slice(s.tier.name().as_bytes());
+        split.extend_from_slice(s.digest.as_str().as_bytes());
     }
-    let id = hex::encode(&hasher.finalize()[..6]);
+    let id = Digest::of(&split).as_str()[..12].to_string();
     let predicted = planned.plan.predicted.clone();
     PlanRecord {
         id,
         satisfies: satisfies(model, &stages),
-        objective: match objective {
-            Objective::Latency => "latency".into(),
-            Objective::Energy => "energy".into(),
-        },
+        objectives: vec![objective],
         latency_ms: predicted.as_ref().map_or(0.0, |p| p.latency_ms),
         device_energy_mj: predicted.as_ref().map_or(0.0, |p| p.device_energy_mj),
         device_bytes_sent: device_bytes_sent(model, analysis, &stages),

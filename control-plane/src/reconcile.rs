@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
-use strata_planner::cluster::Tier;
+use strata_core::{Digest, Tier};
+use strata_proto::task::AbortOnDrop;
 use strata_proto::v1;
 
-use crate::convert::{route_table, tier_to_wire};
+use crate::convert::route_table;
 use crate::error::ControlError;
 use crate::keys;
 use crate::plane::{AssignmentMap, ControlPlane, parse};
@@ -24,7 +25,7 @@ use crate::store::{Leadership, TxnOp};
 /// second. On the leader a pass plans, assigns and publishes; on the other replicas it only derives the
 /// assignments of the agents connected to them from the leader's plans.
 pub async fn run(plane: Arc<ControlPlane>) {
-    let _store_changes = AbortOnDrop(tokio::spawn(forward_store_changes(plane.clone())));
+    let _store_changes = AbortOnDrop::spawn(forward_store_changes(plane.clone()));
     loop {
         let pass = match plane.leadership() {
             Some(leadership) => reconcile_once(&plane, &leadership).await,
@@ -38,14 +39,6 @@ pub async fn run(plane: Arc<ControlPlane>) {
         plane.wake.notified().await;
         // Let a burst of changes (several agents starting) settle into one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -92,12 +85,18 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
 #[tracing::instrument(skip_all)]
 pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
-    let mut plans: HashMap<String, PlansRecord> = HashMap::new();
+    let plans = all_plans(plane).await?;
+    refresh_assignments(plane, &nodes, &plans).await
+}
+
+/// Every model's plans by model name.
+async fn all_plans(plane: &ControlPlane) -> Result<HashMap<String, PlansRecord>, ControlError> {
+    let mut plans = HashMap::new();
     for kv in plane.store.range(keys::PLANS).await?.kvs {
-        let record: PlansRecord = parse(&kv.key, &kv.value)?;
+        let record: PlansRecord = parse(&plane.corrupt, &kv.key, &kv.value)?;
         plans.insert(record.model.clone(), record);
     }
-    refresh_assignments(plane, &nodes, &plans).await
+    Ok(plans)
 }
 
 /// Assigns stages from the current plans plus those of every published and retiring route table (an older
@@ -107,14 +106,8 @@ async fn refresh_assignments(
     nodes: &[NodeRecord],
     plans: &HashMap<String, PlansRecord>,
 ) -> Result<(), ControlError> {
-    let mut serving = Vec::new();
-    for prefix in [keys::ROUTES, keys::RETIRED] {
-        for kv in plane.store.range(prefix).await?.kvs {
-            if let Ok(table) = v1::RouteTable::decode(kv.value.as_slice()) {
-                serving.push(table);
-            }
-        }
-    }
+    let mut serving = plane.route_tables(keys::ROUTES).await?;
+    serving.extend(plane.route_tables(keys::RETIRED).await?);
     plane
         .assignments
         .send_replace(Arc::new(assign(nodes, plans, &serving)));
@@ -132,11 +125,7 @@ pub async fn reconcile_once(
     let mut tiers: BTreeSet<Tier> = nodes.iter().map(|n| n.tier).collect();
     tiers.insert(Tier::Device);
 
-    let mut plans: HashMap<String, PlansRecord> = HashMap::new();
-    for kv in plane.store.range(keys::PLANS).await?.kvs {
-        let record: PlansRecord = parse(&kv.key, &kv.value)?;
-        plans.insert(record.model.clone(), record);
-    }
+    let mut plans = all_plans(plane).await?;
     // A new leader (after a failover or a store outage that outlived the node leases) gives agents one node
     // TTL to resume or re-register before it plans without the tiers it does not see yet.
     let settling = plane.settings.node_ttl.saturating_sub(plane.leading_for());
@@ -207,8 +196,13 @@ async fn replan(
     })
     .await
     .map_err(|e| ControlError::Internal(format!("planner task failed: {e}")))?;
-    for (digest, bytes) in planned.blobs {
-        plane.blobs.put(&digest, bytes.into()).await?;
+    let blobs: Vec<(Digest, bytes::Bytes)> = planned
+        .blobs
+        .into_iter()
+        .map(|(d, b)| (d, bytes::Bytes::from(b)))
+        .collect();
+    for (digest, bytes) in &blobs {
+        plane.blobs.put(digest, bytes.clone()).await?;
     }
     let record = planned.record;
     tracing::info!(
@@ -226,12 +220,17 @@ async fn replan(
         lease: None,
     };
     plane.leader_txn(leadership, vec![put]).await?;
+    // Stored again now that the plans reference them, in case the collector removed one in between.
+    for (digest, bytes) in blobs {
+        plane.blobs.put(&digest, bytes).await?;
+    }
     Ok(record)
 }
 
-/// Every agent holds every stage of its tier (replication is full in this version; memory-aware packing
-/// comes with larger clusters): the stages of the current plans, and those of `serving`, the route tables
-/// still in use (an older version stays loaded until its successor is ready, and for a grace period after).
+/// Every agent that can run stages (it reports a backend) holds every stage of its tier (replication is
+/// full in this version; memory-aware packing comes with larger clusters): the stages of the current plans,
+/// and those of `serving`, the route tables still in use (an older version stays loaded until its successor
+/// is ready, and for a grace period after). Device stages are assigned to nobody.
 pub fn assign(
     nodes: &[NodeRecord],
     plans: &HashMap<String, PlansRecord>,
@@ -249,7 +248,7 @@ pub fn assign(
                     version,
                     digest: digest.to_string(),
                     size_bytes,
-                    tier: tier_to_wire(tier) as i32,
+                    tier: v1::Tier::from(tier) as i32,
                 },
             ));
         }
@@ -259,7 +258,7 @@ pub fn assign(
             add(
                 &record.model,
                 record.version,
-                &stage.digest,
+                stage.digest.as_str(),
                 stage.size_bytes,
                 stage.tier,
             );
@@ -267,7 +266,7 @@ pub fn assign(
     }
     for table in serving {
         for stage in table.plans.iter().flat_map(|p| &p.stages) {
-            if let Some(tier) = crate::convert::tier_from_wire(stage.tier) {
+            if let Ok(tier) = strata_proto::convert::tier(stage.tier, "stage.tier") {
                 add(
                     &table.model,
                     table.version,
@@ -280,11 +279,15 @@ pub fn assign(
     }
     let mut map = AssignmentMap::new();
     for node in nodes {
-        let stages = wanted
-            .iter()
-            .filter(|(tier, _)| *tier == node.tier)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let stages = if node.backends.is_empty() {
+            Vec::new()
+        } else {
+            wanted
+                .iter()
+                .filter(|(tier, _)| *tier == node.tier && *tier != Tier::Device)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
         map.insert(node.id.clone(), stages);
     }
     map
@@ -297,7 +300,7 @@ fn servable(table: &v1::RouteTable) -> bool {
         .plans
         .iter()
         .flat_map(|p| &p.stages)
-        .all(|s| s.tier == v1::Tier::Device as i32 || !s.nodes.is_empty())
+        .all(|s| strata_proto::convert::is_tier(s.tier, Tier::Device) || !s.nodes.is_empty())
 }
 
 async fn publish(
@@ -307,12 +310,13 @@ async fn publish(
     plans: &HashMap<String, PlansRecord>,
     nodes: &[NodeRecord],
 ) -> Result<(), ControlError> {
-    let mut current: HashMap<String, v1::RouteTable> = HashMap::new();
-    for kv in plane.store.range(keys::ROUTES).await?.kvs {
-        if let Ok(t) = v1::RouteTable::decode(kv.value.as_slice()) {
-            current.insert(t.model.clone(), t);
-        }
-    }
+    // A corrupt table (logged and counted) counts as absent: the fresh one below replaces it.
+    let current: HashMap<String, v1::RouteTable> = plane
+        .route_tables(keys::ROUTES)
+        .await?
+        .into_iter()
+        .map(|t| (t.model.clone(), t))
+        .collect();
     for model in models {
         let Some(record) = plans.get(&model.name) else {
             continue;
@@ -380,4 +384,199 @@ fn same_routes(a: &v1::RouteTable, b: &v1::RouteTable) -> bool {
         t
     };
     strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{PlanRecord, StageRecord};
+
+    fn digest(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn node(id: &str, tier: Tier, backends: &[&str], ready: &[Digest]) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            name: id.into(),
+            tier,
+            arch: "x86_64".into(),
+            cores: 2,
+            memory_bytes: 1 << 30,
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            address: format!("{id}:1"),
+            lease: 1,
+            ready: ready.to_vec(),
+        }
+    }
+
+    fn stage(index: u32, tier: Tier, d: &Digest) -> StageRecord {
+        StageRecord {
+            index,
+            tier,
+            digest: d.clone(),
+            size_bytes: 10,
+            inputs: vec![],
+            outputs: vec![],
+            memory_bytes: 0,
+            predicted_ms: 1.0,
+        }
+    }
+
+    fn plans(model: &str, version: u64, splits: &[&[(Tier, u8)]]) -> PlansRecord {
+        PlansRecord {
+            model: model.into(),
+            version,
+            tiers: Tier::ALL.to_vec(),
+            inputs: vec![],
+            outputs: vec![],
+            plans: splits
+                .iter()
+                .enumerate()
+                .map(|(i, split)| PlanRecord {
+                    id: format!("p{i}"),
+                    satisfies: vec![Privacy::Open],
+                    objectives: vec![Objective::Latency],
+                    latency_ms: 1.0,
+                    device_energy_mj: 1.0,
+                    device_bytes_sent: 0,
+                    stages: split
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (t, d))| stage(k as u32, *t, &digest(*d)))
+                        .collect(),
+                })
+                .collect(),
+            notes: vec![],
+            failed: None,
+        }
+    }
+
+    use strata_core::Privacy;
+    use strata_planner::partition::Objective;
+
+    fn digests(map: &AssignmentMap, node: &str) -> Vec<String> {
+        let mut d: Vec<String> = map[node].iter().map(|s| s.digest.clone()).collect();
+        d.sort();
+        d
+    }
+
+    #[test]
+    fn every_agent_of_a_tier_gets_that_tiers_stages_once_and_devices_none() {
+        let p = plans(
+            "m",
+            1,
+            &[
+                &[(Tier::Device, 1), (Tier::Edge, 2), (Tier::Cloud, 3)],
+                &[(Tier::Device, 1), (Tier::Edge, 4)],
+                &[(Tier::Edge, 2), (Tier::Cloud, 3)],
+            ],
+        );
+        let nodes = [
+            node("e1", Tier::Edge, &["tract"], &[]),
+            node("e2", Tier::Edge, &["tract"], &[]),
+            node("c1", Tier::Cloud, &["tract"], &[]),
+        ];
+        let map = assign(&nodes, &HashMap::from([("m".to_string(), p)]), &[]);
+        let mut edge = vec![digest(2).to_string(), digest(4).to_string()];
+        edge.sort();
+        assert_eq!(digests(&map, "e1"), edge);
+        assert_eq!(digests(&map, "e2"), edge, "full replication across a tier");
+        assert_eq!(digests(&map, "c1"), vec![digest(3).to_string()]);
+        let all: Vec<&String> = map.values().flatten().map(|s| &s.digest).collect();
+        assert!(
+            !all.contains(&&digest(1).to_string()),
+            "device stages are never assigned"
+        );
+    }
+
+    #[test]
+    fn agents_without_a_backend_get_nothing() {
+        let p = plans("m", 1, &[&[(Tier::Edge, 2)]]);
+        let nodes = [node("e1", Tier::Edge, &[], &[])];
+        let map = assign(&nodes, &HashMap::from([("m".to_string(), p)]), &[]);
+        assert!(map["e1"].is_empty());
+    }
+
+    #[test]
+    fn serving_tables_keep_their_stages_assigned_during_a_rollout() {
+        let v2 = plans("m", 2, &[&[(Tier::Edge, 5)]]);
+        let v1_table = route_table(
+            &plans("m", 1, &[&[(Tier::Edge, 2)]]),
+            Privacy::Open,
+            &[],
+            |_| None,
+        );
+        let nodes = [node("e1", Tier::Edge, &["tract"], &[])];
+        let map = assign(&nodes, &HashMap::from([("m".to_string(), v2)]), &[v1_table]);
+        let mut want = vec![digest(2).to_string(), digest(5).to_string()];
+        want.sort();
+        assert_eq!(digests(&map, "e1"), want);
+        let versions: Vec<u64> = map["e1"].iter().map(|s| s.version).collect();
+        assert!(
+            versions.contains(&1) && versions.contains(&2),
+            "{versions:?}"
+        );
+    }
+
+    #[test]
+    fn a_table_is_servable_only_when_every_remote_stage_has_a_ready_agent() {
+        let p = plans(
+            "m",
+            1,
+            &[&[(Tier::Device, 1), (Tier::Edge, 2), (Tier::Cloud, 3)]],
+        );
+        let none_ready = route_table(&p, Privacy::Open, &[], |_| None);
+        assert!(!servable(&none_ready));
+        let edge_only = [node("e1", Tier::Edge, &["tract"], &[digest(2)])];
+        assert!(!servable(&route_table(
+            &p,
+            Privacy::Open,
+            &edge_only,
+            |_| None
+        )));
+        let both = [
+            node("e1", Tier::Edge, &["tract"], &[digest(2)]),
+            node("c1", Tier::Cloud, &["tract"], &[digest(3)]),
+        ];
+        assert!(servable(&route_table(&p, Privacy::Open, &both, |_| None)));
+        let wrong_tier = [
+            node("e1", Tier::Edge, &["tract"], &[digest(2)]),
+            node("c1", Tier::Edge, &["tract"], &[digest(3)]),
+        ];
+        assert!(
+            !servable(&route_table(&p, Privacy::Open, &wrong_tier, |_| None)),
+            "an agent of another tier holding the file does not serve the stage"
+        );
+        let device_only = plans("d", 1, &[&[(Tier::Device, 1)]]);
+        assert!(servable(&route_table(
+            &device_only,
+            Privacy::Open,
+            &[],
+            |_| None
+        )));
+    }
+
+    #[test]
+    fn load_and_revision_changes_alone_are_the_same_routes() {
+        let p = plans("m", 1, &[&[(Tier::Device, 1), (Tier::Edge, 2)]]);
+        let nodes = [node("e1", Tier::Edge, &["tract"], &[digest(2)])];
+        let idle = route_table(&p, Privacy::Open, &nodes, |_| None);
+        let mut busy = route_table(&p, Privacy::Open, &nodes, |_| {
+            Some(v1::Load {
+                in_flight: 3,
+                ..Default::default()
+            })
+        });
+        busy.revision = 42;
+        assert!(same_routes(&idle, &busy));
+        let gone = route_table(&p, Privacy::Open, &[], |_| None);
+        assert!(
+            !same_routes(&idle, &gone),
+            "a lost agent changes the routes"
+        );
+        let mut other_version = idle.clone();
+        other_version.version = 2;
+        assert!(!same_routes(&idle, &other_version));
+    }
 }

@@ -1,8 +1,8 @@
 //! What the control plane keeps in the store, as plain serde types (JSON values, see [`crate::keys`]).
 
 use serde::{Deserialize, Serialize};
-use strata_planner::cluster::Tier;
-use strata_planner::privacy::Privacy;
+use strata_core::{Digest, Privacy, Tier};
+use strata_planner::partition::Objective;
 
 /// A registered node (edge or cloud agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,14 +19,14 @@ pub struct NodeRecord {
     pub cores: u32,
     /// Memory, bytes.
     pub memory_bytes: u64,
-    /// Backends it can run.
+    /// Backends it runs stages with (`tract`, ...).
     pub backends: Vec<String>,
     /// Where it serves inference, `host:port`.
     pub address: String,
     /// The store lease its key is bound to.
     pub lease: i64,
     /// Digests of the stages it has loaded and reported ready.
-    pub ready: Vec<String>,
+    pub ready: Vec<Digest>,
 }
 
 /// A running control-plane replica.
@@ -46,7 +46,7 @@ pub struct ModelRecord {
     /// Version, from 1, bumped on every push of new content.
     pub version: u64,
     /// SHA-256 of the ONNX bytes (the blob's address).
-    pub digest: String,
+    pub digest: Digest,
     /// Size of the ONNX bytes.
     pub size_bytes: u64,
     /// The model's privacy level; requests may only tighten it.
@@ -74,7 +74,7 @@ pub struct StageRecord {
     /// Tier.
     pub tier: Tier,
     /// SHA-256 of the stage's ONNX bytes.
-    pub digest: String,
+    pub digest: Digest,
     /// Size of the stage's ONNX bytes.
     pub size_bytes: u64,
     /// Tensors it reads.
@@ -94,8 +94,8 @@ pub struct PlanRecord {
     pub id: String,
     /// Privacy levels the plan satisfies.
     pub satisfies: Vec<Privacy>,
-    /// Objective(s) it is optimal for, e.g. `latency` or `latency,energy`.
-    pub objective: String,
+    /// The objectives it is optimal for (one split can be best for both).
+    pub objectives: Vec<Objective>,
     /// Predicted end-to-end latency, ms.
     pub latency_ms: f64,
     /// Predicted device energy, mJ.
@@ -125,4 +125,83 @@ pub struct PlansRecord {
     pub notes: Vec<String>,
     /// Set when no plan at all could be made.
     pub failed: Option<String>,
+}
+
+/// Counts the corrupt records this replica found, and logs each where it was found: a record that cannot
+/// be decoded is never skipped silently. Shared by everything that reads records.
+#[derive(Debug, Clone, Default)]
+pub struct CorruptRecords(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl CorruptRecords {
+    /// Logs and counts one corrupt record.
+    pub fn note(&self, key: &str, error: &dyn std::fmt::Display) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(key, %error, "corrupt record in the store; it is left out until rewritten");
+    }
+
+    /// How many were found so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The one decoder of route-table records (`/strata/v1/routes/…`, `/strata/v1/retired/…`): the
+/// `strata.v1.RouteTable` protobuf, with the revision it was written at. A corrupt one is noted in `corrupt`
+/// and an error.
+pub fn route_table(
+    corrupt: &CorruptRecords,
+    kv: &crate::store::KeyValue,
+) -> Result<strata_proto::v1::RouteTable, crate::ControlError> {
+    use prost::Message;
+    match strata_proto::v1::RouteTable::decode(kv.value.as_slice()) {
+        Ok(mut table) => {
+            table.revision = kv.mod_revision as u64;
+            Ok(table)
+        }
+        Err(e) => {
+            corrupt.note(&kv.key, &e);
+            Err(crate::ControlError::Internal(format!(
+                "corrupt route table at {}: {e}",
+                kv.key
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_route_table_is_an_error_and_is_counted() {
+        let corrupt = CorruptRecords::default();
+        let kv = |value: Vec<u8>| crate::store::KeyValue {
+            key: "/strata/v1/routes/m".into(),
+            value,
+            create_revision: 3,
+            mod_revision: 7,
+            version: 1,
+            lease: None,
+        };
+        let table = strata_proto::v1::RouteTable {
+            model: "m".into(),
+            version: 2,
+            ..Default::default()
+        };
+        let good =
+            route_table(&corrupt, &kv(prost::Message::encode_to_vec(&table))).expect("decodes");
+        assert_eq!(
+            (good.model.as_str(), good.version, good.revision),
+            ("m", 2, 7)
+        );
+        assert_eq!(corrupt.count(), 0);
+        assert!(route_table(&corrupt, &kv(vec![0xff, 0xff, 0xff])).is_err());
+        assert_eq!(corrupt.count(), 1, "counted");
+    }
+
+    #[test]
+    fn digests_in_records_are_validated_on_read() {
+        let json = r#"{"name":"m","version":1,"digest":"../etc/passwd","size_bytes":1,"privacy":"open","input_shapes":[]}"#;
+        assert!(serde_json::from_str::<ModelRecord>(json).is_err());
+    }
 }

@@ -36,10 +36,7 @@ pub(crate) async fn run(plane: Arc<ControlPlane>, address: String) {
 async fn campaign_and_hold(plane: &Arc<ControlPlane>, address: &str) -> Result<(), StoreError> {
     let lease = plane.store.grant_lease(ELECTION_TTL).await?;
     reachable(plane, Ok(()));
-    *plane
-        .replica_lease
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    *plane.replica_lease.lock() = Some(lease);
     let record = ControllerRecord {
         id: plane.replica_id.clone(),
         address: address.to_string(),
@@ -90,11 +87,7 @@ fn reachable(plane: &ControlPlane, outcome: Result<(), &StoreError>) {
 
 /// Revokes this replica's lease (on a graceful stop), so another replica leads at once.
 pub(crate) async fn step_down(plane: &ControlPlane) {
-    let lease = plane
-        .replica_lease
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let lease = plane.replica_lease.lock().take();
     if let Some(lease) = lease {
         let revoke = plane.store.revoke_lease(lease);
         let _ = tokio::time::timeout(Duration::from_secs(1), revoke).await;

@@ -3,15 +3,16 @@
 //! open (on the last tables) while the store is unreachable.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use prost::Message;
+use parking_lot::Mutex;
 use strata_proto::v1;
 use tokio::sync::broadcast;
 
 use crate::keys;
+use crate::records::CorruptRecords;
 use crate::store::{Event, KeyValue, Store};
 
 /// How many changes a watcher may fall behind before it is sent the whole set again.
@@ -21,26 +22,29 @@ const BACKLOG: usize = 1024;
 pub struct RouteCache {
     tables: Mutex<BTreeMap<String, Arc<v1::RouteTable>>>,
     updates: broadcast::Sender<Arc<v1::RouteTable>>,
-}
-
-impl Default for RouteCache {
-    fn default() -> Self {
-        RouteCache {
-            tables: Mutex::new(BTreeMap::new()),
-            updates: broadcast::channel(BACKLOG).0,
-        }
-    }
-}
-
-fn decode(kv: &KeyValue) -> Option<Arc<v1::RouteTable>> {
-    let mut table = v1::RouteTable::decode(kv.value.as_slice()).ok()?;
-    table.revision = kv.mod_revision as u64;
-    Some(Arc::new(table))
+    corrupt: CorruptRecords,
 }
 
 impl RouteCache {
-    fn tables(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<v1::RouteTable>>> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    /// An empty cache that notes corrupt tables in `corrupt`.
+    pub fn new(corrupt: CorruptRecords) -> RouteCache {
+        RouteCache {
+            tables: Mutex::new(BTreeMap::new()),
+            updates: broadcast::channel(BACKLOG).0,
+            corrupt,
+        }
+    }
+
+    /// A table from the store; a corrupt one is logged, counted and left out (the previous table of that
+    /// model stays until a good one is published).
+    fn decode(&self, kv: &KeyValue) -> Option<Arc<v1::RouteTable>> {
+        crate::records::route_table(&self.corrupt, kv)
+            .ok()
+            .map(Arc::new)
+    }
+
+    fn tables(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, Arc<v1::RouteTable>>> {
+        self.tables.lock()
     }
 
     /// Every table now, and the changes from then on (each exactly once). A deleted model's change is a
@@ -91,11 +95,18 @@ impl RouteCache {
 
     async fn follow(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
         let range = store.range(keys::ROUTES).await?;
-        let listed: Vec<Arc<v1::RouteTable>> = range.kvs.iter().filter_map(decode).collect();
+        let listed: Vec<Arc<v1::RouteTable>> =
+            range.kvs.iter().filter_map(|kv| self.decode(kv)).collect();
+        // Gone: models whose key is absent (a corrupt table keeps its model's previous one).
+        let present: std::collections::BTreeSet<&str> = range
+            .kvs
+            .iter()
+            .map(|kv| kv.key.trim_start_matches(keys::ROUTES))
+            .collect();
         let gone: Vec<String> = self
             .tables()
             .keys()
-            .filter(|m| !listed.iter().any(|t| &&t.model == m))
+            .filter(|m| !present.contains(m.as_str()))
             .cloned()
             .collect();
         for model in gone {
@@ -109,7 +120,7 @@ impl RouteCache {
             for event in batch?.events {
                 match event {
                     Event::Put(kv) => {
-                        if let Some(table) = decode(&kv) {
+                        if let Some(table) = self.decode(&kv) {
                             self.set(table);
                         }
                     }

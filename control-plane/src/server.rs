@@ -1,17 +1,20 @@
-//! Serving the control plane: the embedded stores, the control loop and the gRPC server with health checks.
+//! Serving the control plane: the stores it runs on, the control loop, the election, the blob collector and
+//! the gRPC server with health checks.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use strata_blob::{BlobError, BlobStore, DirBlobStore};
+use strata_proto::server::MessageLimits;
+use strata_proto::task::AbortOnDrop;
 use strata_proto::v1::{control_server::ControlServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
 
-use crate::blob::{BlobStore, DirBlobStore};
 use crate::plane::ControlPlane;
 use crate::service::ControlService;
-use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
 
 /// The cluster profile used when none is given: glasses + phone-class edge + cloud GPU.
 pub const DEFAULT_CLUSTER: &str = include_str!("../../examples/clusters/glasses-phone-cloud.toml");
@@ -19,13 +22,55 @@ pub const DEFAULT_CLUSTER: &str = include_str!("../../examples/clusters/glasses-
 /// The state store and the blob store a control plane runs on.
 pub type Stores = (Arc<dyn Store>, Arc<dyn BlobStore>);
 
+/// Why the stores could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory cannot be created.
+    #[error("cannot create {}: {source}", .path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state store cannot be opened (or etcd cannot be used).
+    #[error("cannot open the state store {what}: {source}")]
+    State {
+        /// Which store (`in DIR`, `etcd at HOSTS`).
+        what: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The blob directory cannot be opened.
+    #[error("cannot open the blob store in {}: {source}", .path.display())]
+    Blobs {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: BlobError,
+    },
+}
+
+/// Opens a blob directory.
+pub fn open_blobs(path: &Path) -> Result<DirBlobStore, OpenError> {
+    DirBlobStore::open(path).map_err(|source| OpenError::Blobs {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Opens the zero-setup stores under `dir`: `dir/state.redb` and `dir/blobs/`.
-pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let store = EmbeddedStore::open(&dir.join("state.redb"))
-        .map_err(|e| format!("cannot open the state store in {}: {e}", dir.display()))?;
-    let blobs = DirBlobStore::open(dir.join("blobs"))
-        .map_err(|e| format!("cannot open the blob store in {}: {e}", dir.display()))?;
+pub fn open_embedded(dir: &Path) -> Result<Stores, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let store =
+        EmbeddedStore::open(&dir.join("state.redb")).map_err(|source| OpenError::State {
+            what: format!("in {}", dir.display()),
+            source,
+        })?;
+    let blobs = open_blobs(&dir.join("blobs"))?;
     Ok((Arc::new(store), Arc::new(blobs)))
 }
 
@@ -34,15 +79,14 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, String> {
 pub async fn open_etcd(
     config: crate::store::EtcdConfig,
     blob_dir: &Path,
-) -> Result<Stores, String> {
-    let endpoints = config.endpoints.join(",");
+) -> Result<Stores, OpenError> {
+    let what = format!("etcd at {}", config.endpoints.join(","));
     let store: Arc<dyn Store> = Arc::new(
         crate::store::EtcdStore::connect(config)
             .await
-            .map_err(|e| format!("cannot use etcd at {endpoints}: {e}"))?,
+            .map_err(|source| OpenError::State { what, source })?,
     );
-    let local = DirBlobStore::open(blob_dir)
-        .map_err(|e| format!("cannot open the blob store in {}: {e}", blob_dir.display()))?;
+    let local = open_blobs(blob_dir)?;
     let blobs = crate::blob::PeerBlobStore::new(Arc::new(local), store.clone());
     Ok((store, Arc::new(blobs)))
 }
@@ -58,7 +102,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the control plane on `listener` until `shutdown` completes, running the control loop alongside.
+/// Serves the control plane on `listener` until `shutdown` completes, running alongside it the election, the
+/// control loop, the route cache and the blob collector.
 pub async fn serve(
     plane: Arc<ControlPlane>,
     listener: TcpListener,
@@ -75,13 +120,13 @@ pub async fn serve(
             }
         }
     };
-    let election = tokio::spawn(crate::replica::run(plane.clone(), address));
-    let control_loop = tokio::spawn(crate::reconcile::run(plane.clone()));
-    let route_cache = tokio::spawn(plane.route_cache.clone().run(plane.store.clone()));
+    let election = AbortOnDrop::spawn(crate::replica::run(plane.clone(), address));
+    let control_loop = AbortOnDrop::spawn(crate::reconcile::run(plane.clone()));
+    let route_cache = AbortOnDrop::spawn(plane.route_cache.clone().run(plane.store.clone()));
+    let collector = AbortOnDrop::spawn(crate::blob::run_collector(plane.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
-    let plane_for_exit = plane.clone();
-    let service = ControlService::new(plane, stopping.clone());
+    let service = ControlService::new(plane.clone(), stopping.clone());
     let shutdown = async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -92,8 +137,8 @@ pub async fn serve(
     reporter.set_serving::<RoutesServer<ControlService>>().await;
     // `strata.v1.Control` is NOT_SERVING while the store is unreachable (a readiness signal); the server
     // as a whole ("") stays SERVING: it is alive, and waits for the store.
-    let mut reachable = plane_for_exit.store_reachable.subscribe();
-    let health_task = tokio::spawn(async move {
+    let mut reachable = plane.store_reachable.subscribe();
+    let health_task = AbortOnDrop::spawn(async move {
         while reachable.changed().await.is_ok() {
             let up = *reachable.borrow_and_update();
             if up {
@@ -107,25 +152,12 @@ pub async fn serve(
             }
         }
     });
-    let max = strata_proto::MAX_MESSAGE_BYTES;
-    let server = tonic::transport::Server::builder()
+    let router = strata_proto::server::builder()
         .add_service(health)
-        .add_service(
-            ControlServer::new(service.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            RoutesServer::new(service)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
-    let result = stopping.drain(server).await;
-    control_loop.abort();
-    election.abort();
-    health_task.abort();
-    route_cache.abort();
-    crate::replica::step_down(&plane_for_exit).await;
+        .add_service(ControlServer::new(service.clone()).with_limits())
+        .add_service(RoutesServer::new(service).with_limits());
+    let result = strata_proto::server::run(router, listener, shutdown, &stopping).await;
+    drop((control_loop, election, health_task, route_cache, collector));
+    crate::replica::step_down(&plane).await;
     Ok(result?)
 }

@@ -8,7 +8,6 @@ use futures::{Stream, StreamExt};
 use strata_proto::v1::{self, control_server::Control, routes_server::Routes};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{privacy_to_wire, tier_to_wire};
 use crate::error::ControlError;
 use crate::plane::ControlPlane;
 use crate::records::ModelRecord;
@@ -29,23 +28,24 @@ impl ControlService {
     }
 
     async fn model_info(&self, record: ModelRecord) -> v1::ModelInfo {
-        let state = match self.plane.plans(&record.name).await {
-            Ok(Some(p)) if p.version == record.version => match &p.failed {
-                Some(why) => format!("failed: {why}"),
-                None => "ready".to_string(),
+        let (state, state_message) = match self.plane.plans(&record.name).await {
+            Ok(Some(p)) if p.version == record.version => match p.failed {
+                Some(why) => (v1::ModelState::Failed, why),
+                None => (v1::ModelState::Ready, String::new()),
             },
-            Ok(_) => "planning".to_string(),
-            Err(e) => format!("unknown: {e}"),
+            Ok(_) => (v1::ModelState::Planning, String::new()),
+            Err(e) => (v1::ModelState::Unknown, e.to_string()),
         };
         let routes = self.plane.route_table(&record.name).await.ok();
         v1::ModelInfo {
             name: record.name,
             version: record.version,
-            digest: record.digest,
+            digest: record.digest.to_string(),
             size_bytes: record.size_bytes,
-            privacy: privacy_to_wire(record.privacy) as i32,
+            privacy: v1::Privacy::from(record.privacy) as i32,
             input_shapes: record.input_shapes,
-            state,
+            state: state as i32,
+            state_message,
             routes,
         }
     }
@@ -96,9 +96,10 @@ impl Control for ControlService {
             .map(|n| v1::NodeInfo {
                 load: self.plane.load_of(&n.id),
                 last_seen_ms: self.plane.last_seen_ms(&n.id).unwrap_or(0),
-                ready: n.ready,
+                stage_ms: self.plane.stage_ms_of(&n.id).into_iter().collect(),
+                ready: n.ready.iter().map(ToString::to_string).collect(),
                 spec: Some(v1::NodeSpec {
-                    tier: tier_to_wire(n.tier) as i32,
+                    tier: v1::Tier::from(n.tier) as i32,
                     arch: n.arch,
                     cores: n.cores,
                     memory_bytes: n.memory_bytes,
@@ -302,7 +303,8 @@ impl Routes for ControlService {
         let from_peer = request
             .metadata()
             .contains_key(strata_proto::call::PEER_HEADER);
-        let digest = request.into_inner().digest;
+        let digest = strata_proto::convert::digest(&request.into_inner().digest, "digest")
+            .map_err(strata_proto::convert::WireError::into_status)?;
         let blobs = &self.plane.blobs;
         let found = if from_peer {
             blobs.get_local(&digest).await

@@ -36,9 +36,16 @@ fn store_urls_parse_with_clear_errors() {
         ("etcd://host", "is not HOST:PORT"),
         ("etcd://host:99999", "is not HOST:PORT"),
     ] {
-        let error = EtcdConfig::from_url(bad).expect_err(bad);
+        let error = EtcdConfig::from_url(bad).expect_err(bad).to_string();
         assert!(error.contains(says), "{bad}: {error}");
     }
+    assert_eq!(
+        EtcdConfig::from_url("etcd://host:99999").map(|c| c.endpoints),
+        Err(strata_control_plane::store::EtcdUrlError::Endpoint {
+            endpoint: "host:99999".into(),
+            url: "etcd://host:99999".into()
+        })
+    );
 }
 
 /// Two namespaces on one etcd never see each other's keys, in reads or in watches.

@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use strata_device_sdk::route::{self, Constraints, Privacy};
+use strata_device_sdk::Privacy;
+use strata_device_sdk::route::{self, Constraints};
 use strata_proto::balance::Balancer;
 use strata_proto::v1;
 
@@ -73,7 +74,11 @@ fn table() -> v1::RouteTable {
         .map(|(i, (tiers, satisfies, latency_ms, energy_mj))| v1::Plan {
             id: format!("{:012x}", 0x5eed_0000 + i),
             satisfies: satisfies.iter().map(|&p| p as i32).collect(),
-            objective: if i % 2 == 0 { "latency" } else { "energy" }.into(),
+            objectives: vec![if i % 2 == 0 {
+                v1::Objective::Latency
+            } else {
+                v1::Objective::Energy
+            } as i32],
             latency_ms: *latency_ms,
             device_energy_mj: *energy_mj,
             device_bytes_sent: 200_704,

@@ -2,18 +2,23 @@
 //! tract, the rest sent to the least-loaded agent of the next tier, with retries and local fallback.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use strata_core::{DType, Digest, Privacy, TensorData, Tier};
 use strata_proto::balance::Balancer;
-use strata_proto::call::{self, chunks_of};
+use strata_proto::call::{self, HopError, RetryPolicy, chunks_of};
+use strata_proto::convert;
+use strata_proto::task::AbortOnDrop;
 use strata_proto::v1::{self, routes_client::RoutesClient};
-use strata_runtime::{Backend, DType, LoadedStage, TensorData, TractBackend};
+use strata_runtime::{Backend, LoadedStage, TractBackend};
 use tonic::transport::Channel;
 
 use crate::error::SdkError;
-use crate::route::{self, Constraints, Privacy};
+use crate::route::{self, Constraints};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -26,16 +31,19 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Cap on tensor bytes in a response.
     pub max_response_bytes: u64,
+    /// How long an agent that failed a request is avoided.
+    pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
-    /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline.
+    /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline, the default [`RetryPolicy`].
     pub fn new(endpoints: Vec<String>) -> ClientConfig {
         ClientConfig {
             endpoints,
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
             max_response_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -75,28 +83,20 @@ pub struct Inference {
 struct Inner {
     config: ClientConfig,
     routes: RwLock<HashMap<String, Arc<v1::RouteTable>>>,
-    stages: Mutex<HashMap<String, Arc<dyn LoadedStage>>>,
+    stages: Mutex<HashMap<Digest, Arc<dyn LoadedStage>>>,
     channels: call::Channels,
     balancer: Balancer,
+    /// Whether the route watch is following an endpoint now.
+    watching: AtomicBool,
+    /// Why it is not, while it is not.
+    watch_error: Mutex<String>,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
-    _watch: Arc<WatchTask>,
-}
-
-struct WatchTask(tokio::task::JoinHandle<()>);
-
-impl Drop for WatchTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    _watch: Arc<AbortOnDrop>,
 }
 
 impl Client {
@@ -109,7 +109,9 @@ impl Client {
         }
         let channels = call::Channels::new(config.connect_timeout);
         for e in &config.endpoints {
-            channels.get(e).map_err(SdkError::InvalidArgument)?;
+            channels
+                .get(e)
+                .map_err(|e| SdkError::InvalidArgument(e.to_string()))?;
         }
         let inner = Arc::new(Inner {
             config,
@@ -117,8 +119,10 @@ impl Client {
             stages: Mutex::new(HashMap::new()),
             channels,
             balancer: Balancer::new(),
+            watching: AtomicBool::new(false),
+            watch_error: Mutex::new("not connected yet".to_string()),
         });
-        let watch = WatchTask(tokio::spawn(watch_routes(Arc::downgrade(&inner))));
+        let watch = AbortOnDrop::spawn(watch_routes(Arc::downgrade(&inner)));
         Ok(Client {
             inner,
             _watch: Arc::new(watch),
@@ -127,12 +131,17 @@ impl Client {
 
     /// The cached route table of a model, if any.
     pub fn route_table(&self, model: &str) -> Option<Arc<v1::RouteTable>> {
-        self.inner
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-            .cloned()
+        self.inner.routes.read().get(model).cloned()
+    }
+
+    /// Whether the background route watch is following an endpoint now, and why not when it is not (it
+    /// retries for ever; requests meanwhile use the cached tables).
+    pub fn route_watch(&self) -> Result<(), String> {
+        if self.inner.watching.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self.inner.watch_error.lock().clone())
+        }
     }
 
     /// The route table of a model: cached, or fetched from the first endpoint that answers.
@@ -183,11 +192,13 @@ impl Client {
             .plans
             .iter()
             .flat_map(|p| &p.stages)
-            .filter(|s| s.tier == v1::Tier::Device as i32)
+            .filter(|s| convert::is_tier(s.tier, Tier::Device))
             .map(|s| &s.digest)
             .collect();
         for d in digests {
-            self.inner.device_stage(d).await?;
+            let d = convert::digest(d, "stage.digest")
+                .map_err(|e| SdkError::Unavailable(format!("route table of \"{model}\": {e}")))?;
+            self.inner.device_stage(&d).await?;
         }
         Ok(())
     }
@@ -249,9 +260,9 @@ fn next_request_id() -> String {
 }
 
 fn no_plan(table: &v1::RouteTable, constraints: &Constraints) -> SdkError {
-    let model_level = Privacy::from_wire(table.privacy).unwrap_or(Privacy::Open);
+    let model_level = route::model_level(table);
     SdkError::NoPlan(format!(
-        "model \"{}\" has no plan that satisfies privacy {:?} (model) and {:?} (request){}",
+        "model \"{}\" has no plan that satisfies privacy {} (model) and {} (request){}",
         table.model,
         model_level,
         constraints.privacy.unwrap_or(model_level),
@@ -331,21 +342,15 @@ fn order_outputs(
         .collect()
 }
 
-fn tier_label(tier: i32) -> &'static str {
-    v1::Tier::try_from(tier)
-        .unwrap_or(v1::Tier::Unspecified)
-        .label()
-}
-
 impl Inner {
     fn channel(&self, address: &str) -> Result<Channel, SdkError> {
         self.channels
             .get(address)
-            .map_err(SdkError::InvalidArgument)
+            .map_err(|e| SdkError::InvalidArgument(e.to_string()))
     }
 
     fn store_table(&self, table: v1::RouteTable) {
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut routes = self.routes.write();
         if table.deleted {
             routes.remove(&table.model);
             return;
@@ -359,8 +364,8 @@ impl Inner {
     }
 
     /// A device stage, loaded (fetching its bytes from any endpoint the first time).
-    async fn device_stage(&self, digest: &str) -> Result<Arc<dyn LoadedStage>, SdkError> {
-        if let Some(s) = lock(&self.stages).get(digest) {
+    async fn device_stage(&self, digest: &Digest) -> Result<Arc<dyn LoadedStage>, SdkError> {
+        if let Some(s) = self.stages.lock().get(digest) {
             return Ok(s.clone());
         }
         let mut last = String::new();
@@ -375,7 +380,7 @@ impl Inner {
                     .map_err(|e| SdkError::Local(format!("loader task failed: {e}")))?
                     .map_err(|e| SdkError::Local(format!("device stage {digest}: {e}")))?;
                     let stage: Arc<dyn LoadedStage> = stage.into();
-                    lock(&self.stages).insert(digest.to_string(), stage.clone());
+                    self.stages.lock().insert(digest.clone(), stage.clone());
                     return Ok(stage);
                 }
                 Err(s) => last = format!("{endpoint}: {}", s.message()),
@@ -400,10 +405,13 @@ impl Inner {
         let mut outputs = HashMap::new();
         let mut next = 0;
         while let Some(stage) = plan.stages.get(next) {
-            if stage.tier != v1::Tier::Device as i32 {
+            if !convert::is_tier(stage.tier, Tier::Device) {
                 break;
             }
-            let loaded = self.device_stage(&stage.digest).await?;
+            let digest = convert::digest(&stage.digest, "stage.digest").map_err(|e| {
+                SdkError::Unavailable(format!("route table of \"{}\": {e}", table.model))
+            })?;
+            let loaded = self.device_stage(&digest).await?;
             let feed: HashMap<String, TensorData> = stage
                 .inputs
                 .iter()
@@ -446,66 +454,42 @@ impl Inner {
             request_id: request_id.to_string(),
         };
         let chunks = chunks_of(carry);
-        let mut tried = Vec::new();
-        let mut last: Option<SdkError> = None;
-        while let Some(id) = self.balancer.pick(&first_remote.nodes, &tried).cloned() {
-            tried.push(id.clone());
-            let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
-                continue;
-            };
-            let channel = self.channel(&node.address)?;
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .ok_or_else(|| {
-                    SdkError::DeadlineExceeded("the request's deadline passed".into())
-                })?;
-            let _in_flight = self.balancer.start(&id);
-            match call::infer(
-                channel,
-                header.clone(),
-                &chunks,
-                Some(left),
-                self.config.max_response_bytes,
-            )
+        let hop = call::Hop {
+            balancer: &self.balancer,
+            channels: &self.channels,
+            retry: self.config.retry,
+            max_response_bytes: self.config.max_response_bytes,
+        };
+        match hop
+            .run(table, first_remote, header, &chunks, Some(deadline))
             .await
-            {
-                Ok(hop) => {
-                    for r in &hop.reports {
-                        if let Some(load) = &r.load {
-                            self.balancer.report(&r.node_id, load);
-                        }
-                    }
-                    let mut reports = hop.reports;
-                    reports.sort_by_key(|r| r.stage);
-                    timings.extend(reports.into_iter().map(|r| StageTiming {
-                        index: r.stage,
-                        tier: tier_label(r.tier),
-                        node: Some(r.node_id),
-                        queue_ms: r.queue_ms,
-                        compute_ms: r.compute_ms,
-                    }));
-                    outputs.extend(hop.tensors);
-                    return Ok((outputs, timings));
-                }
-                Err(status) if call::retryable(&status) => {
-                    tracing::warn!(node = %id, code = ?status.code(), error = %status.message(), "agent failed; trying another");
-                    let pause = if status.code() == tonic::Code::ResourceExhausted {
-                        200
-                    } else {
-                        2000
-                    };
-                    self.balancer.mark_down(&id, Duration::from_millis(pause));
-                    last = Some(SdkError::from_status(status));
-                }
-                Err(status) => return Err(SdkError::from_status(status)),
+        {
+            Ok(hop) => {
+                let mut reports = hop.reports;
+                reports.sort_by_key(|r| r.stage);
+                timings.extend(reports.into_iter().map(|r| StageTiming {
+                    index: r.stage,
+                    tier: convert::tier_name(r.tier),
+                    node: Some(r.node_id),
+                    queue_ms: r.queue_ms,
+                    compute_ms: r.compute_ms,
+                }));
+                outputs.extend(hop.tensors);
+                Ok((outputs, timings))
             }
-        }
-        Err(last.unwrap_or_else(|| {
-            SdkError::Unavailable(format!(
+            Err(HopError::Refused { status, .. }) => Err(SdkError::from_status(status)),
+            Err(HopError::Exhausted {
+                last: Some(status), ..
+            }) => Err(SdkError::from_status(status)),
+            Err(HopError::Exhausted { last: None, .. }) => Err(SdkError::Unavailable(format!(
                 "no agent is ready for stage {} of plan {}",
                 first_remote.index, plan.id
-            ))
-        }))
+            ))),
+            Err(HopError::DeadlineExceeded) => Err(SdkError::DeadlineExceeded(
+                "the request's deadline passed".into(),
+            )),
+            Err(e @ HopError::Channel(_)) => Err(SdkError::InvalidArgument(e.to_string())),
+        }
     }
 
     /// Defence in depth: refuse to send what the privacy levels forbid, whatever the route table says.
@@ -516,7 +500,7 @@ impl Inner {
         constraints: &Constraints,
         carry: &[(String, TensorData)],
     ) -> Result<(), SdkError> {
-        let levels = [Privacy::from_wire(table.privacy), constraints.privacy];
+        let levels = [Some(route::model_level(table)), constraints.privacy];
         for level in levels.into_iter().flatten() {
             let violation = match level {
                 Privacy::Device => Some("nothing may leave the device".to_string()),
@@ -527,13 +511,13 @@ impl Inner {
                 Privacy::Edge => plan
                     .stages
                     .iter()
-                    .any(|s| s.tier == v1::Tier::Cloud as i32)
+                    .any(|s| convert::is_tier(s.tier, Tier::Cloud))
                     .then(|| "a stage would run in the cloud".to_string()),
                 Privacy::Open => None,
             };
             if let Some(why) = violation {
                 return Err(SdkError::NoPlan(format!(
-                    "plan {} breaks privacy {level:?}: {why}; refusing to send",
+                    "plan {} breaks privacy {level}: {why}; refusing to send",
                     plan.id
                 )));
             }
@@ -542,32 +526,66 @@ impl Inner {
     }
 }
 
-/// Keeps route tables current: watch any endpoint that answers, switch on failure.
+/// Keeps route tables current for as long as the client lives: watch any endpoint that answers, and on any
+/// failure (a refused call, a broken or ended stream) note why, back off (500 ms growing to 5 s while
+/// endpoints keep failing) and watch the next endpoint. It never gives up.
 async fn watch_routes(inner: std::sync::Weak<Inner>) {
     let mut attempt = 0usize;
+    let mut backoff = Duration::from_millis(500);
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let endpoint = strong.config.endpoints[attempt % strong.config.endpoints.len()].clone();
         attempt += 1;
-        let channel = match strong.channel(&endpoint) {
-            Ok(c) => c,
-            Err(_) => return,
-        };
+        // Every endpoint was checked when the client was made, so this cannot fail; if it did, the next
+        // endpoint is tried like after any failure.
+        let channel = strong.channel(&endpoint);
         drop(strong);
-        if let Ok(response) = RoutesClient::new(channel)
-            .watch_routes(v1::WatchRoutesRequest { models: vec![] })
-            .await
-        {
-            let mut stream = response.into_inner();
-            while let Some(Ok(table)) = stream.next().await {
-                let Some(strong) = inner.upgrade() else {
-                    return;
-                };
-                strong.store_table(table);
-            }
+        let why = match channel {
+            Err(e) => e.to_string(),
+            Ok(channel) => match RoutesClient::new(channel)
+                .watch_routes(v1::WatchRoutesRequest { models: vec![] })
+                .await
+            {
+                Err(status) => format!("watch refused: {}", status.message()),
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    match inner.upgrade() {
+                        Some(strong) => strong.watching.store(true, Ordering::Relaxed),
+                        None => return,
+                    }
+                    backoff = Duration::from_millis(500);
+                    tracing::debug!(%endpoint, "following route tables");
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(table)) => {
+                                let Some(strong) = inner.upgrade() else {
+                                    return;
+                                };
+                                strong.store_table(table);
+                            }
+                            Some(Err(status)) => {
+                                break format!("watch broke: {}", status.message());
+                            }
+                            None => break "the endpoint ended the watch".to_string(),
+                        }
+                    }
+                }
+            },
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let was = strong.watching.swap(false, Ordering::Relaxed);
+        *strong.watch_error.lock() = format!("{endpoint}: {why}");
+        drop(strong);
+        if was {
+            tracing::warn!(%endpoint, error = %why, "route watch lost; using cached routes and watching again");
+        } else {
+            tracing::debug!(%endpoint, error = %why, "route watch failed");
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(backoff).await;
     }
 }

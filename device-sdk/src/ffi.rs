@@ -250,7 +250,7 @@ unsafe fn tensor_from_c(t: &StrataTensor, index: usize) -> Outcome<(String, Tens
     // SAFETY: the caller's contract.
     let data =
         unsafe { slice(t.data.cast::<u8>(), t.data_len, "data") }.map_err(|f| bad(f.message))?;
-    let tensor = TensorData::new(dtype, shape, data.to_vec()).map_err(bad)?;
+    let tensor = TensorData::new(dtype, shape, data.to_vec()).map_err(|e| bad(e.to_string()))?;
     Ok((name, tensor))
 }
 

@@ -15,5 +15,5 @@ pub mod route;
 
 pub use client::{Client, ClientConfig, Inference, StageTiming};
 pub use error::SdkError;
-pub use route::{Constraints, Privacy};
-pub use strata_runtime::{DType, TensorData};
+pub use route::Constraints;
+pub use strata_core::{DType, Privacy, TensorData};

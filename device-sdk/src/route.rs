@@ -2,54 +2,8 @@
 //! round trip, no allocation beyond the result). Plans that violate a privacy level are never candidates;
 //! the rest are ranked by the request's budgets.
 
-use strata_proto::v1;
-
-/// How far a request's data may travel. A request may only tighten its model's level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Privacy {
-    /// Nothing leaves the device.
-    Device,
-    /// Nothing reaches the cloud tier.
-    Edge,
-    /// No raw model input crosses the network; only intermediate activations travel.
-    Features,
-    /// No constraint.
-    Open,
-}
-
-impl Privacy {
-    /// The wire enum.
-    pub fn to_wire(self) -> v1::Privacy {
-        match self {
-            Privacy::Device => v1::Privacy::Device,
-            Privacy::Edge => v1::Privacy::Edge,
-            Privacy::Features => v1::Privacy::Features,
-            Privacy::Open => v1::Privacy::Open,
-        }
-    }
-
-    /// From the wire enum (`None` for unspecified).
-    pub fn from_wire(p: i32) -> Option<Privacy> {
-        match v1::Privacy::try_from(p).ok()? {
-            v1::Privacy::Device => Some(Privacy::Device),
-            v1::Privacy::Edge => Some(Privacy::Edge),
-            v1::Privacy::Features => Some(Privacy::Features),
-            v1::Privacy::Open => Some(Privacy::Open),
-            v1::Privacy::Unspecified => None,
-        }
-    }
-}
-
-impl std::str::FromStr for Privacy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        v1::Privacy::from_label(s)
-            .and_then(|p| Privacy::from_wire(p as i32))
-            .ok_or_else(|| {
-                format!("unknown privacy level \"{s}\"; expected device, edge, features or open")
-            })
-    }
-}
+use strata_core::{Privacy, Tier};
+use strata_proto::{convert, v1};
 
 /// What one request asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -64,7 +18,7 @@ pub struct Constraints {
 
 /// Whether `plan` satisfies `level`.
 pub fn satisfies(plan: &v1::Plan, level: Privacy) -> bool {
-    plan.satisfies.contains(&(level.to_wire() as i32))
+    plan.satisfies.contains(&(v1::Privacy::from(level) as i32))
 }
 
 /// A plan's rank: unreachable last, then budget-missing, then by how far it misses, then the objective.
@@ -98,7 +52,7 @@ fn rank_of(
     let reachable = plan
         .stages
         .iter()
-        .all(|s| s.tier == v1::Tier::Device as i32 || s.nodes.iter().any(|n| !node_down(n)));
+        .all(|s| convert::is_tier(s.tier, Tier::Device) || s.nodes.iter().any(|n| !node_down(n)));
     let over = |value: f64, budget: Option<f64>| budget.map_or(0.0, |b| (value / b - 1.0).max(0.0));
     let miss = over(plan.latency_ms, constraints.latency_ms)
         + over(plan.device_energy_mj, constraints.energy_mj);
@@ -114,8 +68,14 @@ fn rank_of(
     })
 }
 
-fn model_level(table: &v1::RouteTable) -> Privacy {
-    Privacy::from_wire(table.privacy).unwrap_or(Privacy::Open)
+/// The model's own privacy level, as its route table states it: `open` when unspecified, the strictest
+/// (`device`) when the code is not a level at all.
+pub fn model_level(table: &v1::RouteTable) -> Privacy {
+    match convert::privacy(table.privacy, "table.privacy") {
+        Ok(Some(level)) => level,
+        Ok(None) => Privacy::Open,
+        Err(_) => Privacy::Device,
+    }
 }
 
 /// Plans of `table` that satisfy the model's and the request's privacy, best first: plans meeting every budget,

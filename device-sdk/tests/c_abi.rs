@@ -29,36 +29,28 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The static library, built by cargo next to the test binary (every `cargo build`/`test` of this crate
-/// builds all its crate types). If it is missing, builds it with the same profile and target directory.
+/// The static library that the test build itself made: cargo builds every crate type of this crate's library
+/// (rlib, cdylib, staticlib) for its integration tests, into `<target>/<profile>/deps/` (a plain `cargo build`
+/// also copies it up to `<target>/<profile>/`). No nested `cargo build`: it would resolve features for this
+/// crate alone and rebuild most of the dependency tree.
 fn static_lib() -> PathBuf {
     let dir = profile_dir();
-    let lib = dir.join("libstrata_device_sdk.a");
-    if !lib.exists() {
-        let profile = dir
-            .file_name()
-            .and_then(|p| p.to_str())
-            .expect("a profile directory name");
-        let target_dir = dir.parent().expect("the target directory");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "strata-device-sdk", "--lib", "--profile"])
-            .arg(if profile == "debug" { "dev" } else { profile })
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build -p strata-device-sdk --lib failed"
-        );
-    }
-    assert!(
-        lib.exists(),
-        "{} is missing even after cargo build",
-        lib.display()
-    );
-    lib
+    let candidates = [
+        dir.join("deps").join("libstrata_device_sdk.a"),
+        dir.join("libstrata_device_sdk.a"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the static library is missing from {} and {}: build the tests with cargo \
+                 (`cargo nextest run --workspace` or `cargo test -p strata-device-sdk`)",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
 }
 
 /// Compiles and links the example C program against the static library.

@@ -76,13 +76,7 @@ async fn start() -> Bench {
     let plane = ControlPlane::new(
         state,
         blobs,
-        Settings {
-            cluster: Cluster::from_toml(CLUSTER).expect("bench cluster parses"),
-            node_ttl: Duration::from_secs(3),
-            max_model_bytes: 1 << 30,
-            rollout_grace: Duration::from_secs(10),
-            advertise: None,
-        },
+        Settings::new(Cluster::from_toml(CLUSTER).expect("bench cluster parses")),
     );
     let cp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let cp_addr = cp_listener.local_addr().expect("address").to_string();
@@ -94,18 +88,14 @@ async fn start() -> Bench {
 
     let agent_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let agent_addr = agent_listener.local_addr().expect("address").to_string();
-    let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let agent = Agent::new(AgentConfig {
-        tier: v1::Tier::Edge,
-        control_planes: vec![cp_addr.clone()],
-        advertise: agent_addr,
-        name: "bench-edge".into(),
-        data_dir: dir.path().join("edge"),
-        slots,
-        queue: slots * 4,
-        max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
-    })
-    .expect("agent");
+    let mut config = AgentConfig::new(
+        strata_core::Tier::Edge,
+        vec![cp_addr.clone()],
+        agent_addr,
+        dir.path().join("edge"),
+    );
+    config.name = "bench-edge".into();
+    let agent = Agent::new(config).expect("agent");
     tokio::spawn(strata_edge_agent::serve(
         agent,
         agent_listener,
@@ -126,7 +116,7 @@ impl Bench {
     async fn push(&self, name: &str, bytes: Vec<u8>) {
         let meta = v1::ModelMeta {
             name: name.to_string(),
-            digest: strata_control_plane::blob::sha256_hex(&bytes),
+            digest: strata_core::Digest::of(&bytes).to_string(),
             size_bytes: bytes.len() as u64,
             privacy: v1::Privacy::Open as i32,
             input_shapes: vec![],
@@ -378,7 +368,8 @@ async fn overhead(bench: &Bench, iterations: usize) {
     assert_eq!(served.stage.inputs, ["data_0"], "squeezenet's input");
 
     // The very stage bytes the agent runs, from the control plane's blob store.
-    let stage_bytes = call::fetch_blob(bench.cp_channel.clone(), &served.stage.digest)
+    let digest: strata_core::Digest = served.stage.digest.parse().expect("a digest");
+    let stage_bytes = call::fetch_blob(bench.cp_channel.clone(), &digest)
         .await
         .expect("fetch the stage blob");
     let raw: Arc<dyn LoadedStage> = TractBackend

@@ -1,39 +1,144 @@
-//! The agent's state and its control session: register, heartbeat with load and ready stages, follow stage
-//! assignments (fetch, check, load) and route tables. Serving never waits on this: when the control plane is
-//! unreachable the agent keeps serving from its cached stages and routes, and reconnects in the background.
+//! The agent's state and its control session: register, heartbeat with load, ready stages and their compute
+//! times, follow stage assignments (fetch, check, load) and route tables. Serving never waits on this: when
+//! the control plane is unreachable the agent keeps serving from its cached stages and routes.
+//!
+//! The session is all or nothing: heartbeats, the assignment watch and the route watch run together, and when
+//! any of them ends (a broken stream, a restarted control plane, a lost lease) the whole session ends, the
+//! agent reports itself disconnected (in `Status`, with the reason, and in its log) and starts a new session
+//! after a backoff, on the next control-plane address, for ever. No watch can end silently while heartbeats
+//! keep the node looking healthy.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use strata_core::{Digest, Tier};
 use strata_proto::balance::Balancer;
+use strata_proto::call::{ChannelError, RetryPolicy};
 use strata_proto::v1::{self, control_client::ControlClient, routes_client::RoutesClient};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tonic::transport::Channel;
 
-use crate::stages::StageStore;
+use crate::stages::{StageError, StageStore};
 
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Tier this agent serves.
-    pub tier: v1::Tier,
-    /// Control-plane addresses, tried in order.
+    /// Tier this agent serves (edge or cloud).
+    pub tier: Tier,
+    /// Control-plane addresses, tried in turn.
     pub control_planes: Vec<String>,
     /// Address other nodes and devices use to reach this agent (`host:port`).
     pub advertise: String,
     /// Operator-chosen name.
     pub name: String,
     /// Where stage blobs are cached.
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
     /// Stages computed at once.
     pub slots: u32,
     /// Requests allowed to wait for a slot; beyond that, `RESOURCE_EXHAUSTED`.
     pub queue: u32,
     /// Cap on the tensor bytes of one request.
     pub max_request_bytes: u64,
+    /// How long a next-tier agent that failed a forwarded request is avoided.
+    pub retry: RetryPolicy,
+    /// Give up connecting to a peer (next-tier agent, control plane) after this long.
+    pub connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// The defaults: a slot per core, 4 queued requests per slot, named `<tier>-<hostname>`, requests up to
+    /// [`strata_proto::MAX_REQUEST_TENSOR_BYTES`], the default [`RetryPolicy`], 500 ms connect timeout.
+    pub fn new(
+        tier: Tier,
+        control_planes: Vec<String>,
+        advertise: String,
+        data_dir: PathBuf,
+    ) -> AgentConfig {
+        let slots = cores();
+        AgentConfig {
+            tier,
+            control_planes,
+            advertise,
+            name: default_name(tier),
+            data_dir,
+            slots,
+            queue: slots * 4,
+            max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `<tier>-<hostname>` (just the tier where the host has no name).
+pub fn default_name(tier: Tier) -> String {
+    match hostname() {
+        Some(host) => format!("{tier}-{host}"),
+        None => tier.to_string(),
+    }
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// CPU cores this process may use (cgroup quotas included).
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Memory this process may use: the machine's, or its cgroup's limit when lower; 0 when unknown.
+pub fn memory_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        });
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+    match (total, limit) {
+        (Some(t), Some(l)) => t.min(l),
+        (Some(t), None) => t,
+        (None, Some(l)) => l,
+        (None, None) => 0,
+    }
+}
+
+/// Why a control session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A control-plane address is not an address.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A call failed.
+    #[error("{call}: {}", .status.message())]
+    Call {
+        /// Which call.
+        call: &'static str,
+        /// The answer.
+        status: tonic::Status,
+    },
+    /// A call got no answer in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// A watch stream ended (the control plane restarted, or a replica stopped).
+    #[error("the control plane ended the {0} watch")]
+    WatchEnded(&'static str),
 }
 
 /// Shared agent state.
@@ -41,14 +146,14 @@ pub struct Agent {
     /// Settings.
     pub config: AgentConfig,
     pub(crate) node_id: RwLock<String>,
-    pub(crate) stages: StageStore,
+    pub(crate) stages: Arc<StageStore>,
     pub(crate) routes: RwLock<HashMap<String, v1::RouteTable>>,
     /// Each model's table of the version before the current one: requests sent with it just before a
     /// rollout switched versions are still served (its stages stay assigned for a grace period).
     pub(crate) previous_routes: RwLock<HashMap<String, v1::RouteTable>>,
     pub(crate) route_updates: broadcast::Sender<v1::RouteTable>,
     pub(crate) balancer: Balancer,
-    channels: strata_proto::call::Channels,
+    pub(crate) channels: strata_proto::call::Channels,
     pub(crate) slots: Semaphore,
     pub(crate) in_flight: AtomicU32,
     pub(crate) queued: AtomicU32,
@@ -56,32 +161,33 @@ pub struct Agent {
     pub(crate) rejected: AtomicU64,
     pub(crate) received: Mutex<BTreeSet<String>>,
     pub(crate) connected: AtomicBool,
+    /// Why the last control session ended (shown while disconnected).
+    pub(crate) session_error: Mutex<String>,
     pub(crate) recent_ms: Mutex<f64>,
     ready_changed: Notify,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 impl Agent {
-    /// A new agent (not yet registered).
-    pub fn new(config: AgentConfig) -> std::io::Result<Arc<Agent>> {
+    /// A new agent (not yet registered). Blocking (it opens the stage cache in `data_dir/stages`).
+    pub fn new(config: AgentConfig) -> Result<Arc<Agent>, strata_blob::BlobError> {
         let stages = StageStore::open(config.data_dir.join("stages"))?;
         Ok(Arc::new(Agent {
             slots: Semaphore::new(config.slots.max(1) as usize),
+            channels: strata_proto::call::Channels::new(config.connect_timeout),
             config,
             node_id: RwLock::new(String::new()),
-            stages,
+            stages: Arc::new(stages),
             routes: RwLock::new(HashMap::new()),
             previous_routes: RwLock::new(HashMap::new()),
             route_updates: broadcast::channel(256).0,
             balancer: Balancer::new(),
-            channels: strata_proto::call::Channels::new(CONNECT_TIMEOUT),
             in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             served: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             received: Mutex::new(BTreeSet::new()),
             connected: AtomicBool::new(false),
+            session_error: Mutex::new("not connected yet".to_string()),
             recent_ms: Mutex::new(0.0),
             ready_changed: Notify::new(),
         }))
@@ -89,7 +195,7 @@ impl Agent {
 
     /// This agent's node id ("" until registered).
     pub fn node_id(&self) -> String {
-        self.node_id.read().map(|g| g.clone()).unwrap_or_default()
+        self.node_id.read().clone()
     }
 
     /// Current load.
@@ -98,12 +204,21 @@ impl Agent {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             queue_depth: self.queued.load(Ordering::Relaxed),
             slots: self.config.slots,
-            recent_stage_ms: *self.recent_ms.lock().unwrap_or_else(|p| p.into_inner()),
+            recent_stage_ms: *self.recent_ms.lock(),
+        }
+    }
+
+    /// Whether a control session is up, and why not when it is not.
+    pub fn control_session(&self) -> Result<(), String> {
+        if self.connected.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self.session_error.lock().clone())
         }
     }
 
     /// A cached channel to `address`.
-    pub fn channel(&self, address: &str) -> Result<Channel, String> {
+    pub fn channel(&self, address: &str) -> Result<Channel, ChannelError> {
         self.channels.get(address)
     }
 
@@ -114,15 +229,12 @@ impl Agent {
         model: &str,
         version: u64,
     ) -> Result<v1::RouteTable, Option<u64>> {
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let routes = self.routes.read();
         let current = routes.get(model);
         if let Some(table) = current.filter(|t| t.version == version) {
             return Ok(table.clone());
         }
-        let previous = self
-            .previous_routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let previous = self.previous_routes.read();
         match previous.get(model).filter(|t| t.version == version) {
             Some(table) => Ok(table.clone()),
             None => Err(current.map(|t| t.version)),
@@ -131,16 +243,13 @@ impl Agent {
 
     pub(crate) fn set_route(&self, table: v1::RouteTable) {
         {
-            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            let mut routes = self.routes.write();
             let replaced = if table.deleted {
                 routes.remove(&table.model)
             } else {
                 routes.insert(table.model.clone(), table.clone())
             };
-            let mut previous = self
-                .previous_routes
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut previous = self.previous_routes.write();
             match replaced {
                 Some(old) if old.version != table.version => {
                     previous.insert(old.model.clone(), old);
@@ -175,36 +284,41 @@ impl Agent {
         }
     }
 
-    /// Keeps a control session up for ever: register, then heartbeat, follow assignments and routes. On any
-    /// failure, tries the next control plane after a short pause.
-    pub async fn control_session(self: Arc<Self>) {
+    /// Keeps a control session up for ever: register (or resume), then heartbeat and follow assignments and
+    /// routes. When a session ends, the next starts after a backoff that grows from 300 ms to 5 s while
+    /// sessions keep failing, on the next control-plane address.
+    pub async fn run_control_session(self: Arc<Self>) {
         let mut attempt = 0usize;
+        let mut backoff = Duration::from_millis(300);
         loop {
             let address = &self.config.control_planes[attempt % self.config.control_planes.len()];
             attempt += 1;
-            match self.clone().session(address).await {
-                Ok(()) => {}
-                Err(e) => {
-                    if self.connected.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(control_plane = %address, error = %e, "lost the control plane; serving from cache");
-                    } else {
-                        tracing::debug!(control_plane = %address, error = %e, "control plane unreachable");
-                    }
-                }
+            let Err(error) = self.clone().session(address).await;
+            *self.session_error.lock() = format!("{address}: {error}");
+            if self.connected.swap(false, Ordering::Relaxed) {
+                tracing::warn!(control_plane = %address, %error, "control session ended; serving from cache and reconnecting");
+                backoff = Duration::from_millis(300);
+            } else {
+                tracing::debug!(control_plane = %address, %error, "control plane unreachable");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(backoff).await;
         }
     }
 
-    async fn session(self: Arc<Self>, address: &str) -> Result<(), String> {
+    /// One session; returns only when it ends.
+    async fn session(
+        self: Arc<Self>,
+        address: &str,
+    ) -> Result<std::convert::Infallible, SessionError> {
         let channel = self.channel(address)?;
         let mut control = ControlClient::new(channel.clone());
         let spec = v1::NodeSpec {
-            tier: self.config.tier as i32,
+            tier: v1::Tier::from(self.config.tier) as i32,
             arch: std::env::consts::ARCH.to_string(),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            memory_bytes: 0,
-            backends: vec!["tract".to_string()],
+            cores: cores(),
+            memory_bytes: memory_bytes(),
+            backends: self.stages.backends(),
             address: self.config.advertise.clone(),
             name: self.config.name.clone(),
         };
@@ -219,8 +333,13 @@ impl Agent {
             match tokio::time::timeout(Duration::from_secs(5), control.heartbeat(request)).await {
                 Ok(Ok(answer)) => Some((known, answer.into_inner().ttl_ms)),
                 Ok(Err(s)) if s.code() == tonic::Code::NotFound => None,
-                Ok(Err(s)) => return Err(format!("heartbeat: {}", s.message())),
-                Err(_) => return Err("heartbeat timed out".into()),
+                Ok(Err(status)) => {
+                    return Err(SessionError::Call {
+                        call: "heartbeat",
+                        status,
+                    });
+                }
+                Err(_) => return Err(SessionError::Timeout("heartbeat")),
             }
         };
         let (node_id, ttl_ms) = match resumed {
@@ -232,31 +351,62 @@ impl Agent {
                 let registered = control
                     .register(v1::RegisterRequest { spec: Some(spec) })
                     .await
-                    .map_err(|s| format!("register: {}", s.message()))?
+                    .map_err(|status| SessionError::Call {
+                        call: "register",
+                        status,
+                    })?
                     .into_inner();
                 tracing::info!(node = %registered.node_id, control_plane = %address, "registered");
                 (registered.node_id, registered.ttl_ms)
             }
         };
-        *self.node_id.write().unwrap_or_else(|p| p.into_inner()) = node_id.clone();
-        self.connected.store(true, Ordering::Relaxed);
+        *self.node_id.write() = node_id.clone();
         let period = Duration::from_millis((ttl_ms / 3).clamp(100, 10_000));
-
-        // Aborted with this session, however it ends (also when the session task itself is aborted).
-        let _assignments = AbortOnDrop(tokio::spawn(
-            self.clone()
-                .follow_assignments(channel.clone(), node_id.clone()),
-        ));
-        let _routes = AbortOnDrop(tokio::spawn(self.clone().follow_routes(channel.clone())));
-        self.heartbeats(&mut control, &node_id, period).await
+        // Both watches open before the session counts as connected: a session that cannot follow its
+        // assignments is not a session.
+        let assignments = ControlClient::new(channel.clone())
+            .watch_assignments(v1::WatchAssignmentsRequest {
+                node_id: node_id.clone(),
+            })
+            .await
+            .map_err(|status| SessionError::Call {
+                call: "watch assignments",
+                status,
+            })?
+            .into_inner();
+        let routes = RoutesClient::new(channel.clone())
+            .watch_routes(v1::WatchRoutesRequest { models: vec![] })
+            .await
+            .map_err(|status| SessionError::Call {
+                call: "watch routes",
+                status,
+            })?
+            .into_inner();
+        self.connected.store(true, Ordering::Relaxed);
+        self.session_error.lock().clear();
+        tokio::select! {
+            e = self.heartbeats(&mut control, &node_id, period) => Err(e),
+            e = self.follow_assignments(&channel, assignments) => Err(e),
+            e = self.follow_routes(&channel, routes) => Err(e),
+        }
     }
 
     fn heartbeat_request(&self, node_id: &str) -> v1::HeartbeatRequest {
         v1::HeartbeatRequest {
             node_id: node_id.to_string(),
             load: Some(self.load()),
-            ready: self.stages.ready(),
-            stage_ms: HashMap::new(),
+            ready: self
+                .stages
+                .ready()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            stage_ms: self
+                .stages
+                .compute_ms()
+                .into_iter()
+                .map(|(d, ms)| (d.to_string(), ms))
+                .collect(),
         }
     }
 
@@ -265,14 +415,18 @@ impl Agent {
         control: &mut ControlClient<Channel>,
         node_id: &str,
         period: Duration,
-    ) -> Result<(), String> {
+    ) -> SessionError {
         loop {
             let request = self.heartbeat_request(node_id);
-            let call = tokio::time::timeout(period * 2, control.heartbeat(request)).await;
-            match call {
+            match tokio::time::timeout(period * 2, control.heartbeat(request)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(s)) => return Err(format!("heartbeat: {}", s.message())),
-                Err(_) => return Err("heartbeat timed out".into()),
+                Ok(Err(status)) => {
+                    return SessionError::Call {
+                        call: "heartbeat",
+                        status,
+                    };
+                }
+                Err(_) => return SessionError::Timeout("heartbeat"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
@@ -281,16 +435,13 @@ impl Agent {
         }
     }
 
-    async fn follow_assignments(self: Arc<Self>, channel: Channel, node_id: String) {
-        let mut control = ControlClient::new(channel.clone());
-        let Ok(response) = control
-            .watch_assignments(v1::WatchAssignmentsRequest { node_id })
-            .await
-        else {
-            return;
-        };
-        let mut stream = response.into_inner();
-        let mut current: Vec<v1::StageAssignment> = Vec::new();
+    /// Prepares the assigned stages, and each new assignment; ends when the watch does.
+    async fn follow_assignments(
+        &self,
+        channel: &Channel,
+        mut stream: tonic::Streaming<v1::Assignments>,
+    ) -> SessionError {
+        let mut current: Vec<Digest> = Vec::new();
         let mut failed = false;
         loop {
             // A stage that failed to prepare (a fetch cut short, a race on the cache) is retried every
@@ -304,95 +455,109 @@ impl Agent {
             };
             tokio::select! {
                 next = stream.next() => match next {
-                    Some(Ok(assignments)) => current = assignments.stages,
-                    _ => return,
+                    Some(Ok(assignments)) => {
+                        current = assignments
+                            .stages
+                            .iter()
+                            .filter_map(|s| match strata_proto::convert::digest(&s.digest, "stage.digest") {
+                                Ok(d) => Some(d),
+                                Err(e) => {
+                                    tracing::error!(model = %s.model, error = %e, "assignment with a bad digest; ignoring that stage");
+                                    None
+                                }
+                            })
+                            .collect();
+                    }
+                    Some(Err(status)) => {
+                        return SessionError::Call { call: "watch assignments", status };
+                    }
+                    None => return SessionError::WatchEnded("assignment"),
                 },
                 _ = retry => {}
             }
             failed = false;
-            for stage in &current {
-                if self.stages.get(&stage.digest).is_some() {
+            for digest in &current {
+                if self.stages.get(digest).is_some() {
                     continue;
                 }
-                if let Err(e) = self.fetch_and_load(&channel, &stage.digest).await {
+                if let Err(e) = self.fetch_and_load(channel, digest).await {
                     failed = true;
-                    tracing::warn!(model = %stage.model, digest = %stage.digest, error = %e, "cannot prepare stage; retrying in 1 s");
+                    tracing::warn!(%digest, error = %e, "cannot prepare stage; retrying in 1 s");
                 }
             }
-            let wanted: Vec<String> = current.iter().map(|s| s.digest.clone()).collect();
-            self.stages.retain(&wanted);
+            self.stages.retain(&current);
             self.ready_changed.notify_one();
         }
     }
 
-    async fn fetch_and_load(
-        self: &Arc<Self>,
-        channel: &Channel,
-        digest: &str,
-    ) -> Result<(), String> {
-        if self.stages.cached_blob(digest).is_none() {
-            let bytes = fetch_blob(channel, digest).await?;
-            self.stages.put_blob(digest, &bytes)?;
+    async fn fetch_and_load(&self, channel: &Channel, digest: &Digest) -> Result<(), PrepareError> {
+        if self.stages.cached_blob(digest).await?.is_none() {
+            let bytes = strata_proto::call::fetch_blob(channel.clone(), digest).await?;
+            self.stages.put_blob(digest, bytes.into()).await?;
         }
         let started = std::time::Instant::now();
-        let (agent, digest_owned) = (self.clone(), digest.to_string());
-        // Loading optimises the graph: seconds for large stages, so off the async threads.
-        tokio::task::spawn_blocking(move || agent.stages.load(&digest_owned))
-            .await
-            .map_err(|e| format!("loader task failed: {e}"))??;
-        tracing::info!(
-            digest,
-            ms = started.elapsed().as_millis() as u64,
-            "stage loaded"
-        );
+        self.stages.load(digest).await?;
+        tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "stage loaded");
         Ok(())
     }
 
-    async fn follow_routes(self: Arc<Self>, channel: Channel) {
-        let mut client = RoutesClient::new(channel.clone());
-        let Ok(response) = client
-            .watch_routes(v1::WatchRoutesRequest { models: vec![] })
-            .await
-        else {
-            return;
-        };
-        let mut stream = response.into_inner();
-        while let Some(Ok(table)) = stream.next().await {
-            // Cache the device stages too, so devices can fetch them from this agent when the control
-            // plane is down.
-            let device_stages: Vec<String> = table
+    /// Keeps the route tables current, and caches device stages too (so devices can fetch them from this
+    /// agent while the control plane is down); ends when the watch does.
+    async fn follow_routes(
+        &self,
+        channel: &Channel,
+        mut stream: tonic::Streaming<v1::RouteTable>,
+    ) -> SessionError {
+        loop {
+            let table = match stream.next().await {
+                Some(Ok(table)) => table,
+                Some(Err(status)) => {
+                    return SessionError::Call {
+                        call: "watch routes",
+                        status,
+                    };
+                }
+                None => return SessionError::WatchEnded("route"),
+            };
+            let device_stages: BTreeSet<String> = table
                 .plans
                 .iter()
                 .flat_map(|p| &p.stages)
-                .filter(|s| s.tier == v1::Tier::Device as i32)
+                .filter(|s| strata_proto::convert::is_tier(s.tier, Tier::Device))
                 .map(|s| s.digest.clone())
                 .collect();
             self.set_route(table);
             for digest in device_stages {
-                if self.stages.cached_blob(&digest).is_none() {
-                    match fetch_blob(&channel, &digest).await {
-                        Ok(bytes) => {
-                            let _ = self.stages.put_blob(&digest, &bytes);
-                        }
-                        Err(e) => tracing::debug!(digest, error = %e, "cannot cache device stage"),
-                    }
+                let Ok(digest) = digest.parse::<Digest>() else {
+                    continue;
+                };
+                if let Err(e) = self.cache_device_stage(channel, &digest).await {
+                    tracing::debug!(%digest, error = %e, "cannot cache device stage");
                 }
             }
         }
     }
-}
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    async fn cache_device_stage(
+        &self,
+        channel: &Channel,
+        digest: &Digest,
+    ) -> Result<(), PrepareError> {
+        if self.stages.cached_blob(digest).await?.is_none() {
+            let bytes = strata_proto::call::fetch_blob(channel.clone(), digest).await?;
+            self.stages.put_blob(digest, bytes.into()).await?;
+        }
+        Ok(())
     }
 }
 
-/// Fetches a blob from a Routes server and checks its digest.
-pub async fn fetch_blob(channel: &Channel, digest: &str) -> Result<Vec<u8>, String> {
-    strata_proto::call::fetch_blob(channel.clone(), digest)
-        .await
-        .map_err(|s| format!("fetch {digest}: {}", s.message()))
+/// Why a stage could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    /// Fetching it failed.
+    #[error("fetch: {}", .0.message())]
+    Fetch(#[from] tonic::Status),
+    /// Caching or loading it failed.
+    #[error(transparent)]
+    Stage(#[from] StageError),
 }

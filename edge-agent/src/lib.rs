@@ -12,6 +12,8 @@ pub mod stages;
 use std::future::Future;
 use std::sync::Arc;
 
+use strata_proto::server::MessageLimits;
+use strata_proto::task::AbortOnDrop;
 use strata_proto::v1::{inference_server::InferenceServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
 
@@ -25,14 +27,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let session = tokio::spawn(agent.clone().control_session());
+    let _session = AbortOnDrop::spawn(agent.clone().run_control_session());
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<InferenceServer<AgentService>>()
         .await;
     let (stop, stopping) = strata_proto::Stopping::new();
     let service = AgentService::new(agent.clone(), stopping.clone());
-    let max = strata_proto::MAX_MESSAGE_BYTES;
     let drain_agent = agent.clone();
     let shutdown = async move {
         shutdown.await;
@@ -43,45 +44,9 @@ pub async fn serve(
         drain_agent.deregister().await;
         let _ = stop.send(true);
     };
-    let server = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+    let router = strata_proto::server::builder()
         .add_service(health)
-        .add_service(
-            InferenceServer::new(service.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            RoutesServer::new(service)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(strata_proto::incoming(listener), shutdown);
-    let result = stopping.drain(server).await;
-    session.abort();
-    result
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+        .add_service(InferenceServer::new(service.clone()).with_limits())
+        .add_service(RoutesServer::new(service).with_limits());
+    strata_proto::server::run(router, listener, shutdown, &stopping).await
 }

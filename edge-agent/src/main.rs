@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use strata_core::Tier;
 use strata_edge_agent::{Agent, AgentConfig};
-use strata_proto::v1::Tier;
 
 /// Serve Strata stages on an edge box or a cloud node.
 #[derive(Parser, Debug)]
@@ -28,7 +28,7 @@ struct Args {
     /// Address others use to reach this node (default: the listen address, with 127.0.0.1 for 0.0.0.0).
     #[arg(long)]
     advertise: Option<String>,
-    /// A name for this node (default: tier and hostname).
+    /// A name for this node (default: <tier>-<hostname>).
     #[arg(long)]
     name: Option<String>,
     /// Where stage files are cached.
@@ -52,8 +52,8 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let tier = match Tier::from_label(&args.tier) {
-        Some(t @ (Tier::Edge | Tier::Cloud)) => t,
+    let tier = match args.tier.parse::<Tier>() {
+        Ok(t @ (Tier::Edge | Tier::Cloud)) => t,
         _ => bail!("--tier must be edge or cloud, not \"{}\"", args.tier),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -67,26 +67,24 @@ async fn main() -> Result<()> {
             bound.to_string()
         }
     });
-    let slots = args
-        .slots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let config = AgentConfig {
-        tier,
-        control_planes: args.control_plane,
-        name: args.name.unwrap_or_else(|| tier.label().to_string()),
-        advertise,
-        data_dir: args.data_dir,
-        slots,
-        queue: args.queue.unwrap_or(slots * 4),
-        max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
-    };
+    let mut config = AgentConfig::new(tier, args.control_plane, advertise, args.data_dir);
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(slots) = args.slots {
+        config.slots = slots;
+        config.queue = slots * 4;
+    }
+    if let Some(queue) = args.queue {
+        config.queue = queue;
+    }
     let agent = Agent::new(config).context("cannot open the data directory")?;
     // Tests and scripts read this line to learn the port.
     {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "listening on {bound}");
     }
-    strata_edge_agent::serve(agent, listener, strata_edge_agent::shutdown_signal())
+    strata_edge_agent::serve(agent, listener, strata_proto::shutdown_signal())
         .await
         .context("server failed")?;
     Ok(())

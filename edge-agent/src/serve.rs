@@ -9,13 +9,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use strata_proto::call::{self, chunks_of};
+use strata_core::{Digest, TensorData};
+use strata_proto::call::{self, HopError, chunks_of};
+use strata_proto::convert;
 use strata_proto::v1::{self, inference_server::Inference, routes_server::Routes};
 use strata_proto::{TensorAssembler, tensor_chunks};
-use strata_runtime::{RuntimeError, TensorData};
+use strata_runtime::RuntimeError;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agent::{Agent, fetch_blob};
+use crate::agent::Agent;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -61,6 +63,31 @@ fn runtime_status(stage: u32, e: RuntimeError) -> Status {
 }
 
 impl AgentService {
+    /// A blob this agent does not cache, from the control planes (then cached here).
+    async fn fetch_for_caller(&self, digest: &Digest) -> Result<bytes::Bytes, Status> {
+        let agent = &self.agent;
+        for address in &agent.config.control_planes {
+            let Ok(channel) = agent.channel(address) else {
+                continue;
+            };
+            match call::fetch_blob(channel, digest).await {
+                Ok(b) => {
+                    let b = bytes::Bytes::from(b);
+                    if let Err(e) = agent.stages.put_blob(digest, b.clone()).await {
+                        tracing::warn!(%digest, error = %e, "cannot cache a fetched blob");
+                    }
+                    return Ok(b);
+                }
+                Err(status) => {
+                    tracing::debug!(%digest, control_plane = %address, error = %status.message(), "blob fetch failed")
+                }
+            }
+        }
+        Err(Status::not_found(format!(
+            "no blob with digest {digest} here or at the control plane"
+        )))
+    }
+
     #[tracing::instrument(skip_all, fields(model = %header.model, plan = %header.plan_id, stage = header.stage, request = %header.request_id))]
     async fn run_request(
         &self,
@@ -100,18 +127,19 @@ impl AgentService {
                 header.stage
             ))
         })?;
-        if stage.tier != agent.config.tier as i32 {
+        if !convert::is_tier(stage.tier, agent.config.tier) {
             return Err(Status::failed_precondition(format!(
                 "stage {} of plan \"{}\" runs on the {} tier; agent {node_id} is {}",
                 stage.index,
                 plan.id,
-                v1::Tier::try_from(stage.tier)
-                    .unwrap_or(v1::Tier::Unspecified)
-                    .label(),
-                agent.config.tier.label()
+                convert::tier_name(stage.tier),
+                agent.config.tier
             )));
         }
-        let loaded = agent.stages.get(&stage.digest).ok_or_else(|| {
+        let digest = convert::digest(&stage.digest, "stage.digest").map_err(|e| {
+            Status::failed_precondition(format!("route table of \"{}\": {e}", header.model))
+        })?;
+        let loaded = agent.stages.get(&digest).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "agent {node_id} does not hold stage {} of plan \"{}\" (digest {})",
                 stage.index, plan.id, stage.digest
@@ -135,11 +163,7 @@ impl AgentService {
             match message?.frame {
                 Some(v1::infer_request::Frame::Tensor(chunk)) => {
                     if let Some(h) = &chunk.header {
-                        agent
-                            .received
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(h.name.clone());
+                        agent.received.lock().insert(h.name.clone());
                     }
                     assembler
                         .push(chunk)
@@ -191,8 +215,9 @@ impl AgentService {
             .map_err(|e| runtime_status(stage.index, e))?;
         let compute_ms = started.elapsed().as_secs_f64() * 1e3;
         drop(_permit);
+        agent.stages.record_run(&digest, compute_ms);
         {
-            let mut recent = agent.recent_ms.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recent = agent.recent_ms.lock();
             *recent = if *recent == 0.0 {
                 compute_ms
             } else {
@@ -265,61 +290,21 @@ impl AgentService {
         deadline: Option<Instant>,
     ) -> Result<call::HopResult, Status> {
         let agent = &self.agent;
-        let mut tried: Vec<String> = Vec::new();
-        let mut last_error = None;
-        while let Some(id) = agent.balancer.pick(&stage.nodes, &tried).cloned() {
-            tried.push(id.clone());
-            let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
-                continue;
-            };
-            let channel = agent.channel(&node.address).map_err(Status::internal)?;
-            let _in_flight = agent.balancer.start(&id);
-            let timeout = remaining(deadline)?;
-            match call::infer(
-                channel,
-                header.clone(),
-                &chunks,
-                timeout,
-                agent.config.max_request_bytes,
-            )
+        let hop = call::Hop {
+            balancer: &agent.balancer,
+            channels: &agent.channels,
+            retry: agent.config.retry,
+            max_response_bytes: agent.config.max_request_bytes,
+        };
+        hop.run(table, stage, header, &chunks, deadline)
             .await
-            {
-                Ok(hop) => {
-                    if let Some(load) = hop
-                        .reports
-                        .iter()
-                        .find(|r| r.node_id == id)
-                        .and_then(|r| r.load.as_ref())
-                    {
-                        agent.balancer.report(&id, load);
-                    }
-                    return Ok(hop);
-                }
-                Err(status) if call::retryable(&status) => {
-                    tracing::warn!(next = %id, code = ?status.code(), error = %status.message(), "next hop failed; trying another");
-                    let pause = if status.code() == tonic::Code::ResourceExhausted {
-                        200
-                    } else {
-                        2000
-                    };
-                    agent.balancer.mark_down(&id, Duration::from_millis(pause));
-                    last_error = Some(status);
-                }
-                Err(status) => return Err(status),
-            }
-        }
-        Err(Status::unavailable(format!(
-            "no agent could run stage {} (tried: {}){}",
-            stage.index,
-            if tried.is_empty() {
-                "none ready".to_string()
-            } else {
-                tried.join(", ")
-            },
-            last_error
-                .map(|s| format!("; last error: {}", s.message()))
-                .unwrap_or_default()
-        )))
+            .map_err(|e| match e {
+                // The next agent's refusal (a bad input, a passed deadline) is this request's answer.
+                HopError::Refused { status, .. } => status,
+                HopError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+                HopError::Exhausted { .. } => Status::unavailable(e.to_string()),
+                HopError::Channel(_) => Status::internal(e.to_string()),
+            })
     }
 }
 
@@ -361,21 +346,23 @@ impl Inference for AgentService {
         _request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::AgentStatus>, Status> {
         let agent = &self.agent;
+        let session = agent.control_session();
         Ok(Response::new(v1::AgentStatus {
             node_id: agent.node_id(),
-            tier: agent.config.tier as i32,
+            tier: v1::Tier::from(agent.config.tier) as i32,
             load: Some(agent.load()),
-            stages: agent.stages.ready(),
+            stages: agent
+                .stages
+                .ready()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             requests_served: agent.served.load(Ordering::Relaxed),
             requests_rejected: agent.rejected.load(Ordering::Relaxed),
-            received_tensors: agent
-                .received
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            control_plane_connected: agent.connected.load(Ordering::Relaxed),
+            received_tensors: agent.received.lock().iter().cloned().collect(),
+            control_plane_connected: session.is_ok(),
+            control_plane_error: session.err().unwrap_or_default(),
+            backends: agent.stages.backends(),
         }))
     }
 }
@@ -387,7 +374,7 @@ impl Routes for AgentService {
         request: Request<v1::GetRoutesRequest>,
     ) -> Result<Response<v1::RouteTable>, Status> {
         let model = request.into_inner().model;
-        let routes = self.agent.routes.read().unwrap_or_else(|p| p.into_inner());
+        let routes = self.agent.routes.read();
         match routes.get(&model) {
             Some(t) => Ok(Response::new(t.clone())),
             None => {
@@ -422,7 +409,6 @@ impl Routes for AgentService {
             .agent
             .routes
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|t| wanted(t))
             .cloned()
@@ -466,31 +452,19 @@ impl Routes for AgentService {
         &self,
         request: Request<v1::FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
-        let digest = request.into_inner().digest;
-        let bytes = match self.agent.stages.cached_blob(&digest) {
+        let digest = convert::digest(&request.into_inner().digest, "digest")
+            .map_err(convert::WireError::into_status)?;
+        let cached = self
+            .agent
+            .stages
+            .cached_blob(&digest)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = match cached {
             Some(b) => b,
-            None => {
-                let mut fetched = None;
-                for address in &self.agent.config.control_planes {
-                    let Ok(channel) = self.agent.channel(address) else {
-                        continue;
-                    };
-                    if let Ok(b) = fetch_blob(&channel, &digest).await {
-                        let _ = self.agent.stages.put_blob(&digest, &b);
-                        fetched = Some(b);
-                        break;
-                    }
-                }
-                fetched.ok_or_else(|| {
-                    Status::not_found(format!(
-                        "no blob with digest {digest} here or at the control plane"
-                    ))
-                })?
-            }
+            None => self.fetch_for_caller(&digest).await?,
         };
-        let chunks = strata_proto::call::blob_chunks(bytes.into())
-            .into_iter()
-            .map(Ok);
+        let chunks = strata_proto::call::blob_chunks(bytes).into_iter().map(Ok);
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }

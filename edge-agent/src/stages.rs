@@ -1,115 +1,168 @@
-//! The stages an agent holds: ONNX bytes cached on disk by content address (checked on every read), loaded
-//! into the runtime once, shared by all requests.
+//! The stages an agent holds: ONNX bytes cached in a content-addressed blob store (checked on every read and
+//! write; a corrupt file is deleted and fetched again), loaded into the runtime once and shared by all
+//! requests, with each stage's recent compute time.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-use strata_runtime::{Backend, LoadedStage, TractBackend};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use strata_blob::{BlobError, BlobStore, DirBlobStore};
+use strata_core::Digest;
+use strata_runtime::{Backend, LoadedStage, RuntimeError, TractBackend};
 
 /// A loaded stage.
 pub type Stage = Arc<dyn LoadedStage>;
 
+/// Why a stage could not be cached or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The blob cache failed (or refused bytes that do not match the digest).
+    #[error("stage {digest}: {source}")]
+    Cache {
+        /// The stage.
+        digest: Digest,
+        /// Why.
+        source: BlobError,
+    },
+    /// The stage is not in the cache.
+    #[error("stage {0} is not cached")]
+    NotCached(Digest),
+    /// The runtime refused the stage.
+    #[error("stage {digest}: {source}")]
+    Load {
+        /// The stage.
+        digest: Digest,
+        /// Why.
+        source: RuntimeError,
+    },
+    /// The loader task died.
+    #[error("stage {digest}: the loader task failed: {reason}")]
+    Task {
+        /// The stage.
+        digest: Digest,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Blob cache plus loaded stages.
 pub struct StageStore {
-    dir: PathBuf,
-    loaded: Mutex<HashMap<String, Stage>>,
-}
-
-/// Lower-case hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn valid_digest(d: &str) -> bool {
-    d.len() == 64
-        && d.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    blobs: DirBlobStore,
+    backend: TractBackend,
+    loaded: Mutex<HashMap<Digest, Stage>>,
+    /// Recent mean compute time per loaded stage, ms (exponentially weighted).
+    compute_ms: Mutex<HashMap<Digest, f64>>,
 }
 
 impl StageStore {
-    /// A store caching blobs under `dir`.
-    pub fn open(dir: PathBuf) -> std::io::Result<StageStore> {
-        std::fs::create_dir_all(&dir)?;
+    /// A store caching blobs under `dir`. Blocking (it creates the directory).
+    pub fn open(dir: PathBuf) -> Result<StageStore, BlobError> {
         Ok(StageStore {
-            dir,
+            blobs: DirBlobStore::open(dir)?,
+            backend: TractBackend,
             loaded: Mutex::new(HashMap::new()),
+            compute_ms: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stage>> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    /// The backends this agent runs stages with.
+    pub fn backends(&self) -> Vec<String> {
+        vec![self.backend.name().to_string()]
     }
 
     /// A loaded stage by digest.
-    pub fn get(&self, digest: &str) -> Option<Stage> {
-        self.lock().get(digest).cloned()
+    pub fn get(&self, digest: &Digest) -> Option<Stage> {
+        self.loaded.lock().get(digest).cloned()
     }
 
     /// Digests of the loaded stages, sorted.
-    pub fn ready(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.lock().keys().cloned().collect();
+    pub fn ready(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.loaded.lock().keys().cloned().collect();
         v.sort();
         v
     }
 
-    /// Forgets loaded stages not in `keep`.
-    pub fn retain(&self, keep: &[String]) {
-        self.lock().retain(|d, _| keep.contains(d));
+    /// Forgets loaded stages (and their times) not in `keep`.
+    pub fn retain(&self, keep: &[Digest]) {
+        self.loaded.lock().retain(|d, _| keep.contains(d));
+        self.compute_ms.lock().retain(|d, _| keep.contains(d));
     }
 
-    /// The cached bytes of a blob, if present and intact (a corrupt file is deleted).
-    pub fn cached_blob(&self, digest: &str) -> Option<Vec<u8>> {
-        if !valid_digest(digest) {
-            return None;
-        }
-        let path = self.dir.join(format!("{digest}.onnx"));
-        let bytes = std::fs::read(&path).ok()?;
-        if sha256_hex(&bytes) == digest {
-            Some(bytes)
-        } else {
-            tracing::warn!(digest, "cached blob is corrupt; deleting it");
-            let _ = std::fs::remove_file(&path);
-            None
+    /// Records one run of a stage.
+    pub fn record_run(&self, digest: &Digest, ms: f64) {
+        let mut times = self.compute_ms.lock();
+        let mean = times.entry(digest.clone()).or_insert(ms);
+        *mean = 0.8 * *mean + 0.2 * ms;
+    }
+
+    /// Recent mean compute time of every stage run so far, ms.
+    pub fn compute_ms(&self) -> HashMap<Digest, f64> {
+        self.compute_ms.lock().clone()
+    }
+
+    /// The cached bytes of a blob, if present and intact (a corrupt file is deleted, so it is fetched again).
+    pub async fn cached_blob(&self, digest: &Digest) -> Result<Option<Bytes>, StageError> {
+        match self.blobs.get(digest).await {
+            Ok(found) => Ok(found),
+            Err(BlobError::Corrupt(m)) => {
+                tracing::warn!(%digest, actual = %m.actual, "cached blob is corrupt; deleting it");
+                self.blobs
+                    .delete(digest)
+                    .await
+                    .map_err(|source| StageError::Cache {
+                        digest: digest.clone(),
+                        source,
+                    })?;
+                Ok(None)
+            }
+            Err(source) => Err(StageError::Cache {
+                digest: digest.clone(),
+                source,
+            }),
         }
     }
 
     /// Caches a blob after checking its digest.
-    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), String> {
-        if !valid_digest(digest) {
-            return Err(format!("invalid digest \"{digest}\""));
-        }
-        let actual = sha256_hex(bytes);
-        if actual != digest {
-            return Err(format!(
-                "blob {digest}: content hashes to {actual}; refused"
-            ));
-        }
-        // A temp name of its own per writer: two tasks may cache the same blob at once.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!(".{digest}.{}.{n}.tmp", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, self.dir.join(format!("{digest}.onnx")))
-            .map_err(|e| format!("cannot store blob {digest}: {e}"))
+    pub async fn put_blob(&self, digest: &Digest, bytes: Bytes) -> Result<(), StageError> {
+        self.blobs
+            .put(digest, bytes)
+            .await
+            .map_err(|source| StageError::Cache {
+                digest: digest.clone(),
+                source,
+            })
     }
 
-    /// Loads a cached blob into the runtime (blocking: call from a blocking thread).
-    pub fn load(&self, digest: &str) -> Result<Stage, String> {
+    /// Loads a cached blob into the runtime (off the async threads: loading optimises the graph, which takes
+    /// seconds for large stages).
+    pub async fn load(self: &Arc<Self>, digest: &Digest) -> Result<Stage, StageError> {
         if let Some(s) = self.get(digest) {
             return Ok(s);
         }
         let bytes = self
             .cached_blob(digest)
-            .ok_or_else(|| format!("stage {digest} is not cached"))?;
-        let stage: Stage = TractBackend
-            .load(&bytes, &HashMap::new())
-            .map_err(|e| format!("stage {digest}: {e}"))?
-            .into();
-        self.lock().insert(digest.to_string(), stage.clone());
+            .await?
+            .ok_or_else(|| StageError::NotCached(digest.clone()))?;
+        let store = self.clone();
+        let owned = digest.clone();
+        let stage = tokio::task::spawn_blocking(move || {
+            store
+                .backend
+                .load(&bytes, &HashMap::new())
+                .map_err(|source| StageError::Load {
+                    digest: owned,
+                    source,
+                })
+        })
+        .await
+        .map_err(|e| StageError::Task {
+            digest: digest.clone(),
+            reason: e.to_string(),
+        })??;
+        let stage: Stage = stage.into();
+        self.loaded.lock().insert(digest.clone(), stage.clone());
         Ok(stage)
     }
 }

@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use criterion::Criterion;
+use strata_core::Privacy;
 use strata_planner::analyse::{self, InputShape};
 use strata_planner::cluster::Cluster;
 use strata_planner::cost;
 use strata_planner::model::Model;
 use strata_planner::partition::{self, Constraints, Objective, TIER_COUNT};
-use strata_planner::privacy::Privacy;
 
 #[derive(serde::Deserialize)]
 struct Entry {

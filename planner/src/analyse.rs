@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use prost::Message;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::internal::InferenceFact;
+use tract_onnx::tract_hir::infer::InferenceModelExt;
+use tract_onnx::tract_hir::internal::{Factoid, InferenceFact};
 use tract_onnx::tract_hir::ops::unimpl::UnimplementedOp;
 
 use crate::model::{DeclaredDim, Model, Origin};
@@ -20,22 +21,42 @@ pub struct InputShape {
     pub dims: Vec<usize>,
 }
 
+/// An input shape that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputShapeError {
+    /// No `=`.
+    #[error("input shape \"{0}\" must look like NAME=d0,d1,.. (e.g. x=1,3,224,224)")]
+    Form(String),
+    /// A dimension that is not a number.
+    #[error("input shape \"{given}\": dimension \"{dim}\" is not a non-negative integer")]
+    Dim {
+        /// The whole text.
+        given: String,
+        /// The bad dimension.
+        dim: String,
+    },
+    /// Nothing before `=`.
+    #[error("input shape \"{0}\" has no input name before '='")]
+    NoName(String),
+}
+
 impl std::str::FromStr for InputShape {
-    type Err = String;
+    type Err = InputShapeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, dims) = s.rsplit_once('=').ok_or_else(|| {
-            format!("input shape \"{s}\" must look like NAME=d0,d1,.. (e.g. x=1,3,224,224)")
-        })?;
+        let (name, dims) = s
+            .rsplit_once('=')
+            .ok_or_else(|| InputShapeError::Form(s.to_string()))?;
         let dims = dims
             .split(',')
             .map(|d| {
-                d.trim().parse::<usize>().map_err(|_| {
-                    format!("input shape \"{s}\": dimension \"{d}\" is not a non-negative integer")
+                d.trim().parse::<usize>().map_err(|_| InputShapeError::Dim {
+                    given: s.to_string(),
+                    dim: d.to_string(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if name.is_empty() {
-            return Err(format!("input shape \"{s}\" has no input name before '='"));
+            return Err(InputShapeError::NoName(s.to_string()));
         }
         Ok(InputShape {
             name: name.to_string(),
@@ -141,8 +162,16 @@ pub struct Analysis {
     pub tensors: HashMap<String, TensorInfo>,
     /// FLOPs per node (index as [`Model::nodes`]); 2 per multiply-add, at least one per output element.
     pub node_flops: Vec<f64>,
-    /// Parameter bytes per node: initializers it reads (and constants it makes).
+    /// Parameter bytes per node: initializers, constants and folded constants it reads.
     pub node_param_bytes: Vec<u64>,
+    /// Node outputs whose value the input shapes alone determine, as ONNX initializers: shape computations
+    /// (`Shape` → `Gather` → `Unsqueeze` → `Concat` feeding a `Reshape`, as PyTorch exports them) and
+    /// transforms of weights. A plan is made for concrete input shapes, so each stage that reads one gets it
+    /// as an initializer: such tensors never cross a boundary and never constrain the plan. Model outputs
+    /// are never folded.
+    pub constants: HashMap<String, onnx::TensorProto>,
+    /// Per node (index as [`Model::nodes`]): every output is in [`Analysis::constants`], so no stage runs it.
+    pub folded: Vec<bool>,
 }
 
 impl Analysis {
@@ -155,6 +184,39 @@ impl Analysis {
     pub fn tensor_bytes(&self, name: &str) -> u64 {
         self.tensors.get(name).map_or(0, TensorInfo::bytes)
     }
+
+    /// Whether a tensor is a folded constant (see [`Analysis::constants`]).
+    pub fn is_constant(&self, tensor: &str) -> bool {
+        self.constants.contains_key(tensor)
+    }
+
+    /// Whether a node is folded away (see [`Analysis::folded`]).
+    pub fn is_folded(&self, node: usize) -> bool {
+        self.folded.get(node).copied().unwrap_or(false)
+    }
+}
+
+/// A tract tensor as an ONNX initializer named `name` (`TDim` shape values as int64); `None` for types ONNX
+/// initializers of Strata's stages do not carry (strings, complex).
+fn tensor_proto(name: &str, t: &Tensor) -> Option<onnx::TensorProto> {
+    let cast;
+    let t = if t.datum_type() == DatumType::TDim {
+        cast = t.cast_to::<i64>().ok()?;
+        &*cast
+    } else {
+        t
+    };
+    let code = onnx_code(t.datum_type());
+    if code == 0 || code == 8 {
+        return None;
+    }
+    Some(onnx::TensorProto {
+        name: Some(name.to_string()),
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: Some(code),
+        raw_data: Some(t.as_bytes().to_vec()),
+        ..Default::default()
+    })
 }
 
 /// Maps an ONNX dtype code to tract's datum type.
@@ -335,6 +397,19 @@ pub fn analyse(
             .set_outlet_fact(outlet, InferenceFact::dt_shape(dt, &*shape.dims))
             .map_err(|e| AnalyseError::Tract(one_line(&e)))?;
     }
+    // What inference knows of every ONNX tensor, before typing folds some of them away (their dtypes and
+    // values are read here).
+    tract_model
+        .analyse(false)
+        .map_err(|e| AnalyseError::Tract(one_line(&e)))?;
+    let inferred: HashMap<String, InferenceFact> = parsed
+        .outlets_by_name
+        .iter()
+        .filter_map(|(name, &outlet)| {
+            let fact = tract_model.outlet_fact(outlet).ok()?;
+            Some((name.clone(), fact.clone()))
+        })
+        .collect();
     let typed = tract_model
         .into_typed()
         .map_err(|e| AnalyseError::Tract(one_line(&e)))?;
@@ -353,6 +428,43 @@ pub fn analyse(
             }
         }
     }
+    // Tensors typing folded away (or left without a concrete type) keep what inference knew of them.
+    for (name, fact) in &inferred {
+        let Some(dt) = fact.datum_type.concretize() else {
+            continue;
+        };
+        let known = tensors
+            .get(name)
+            .is_some_and(|t: &TensorInfo| t.elem_type != 0 && t.shape.is_some());
+        if !known {
+            let shape = fact.shape.as_concrete_finite().ok().flatten();
+            tensors.insert(
+                name.clone(),
+                TensorInfo {
+                    elem_type: onnx_code(dt),
+                    shape: shape.map(|s| s.to_vec()),
+                },
+            );
+        }
+    }
+    // Node outputs whose value the input shapes determine.
+    let mut constants = HashMap::new();
+    for node in &model.nodes {
+        for out in &node.outputs {
+            if model.outputs.contains(out) {
+                continue;
+            }
+            let value = inferred.get(out).and_then(|f| f.value.concretize());
+            if let Some(proto) = value.and_then(|v| tensor_proto(out, &v)) {
+                constants.insert(out.clone(), proto);
+            }
+        }
+    }
+    let folded: Vec<bool> = model
+        .nodes
+        .iter()
+        .map(|n| !n.outputs.is_empty() && n.outputs.iter().all(|o| constants.contains_key(o)))
+        .collect();
     // Initializers and inputs keep their declared types even if tract folded them away.
     for init in &model.graph.initializer {
         tensors
@@ -409,19 +521,24 @@ pub fn analyse(
         node_flops[i] = node_flops[i].max(out_elems);
     }
 
-    // Parameters: initializers and constants a node reads (a shared weight counts for each reader: each stage
-    // holding a reader holds a copy).
+    // Parameters: initializers, constants and folded constants a node reads (a shared weight counts for each
+    // reader: each stage holding a reader holds a copy). A folded node runs nowhere and holds nothing.
     let node_param_bytes = model
         .nodes
         .iter()
-        .map(|node| {
+        .enumerate()
+        .map(|(i, node)| {
+            if folded[i] {
+                return 0;
+            }
             node.inputs
                 .iter()
                 .filter(|t| {
-                    matches!(
-                        model.origins.get(*t),
-                        Some(Origin::Initializer | Origin::Constant(_))
-                    )
+                    constants.contains_key(*t)
+                        || matches!(
+                            model.origins.get(*t),
+                            Some(Origin::Initializer | Origin::Constant(_))
+                        )
                 })
                 .map(|t| tensors.get(t).map_or(0, TensorInfo::bytes))
                 .sum()
@@ -433,6 +550,8 @@ pub fn analyse(
         tensors,
         node_flops,
         node_param_bytes,
+        constants,
+        folded,
     })
 }
 

@@ -4,48 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-/// A tier of the hierarchy. Data only ever flows device → edge → cloud (results return to the device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    /// The chip in the user's hands (or on their face); model inputs are born here.
-    Device,
-    /// A gateway or home box on the same LAN.
-    Edge,
-    /// GPU servers in a data centre.
-    Cloud,
-}
-
-impl Tier {
-    /// All tiers in data-flow order.
-    pub const ALL: [Tier; 3] = [Tier::Device, Tier::Edge, Tier::Cloud];
-
-    /// Position in the data-flow order (device 0, edge 1, cloud 2).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The tier at a position.
-    pub fn from_index(i: usize) -> Option<Tier> {
-        Tier::ALL.get(i).copied()
-    }
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Device => "device",
-            Tier::Edge => "edge",
-            Tier::Cloud => "cloud",
-        }
-    }
-}
-
-impl std::fmt::Display for Tier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use strata_core::Tier;
 
 /// One tier's hardware.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,10 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analyse::Analysis;
-use crate::cluster::{Cluster, Tier};
+use crate::cluster::Cluster;
 use crate::model::{Model, Origin};
 use crate::partition::{CostLayer, HopCost, Problem, TIER_COUNT, Tensor};
-use crate::privacy::Privacy;
+use strata_core::Privacy;
+use strata_core::Tier;
 
 /// Per-node times measured by `strata profile` on one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +80,11 @@ pub fn node_ms(
             let mut row = [f64::INFINITY; TIER_COUNT];
             for tier in Tier::ALL {
                 if let Some(spec) = cluster.tier(tier) {
+                    // A folded node runs nowhere: its outputs are constants in the stages that read them.
+                    if analysis.is_folded(v) {
+                        row[tier.index()] = 0.0;
+                        continue;
+                    }
                     let compute = match (&measured, profile) {
                         (Some(ms), Some(_)) if spec.measured_here => ms[v],
                         (Some(ms), Some(p)) => ms[v] * p.effective_gflops / spec.gflops,
@@ -95,6 +101,20 @@ pub fn node_ms(
             row
         })
         .collect())
+}
+
+/// The nodes that read `tensor` and run somewhere (folded nodes run nowhere).
+fn consumers(model: &Model, analysis: &Analysis, tensor: &str) -> Vec<usize> {
+    model
+        .consumers
+        .get(tensor)
+        .map(|cs| {
+            cs.iter()
+                .copied()
+                .filter(|&c| !analysis.is_folded(c))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Operators that runtimes turn into no-ops or views (tract declutters them away; GPU runtimes alias the
@@ -148,7 +168,7 @@ pub fn build_problem(
         .collect();
     if privacy == Privacy::Features {
         for input in &model.inputs {
-            for &v in model.consumers.get(input).map(Vec::as_slice).unwrap_or(&[]) {
+            for &v in consumers(model, analysis, input).iter() {
                 for t in 1..TIER_COUNT {
                     latency_nodes[v][t] = f64::INFINITY;
                     energy_nodes[v][t] = f64::INFINITY;
@@ -190,6 +210,10 @@ pub fn build_problem(
     names.sort();
     names.dedup();
     for name in names {
+        if analysis.is_constant(name) {
+            // Folded constants travel inside the stage files that read them, like initializers.
+            continue;
+        }
         let producer = match model.origins.get(name) {
             Some(Origin::Node(v)) => Some(*v),
             Some(Origin::Input) => None,
@@ -198,7 +222,7 @@ pub fn build_problem(
         };
         tensors.push(Tensor {
             producer,
-            consumers: model.consumers.get(name).cloned().unwrap_or_default(),
+            consumers: consumers(model, analysis, name),
             is_model_output: model.outputs.contains(name),
             bytes: analysis.tensor_bytes(name) as f64,
         });

@@ -61,12 +61,20 @@ pub fn extract_stage(
         .collect();
 
     let mut needed_inits: Vec<&str> = Vec::new();
+    let mut needed_folded: Vec<&str> = Vec::new();
     let mut seen = HashSet::new();
     for &v in nodes {
         for t in &model.nodes[v].inputs {
             if matches!(model.origins.get(t), Some(Origin::Initializer)) && seen.insert(t.as_str())
             {
                 needed_inits.push(t);
+            }
+            // A folded constant the stage reads (unless the stage computes it itself).
+            if analysis.is_constant(t)
+                && !nodes.iter().any(|&p| model.nodes[p].outputs.contains(t))
+                && seen.insert(t.as_str())
+            {
+                needed_folded.push(t);
             }
         }
     }
@@ -78,6 +86,11 @@ pub fn extract_stage(
                 .get(*t)
                 .map(|&i| source.initializer[i].clone())
         })
+        .chain(
+            needed_folded
+                .iter()
+                .filter_map(|t| analysis.constants.get(*t).cloned()),
+        )
         .collect();
     let needed: HashSet<&str> = needed_inits.iter().copied().collect();
     graph.sparse_initializer = source

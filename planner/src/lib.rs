@@ -11,5 +11,4 @@ pub mod model;
 pub mod onnx;
 pub mod partition;
 pub mod plan;
-pub mod privacy;
 pub mod split;

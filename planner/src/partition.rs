@@ -64,9 +64,7 @@ mod maxflow;
 mod search;
 mod validate;
 
-pub use error::PartitionError;
-
-use error::Infeasibility;
+pub use error::{Infeasibility, PartitionError, TierRefusal};
 
 use constrained::{check_structure, describe_constraints};
 use cut::{CutSolver, Layer};
@@ -143,12 +141,31 @@ pub struct Problem {
 }
 
 /// What to minimise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// End-to-end latency (ms).
     Latency,
     /// Device energy (mJ).
     Energy,
+}
+
+impl Objective {
+    /// Lower-case name (`latency`, `energy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Latency => "latency",
+            Objective::Energy => "energy",
+        }
+    }
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Constraints on a plan.

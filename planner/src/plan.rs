@@ -8,13 +8,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::analyse::{AnalyseError, Analysis, InputShape};
-use crate::cluster::{Cluster, Tier};
+use crate::cluster::Cluster;
 use crate::cost::{self, CostError, Profile};
 use crate::extract::{self, ExtractError};
 use crate::model::{Model, Origin};
 use crate::onnx::ModelProto;
 use crate::partition::{self, Constraints, Objective, PartitionError, Placement, TIER_COUNT};
-use crate::privacy::Privacy;
+use strata_core::Privacy;
+use strata_core::Tier;
 
 /// What to optimise and under which limits.
 #[derive(Debug, Clone)]
@@ -162,9 +163,12 @@ pub struct StageSpec {
 }
 
 /// Cuts a model into stages from a stage index per node (stage indices must be monotone along every edge; empty
-/// stages are dropped). `tiers[s]` is the tier of stage `s`.
+/// stages are dropped). `tiers[s]` is the tier of stage `s`. Folded nodes run in no stage, and folded
+/// constants are no stage's input or output (each stage that reads one holds it, see
+/// [`Analysis::constants`]).
 pub fn stages_from_assignment(
     model: &Model,
+    analysis: &Analysis,
     stage_of: &[usize],
     tiers: &[Tier],
 ) -> Result<Vec<StageSpec>, PlanError> {
@@ -176,7 +180,7 @@ pub fn stages_from_assignment(
     let mut stages = Vec::new();
     for (s, &tier) in tiers.iter().enumerate() {
         let nodes: Vec<usize> = (0..model.nodes.len())
-            .filter(|&v| stage_of[v] == s)
+            .filter(|&v| stage_of[v] == s && !analysis.is_folded(v))
             .collect();
         if nodes.is_empty() {
             continue;
@@ -185,6 +189,9 @@ pub fn stages_from_assignment(
         let mut seen = HashSet::new();
         for &v in &nodes {
             for t in &model.nodes[v].inputs {
+                if analysis.is_constant(t) {
+                    continue;
+                }
                 let external = match model.origins.get(t) {
                     Some(Origin::Input) => true,
                     Some(Origin::Node(p)) => stage_of[*p] < s,
@@ -198,10 +205,13 @@ pub fn stages_from_assignment(
         let mut outputs = Vec::new();
         for &v in &nodes {
             for t in &model.nodes[v].outputs {
-                let later = model
-                    .consumers
-                    .get(t)
-                    .is_some_and(|cs| cs.iter().any(|&c| stage_of[c] > s));
+                if analysis.is_constant(t) {
+                    continue;
+                }
+                let later = model.consumers.get(t).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|&c| stage_of[c] > s && !analysis.is_folded(c))
+                });
                 if later || model.outputs.contains(t) {
                     outputs.push(t.clone());
                 }
@@ -313,8 +323,12 @@ pub fn plan_analysed(
             Privacy::Edge => " (privacy \"edge\" excludes the cloud tier)",
             Privacy::Features | Privacy::Open => "",
         };
+        let name = |v: usize| match model.nodes.get(v) {
+            Some(node) => format!("node \"{}\" ({})", node.name, node.op_type),
+            None => format!("node {v}"),
+        };
         PlanError::Partition {
-            message: name_nodes(&e.to_string(), model) + excluded,
+            message: e.describe(&name) + excluded,
             reason: e,
         }
     })?;
@@ -322,7 +336,7 @@ pub fn plan_analysed(
 
     let started = Instant::now();
     let stage_of: Vec<usize> = placement.tier.iter().map(|&t| t as usize).collect();
-    let specs = stages_from_assignment(model, &stage_of, &Tier::ALL)?;
+    let specs = stages_from_assignment(model, analysis, &stage_of, &Tier::ALL)?;
     let node_ms: Vec<f64> = (0..model.nodes.len())
         .map(|v| problem.latency.node_cost[v][stage_of[v]])
         .collect();
@@ -339,10 +353,7 @@ pub fn plan_analysed(
     let plan = PlanFile {
         model: model_name.to_string(),
         privacy: Some(options.privacy),
-        objective: match options.objective {
-            Objective::Latency => "latency".into(),
-            Objective::Energy => "energy".into(),
-        },
+        objective: options.objective.name().to_string(),
         latency_budget_ms: options.latency_budget_ms,
         cluster: Some(cluster.name.clone()),
         input_shapes: analysis
@@ -372,30 +383,6 @@ pub fn plan_analysed(
         stages,
     };
     Ok(PlannedModel { plan, stage_models })
-}
-
-/// Rewrites "node 12" in a partitioner message as `node "conv3" (Conv)`.
-fn name_nodes(message: &str, model: &Model) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("node ") {
-        out.push_str(&rest[..at + 5]);
-        rest = &rest[at + 5..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        match rest[..digits]
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| model.nodes.get(i))
-        {
-            Some(node) if digits > 0 => {
-                out.push_str(&format!("\"{}\" ({})", node.name, node.op_type));
-                rest = &rest[digits..];
-            }
-            _ => {}
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 fn ms_since(t: Instant) -> f64 {

@@ -2,6 +2,7 @@
 //! compute them (and the tensors of earlier boundaries) runs before it. The crossing tensors are found by
 //! [`crate::plan::stages_from_assignment`].
 
+use crate::analyse::Analysis;
 use crate::model::{Model, Origin};
 
 /// Why a manual split was refused.
@@ -20,6 +21,13 @@ pub enum SplitError {
         "--at names \"{0}\", which is a model input or initializer, not a node output; a boundary must follow some node"
     )]
     NotComputed(String),
+    /// A tensor the input shapes alone determine: it never crosses a boundary (each stage that reads it holds
+    /// it), so it cannot be one.
+    #[error(
+        "--at names \"{0}\", which is a constant for these input shapes (computed from weights and shapes \
+         alone, so every stage that reads it holds it); a boundary must be an activation"
+    )]
+    Constant(String),
     /// A boundary whose nodes are all in earlier stages.
     #[error(
         "boundary {index} ({tensors}) adds no node: everything it needs already runs before boundary {previous}"
@@ -38,9 +46,11 @@ pub enum SplitError {
 }
 
 /// Assigns each node a stage index: stage k holds the nodes needed for boundary k+1 not already in earlier
-/// stages; the last stage holds the rest.
+/// stages; the last stage holds the rest. Folded nodes ([`Analysis::folded`]) run in no stage, so they do not
+/// count as nodes a boundary adds or leaves.
 pub fn stage_assignment(
     model: &Model,
+    analysis: &Analysis,
     boundaries: &[Vec<String>],
 ) -> Result<Vec<usize>, SplitError> {
     if boundaries.is_empty() || boundaries.iter().all(Vec::is_empty) {
@@ -52,6 +62,9 @@ pub fn stage_assignment(
     for (k, boundary) in boundaries.iter().enumerate() {
         let mut stack = Vec::new();
         for t in boundary {
+            if analysis.is_constant(t) {
+                return Err(SplitError::Constant(t.clone()));
+            }
             match model.origins.get(t) {
                 Some(Origin::Node(v)) => stack.push(*v),
                 Some(_) => return Err(SplitError::NotComputed(t.clone())),
@@ -64,7 +77,9 @@ pub fn stage_assignment(
                 continue;
             }
             stage_of[v] = k;
-            added += 1;
+            if !analysis.is_folded(v) {
+                added += 1;
+            }
             for t in &model.nodes[v].inputs {
                 if let Some(Origin::Node(p)) = model.origins.get(t) {
                     stack.push(*p);
@@ -79,7 +94,8 @@ pub fn stage_assignment(
             });
         }
     }
-    if !stage_of.contains(&last) {
+    let runs_last = (0..n).any(|v| stage_of[v] == last && !analysis.is_folded(v));
+    if !runs_last {
         return Err(SplitError::NothingAfter(last));
     }
     Ok(stage_of)

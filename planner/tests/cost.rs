@@ -1,12 +1,12 @@
 //! The cost model: per-node milliseconds from FLOPs and tier speed, per-op overhead, privacy as placement rules.
 
 use prost::Message;
+use strata_core::Privacy;
 use strata_planner::analyse;
 use strata_planner::cluster::Cluster;
 use strata_planner::cost;
 use strata_planner::model::Model;
 use strata_planner::onnx::{self, proto};
-use strata_planner::privacy::Privacy;
 
 fn node(op: &str, name: &str, input: &str, output: &str) -> proto::NodeProto {
     proto::NodeProto {

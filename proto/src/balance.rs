@@ -3,7 +3,9 @@
 //! hop); decisions are local and take well under a microsecond.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::v1::Load;
@@ -43,8 +45,8 @@ impl Balancer {
         Balancer::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Peer>> {
+        self.peers.lock()
     }
 
     /// The best candidate not in `exclude`: healthy ones first, then by load, then the least picked.

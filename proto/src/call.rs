@@ -1,12 +1,15 @@
-//! The client side of one inference hop: send a header and tensor chunks, collect model outputs and stage
-//! reports. Used by the device SDK (first hop) and by agents (forwarding).
+//! The client side of the data path, shared by the device SDK (first hop) and agents (forwarding): the one
+//! channel builder ([`channel`], cached per peer by [`Channels`]), one inference hop ([`infer`]), the choice
+//! of an agent for a stage with retries on the others ([`Hop`], under a [`RetryPolicy`]), and blob fetches
+//! checked against their digest ([`fetch_blob`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::balance::Balancer;
 use crate::v1::inference_client::InferenceClient;
 use crate::v1::routes_client::RoutesClient;
 use crate::v1::{
@@ -14,7 +17,7 @@ use crate::v1::{
     infer_request, infer_response,
 };
 use crate::{MAX_MESSAGE_BYTES, TensorAssembler, tensor_chunks};
-use strata_runtime::TensorData;
+use strata_core::{Digest, TensorData};
 
 /// What a hop returned.
 #[derive(Debug)]
@@ -33,16 +36,29 @@ pub fn chunks_of(tensors: Vec<(String, TensorData)>) -> Vec<TensorChunk> {
         .collect()
 }
 
+/// An address a channel cannot be made for.
+#[derive(Debug, thiserror::Error)]
+#[error("bad address \"{address}\": {source}")]
+pub struct ChannelError {
+    /// The address given.
+    pub address: String,
+    /// Why it is not a URI.
+    pub source: tonic::transport::Error,
+}
+
 /// A lazily connecting channel to an agent or control plane (`host:port` or a URL), tuned for large
-/// activations (wide HTTP/2 windows) and quick failure detection (short connect timeout).
-pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, String> {
+/// activations (wide HTTP/2 windows) and quick failure detection (short connect timeout). Every Strata
+/// client connects through here (transport security plugs in here).
+pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, ChannelError> {
     let url = if address.contains("://") {
         address.to_string()
     } else {
         format!("http://{address}")
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("bad address \"{address}\": {e}"))?;
+    let endpoint = Endpoint::from_shared(url).map_err(|source| ChannelError {
+        address: address.to_string(),
+        source,
+    })?;
     Ok(endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -57,7 +73,7 @@ pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, Stri
 #[derive(Debug, Clone)]
 pub struct Channels {
     connect_timeout: Duration,
-    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    cache: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl Channels {
@@ -70,8 +86,8 @@ impl Channels {
     }
 
     /// The channel to `address` (see [`channel`]).
-    pub fn get(&self, address: &str) -> Result<Channel, String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn get(&self, address: &str) -> Result<Channel, ChannelError> {
+        let mut cache = self.cache.lock();
         if let Some(c) = cache.get(address) {
             return Ok(c.clone());
         }
@@ -138,6 +154,153 @@ pub fn retryable(status: &Status) -> bool {
     )
 }
 
+/// How a caller treats an agent that failed a hop: it is avoided for a while (and the next candidate tried),
+/// shorter when it only shed load than when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How long an agent that answered `RESOURCE_EXHAUSTED` (it shed load) is avoided.
+    pub shed_backoff: Duration,
+    /// How long an agent that failed otherwise (unreachable, broken, missing the stage) is avoided.
+    pub failure_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 200 ms after shedding (a queue drains in that time), 2 s after a failure (a restart, a lost route).
+    fn default() -> Self {
+        RetryPolicy {
+            shed_backoff: Duration::from_millis(200),
+            failure_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to avoid an agent after it answered `status`.
+    pub fn backoff(&self, status: &Status) -> Duration {
+        if status.code() == tonic::Code::ResourceExhausted {
+            self.shed_backoff
+        } else {
+            self.failure_backoff
+        }
+    }
+}
+
+/// Why no agent ran a hop.
+#[derive(Debug, thiserror::Error)]
+pub enum HopError {
+    /// An agent refused the request itself (wrong input, say): another agent would refuse it too.
+    #[error("agent {node} refused the request: {}", .status.message())]
+    Refused {
+        /// The agent.
+        node: String,
+        /// Its answer.
+        status: Status,
+    },
+    /// Every candidate failed in a way another might not (or none was ready).
+    #[error("no agent could run stage {stage} (tried: {}){}", tried_list(.tried), last_message(.last))]
+    Exhausted {
+        /// The stage.
+        stage: u32,
+        /// The agents tried, in order.
+        tried: Vec<String>,
+        /// The last failure.
+        last: Option<Status>,
+    },
+    /// The request's deadline passed before an agent answered.
+    #[error("the request's deadline passed")]
+    DeadlineExceeded,
+    /// An agent's address in the route table is not an address.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+}
+
+fn tried_list(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "none ready".to_string()
+    } else {
+        tried.join(", ")
+    }
+}
+
+fn last_message(last: &Option<Status>) -> String {
+    last.as_ref()
+        .map(|s| format!("; last error: {}", s.message()))
+        .unwrap_or_default()
+}
+
+/// One hop of the data path as a caller runs it: pick the least-loaded ready agent of a stage, send, and on a
+/// retryable failure avoid that agent for a while ([`RetryPolicy`]) and try the next, each at most once.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// Load and health of the agents, as this process sees them.
+    pub balancer: &'a Balancer,
+    /// Connections to them.
+    pub channels: &'a Channels,
+    /// How long failed agents are avoided.
+    pub retry: RetryPolicy,
+    /// Cap on the tensor bytes of the answer.
+    pub max_response_bytes: u64,
+}
+
+impl Hop<'_> {
+    /// Runs `header.stage` (and the stages after it) on an agent of `stage`, from `table`'s nodes.
+    pub async fn run(
+        &self,
+        table: &crate::v1::RouteTable,
+        stage: &crate::v1::Stage,
+        header: InferHeader,
+        chunks: &[TensorChunk],
+        deadline: Option<Instant>,
+    ) -> Result<HopResult, HopError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        while let Some(id) = self.balancer.pick(&stage.nodes, &tried).cloned() {
+            tried.push(id.clone());
+            let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
+                continue;
+            };
+            let channel = self.channels.get(&node.address)?;
+            let timeout = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(HopError::DeadlineExceeded),
+                },
+            };
+            let _in_flight = self.balancer.start(&id);
+            match infer(
+                channel,
+                header.clone(),
+                chunks,
+                timeout,
+                self.max_response_bytes,
+            )
+            .await
+            {
+                Ok(hop) => {
+                    for r in &hop.reports {
+                        if let Some(load) = &r.load {
+                            self.balancer.report(&r.node_id, load);
+                        }
+                    }
+                    return Ok(hop);
+                }
+                Err(status) if retryable(&status) => {
+                    tracing::warn!(node = %id, code = ?status.code(), error = %status.message(), "agent failed; trying another");
+                    self.balancer.mark_down(&id, self.retry.backoff(&status));
+                    last = Some(status);
+                }
+                Err(status) => return Err(HopError::Refused { node: id, status }),
+            }
+        }
+        Err(HopError::Exhausted {
+            stage: stage.index,
+            tried,
+            last,
+        })
+    }
+}
+
 /// Splits a blob into [`crate::CHUNK_BYTES`] pieces, the first carrying the total size (no copy).
 pub fn blob_chunks(bytes: bytes::Bytes) -> Vec<BlobChunk> {
     let size = bytes.len() as u64;
@@ -160,18 +323,18 @@ pub fn blob_chunks(bytes: bytes::Bytes) -> Vec<BlobChunk> {
 /// from its own blob store only, so replicas that all lack a blob never ask each other in circles.
 pub const PEER_HEADER: &str = "strata-peer";
 
-/// Fetches a blob by digest from any `Routes` server and checks that its content hashes to the digest.
-pub async fn fetch_blob(channel: Channel, digest: &str) -> Result<Vec<u8>, Status> {
+/// Fetches a blob by digest from any `Routes` server and checks that its content hashes to the digest
+/// (`DATA_LOSS` when it does not).
+pub async fn fetch_blob(channel: Channel, digest: &Digest) -> Result<Vec<u8>, Status> {
     fetch_blob_with(channel, digest, false).await
 }
 
 /// [`fetch_blob`], as a control-plane replica asks a peer (with [`PEER_HEADER`]) when `from_peer`.
 pub async fn fetch_blob_with(
     channel: Channel,
-    digest: &str,
+    digest: &Digest,
     from_peer: bool,
 ) -> Result<Vec<u8>, Status> {
-    use sha2::Digest;
     let mut client = RoutesClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut request = tonic::Request::new(FetchBlobRequest {
         digest: digest.to_string(),
@@ -191,10 +354,10 @@ pub async fn fetch_blob_with(
         }
         bytes.extend_from_slice(&chunk.data);
     }
-    let actual = hex::encode(sha2::Sha256::digest(&bytes));
-    if actual != digest {
+    if let Err(e) = digest.verify(&bytes) {
         return Err(Status::data_loss(format!(
-            "blob {digest} arrived corrupted (its content hashes to {actual})"
+            "blob {digest} arrived corrupted (its content hashes to {})",
+            e.actual
         )));
     }
     Ok(bytes)

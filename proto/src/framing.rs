@@ -3,7 +3,7 @@
 //! reassembly checks dtype, shape, byte counts and a total cap, so a malformed stream is an error, never a panic.
 
 use bytes::Bytes;
-use strata_runtime::{DType, TensorData};
+use strata_core::{DType, TensorData};
 
 use crate::CHUNK_BYTES;
 use crate::v1::{DataType, TensorChunk, TensorHeader};
@@ -43,6 +43,14 @@ pub enum FrameError {
         /// Bytes needed.
         expected: u64,
     },
+    /// The bytes do not make a tensor of the header's dtype (a bool tensor holding 2, say).
+    #[error("tensor \"{name}\": {source}")]
+    Malformed {
+        /// Tensor.
+        name: String,
+        /// Why.
+        source: strata_core::TensorError,
+    },
     /// The same tensor twice.
     #[error("tensor \"{0}\" was sent twice")]
     Duplicate(String),
@@ -60,21 +68,11 @@ pub enum FrameError {
     },
 }
 
-/// Converts a runtime dtype to the wire enum.
-pub fn data_type(dtype: DType) -> DataType {
-    DataType::try_from(dtype.onnx_code()).unwrap_or(DataType::Unspecified)
-}
-
-/// Converts the wire enum to a runtime dtype.
-pub fn dtype(code: i32) -> Option<DType> {
-    DType::from_onnx_code(code)
-}
-
 /// Splits a tensor into chunks of at most [`CHUNK_BYTES`] data, sharing its buffer.
 pub fn tensor_chunks(name: &str, tensor: TensorData) -> Vec<TensorChunk> {
     let header = TensorHeader {
         name: name.to_string(),
-        dtype: data_type(tensor.dtype) as i32,
+        dtype: DataType::from(tensor.dtype) as i32,
         shape: tensor.shape.iter().map(|&d| d as u64).collect(),
     };
     let data = Bytes::from(tensor.data);
@@ -135,7 +133,7 @@ impl TensorAssembler {
             if self.done.iter().any(|(n, _)| *n == header.name) {
                 return Err(FrameError::Duplicate(header.name));
             }
-            let Some(dt) = dtype(header.dtype) else {
+            let Ok(dt) = crate::convert::dtype(header.dtype, "tensor.header.dtype") else {
                 return Err(FrameError::UnknownDType {
                     name: header.name,
                     code: header.dtype,
@@ -208,10 +206,9 @@ impl TensorAssembler {
             data
         };
         let tensor =
-            TensorData::new(p.dtype, p.shape, data).map_err(|_| FrameError::Incomplete {
+            TensorData::new(p.dtype, p.shape, data).map_err(|source| FrameError::Malformed {
                 name: p.name.clone(),
-                got: p.got,
-                expected: p.expected,
+                source,
             })?;
         self.done.push((p.name, tensor));
         Ok(())

@@ -1,5 +1,9 @@
-//! The Strata gRPC API, package `strata.v1`: generated messages, clients and servers, plus the tensor framing
-//! that every hop of the data path shares (tensors travel as a header and ≤ [`CHUNK_BYTES`] data chunks).
+//! The Strata gRPC API, package `strata.v1` (generated messages, clients and servers), and what every endpoint
+//! shares around it: the wire conversions of Strata's types ([`convert`]), tensor framing ([`framing`]: a
+//! header and ≤ [`CHUNK_BYTES`] data chunks), the client side of a hop with its retry policy ([`call`]), the
+//! least-loaded choice of a peer ([`balance`]), the one server builder and shutdown plumbing ([`server`]).
+//! Transport security, authorisation, metrics and trace context plug in at [`call::channel`] and
+//! [`server::builder`].
 
 #![forbid(unsafe_code)]
 
@@ -7,7 +11,11 @@ use std::time::{Duration, Instant};
 
 pub mod balance;
 pub mod call;
+pub mod convert;
+pub mod error;
 pub mod framing;
+pub mod server;
+pub mod task;
 
 /// Generated code for `strata.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -16,6 +24,7 @@ pub mod v1 {
 }
 
 pub use framing::{FrameError, TensorAssembler, tensor_chunks};
+pub use server::{Stopping, shutdown_signal};
 
 /// Data bytes per tensor chunk. Large tensors stream as many chunks, so no message nears the size limit.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -25,117 +34,6 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// The default cap on the tensor bytes of one request (all tensors together).
 pub const MAX_REQUEST_TENSOR_BYTES: u64 = 1 << 30;
-
-impl v1::Tier {
-    /// Lower-case name (`device`, `edge`, `cloud`).
-    pub fn label(self) -> &'static str {
-        match self {
-            v1::Tier::Unspecified => "unspecified",
-            v1::Tier::Device => "device",
-            v1::Tier::Edge => "edge",
-            v1::Tier::Cloud => "cloud",
-        }
-    }
-
-    /// Parses a lower-case name.
-    pub fn from_label(s: &str) -> Option<v1::Tier> {
-        match s {
-            "device" => Some(v1::Tier::Device),
-            "edge" => Some(v1::Tier::Edge),
-            "cloud" => Some(v1::Tier::Cloud),
-            _ => None,
-        }
-    }
-}
-
-impl v1::Privacy {
-    /// Lower-case name (`device`, `edge`, `features`, `open`).
-    pub fn label(self) -> &'static str {
-        match self {
-            v1::Privacy::Unspecified => "unspecified",
-            v1::Privacy::Device => "device",
-            v1::Privacy::Edge => "edge",
-            v1::Privacy::Features => "features",
-            v1::Privacy::Open => "open",
-        }
-    }
-
-    /// Parses a lower-case name.
-    pub fn from_label(s: &str) -> Option<v1::Privacy> {
-        match s {
-            "device" => Some(v1::Privacy::Device),
-            "edge" => Some(v1::Privacy::Edge),
-            "features" => Some(v1::Privacy::Features),
-            "open" => Some(v1::Privacy::Open),
-            _ => None,
-        }
-    }
-}
-
-/// Tells long-lived response streams (route and assignment watches) that the server is stopping, so a graceful
-/// shutdown is not held open by watchers that never hang up.
-#[derive(Debug, Clone)]
-pub struct Stopping(tokio::sync::watch::Receiver<bool>);
-
-impl Stopping {
-    /// A signal and its sender: send `true` to stop.
-    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stopping) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Stopping(rx))
-    }
-
-    /// Completes once stopping (or once the sender is gone).
-    pub async fn wait(&self) {
-        let mut rx = self.0.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-
-    /// `stream`, ended when the server starts stopping.
-    pub fn bound<S: futures::Stream + Send + 'static>(
-        &self,
-        stream: S,
-    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = S::Item> + Send>> {
-        use futures::StreamExt;
-        let this = self.clone();
-        Box::pin(stream.take_until(Box::pin(async move { this.wait().await })))
-    }
-}
-
-impl Stopping {
-    /// Runs `server` (a tonic server future that stops accepting on this signal) to its end, but no longer than
-    /// [`DRAIN_TIMEOUT`] after the signal: requests still in flight then are abandoned.
-    pub async fn drain<E>(
-        &self,
-        server: impl std::future::Future<Output = Result<(), E>>,
-    ) -> Result<(), E> {
-        tokio::select! {
-            r = server => r,
-            _ = async {
-                self.wait().await;
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            } => {
-                tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// How long a stopping server waits for in-flight requests before it gives up on them.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepted connections of `listener` with `TCP_NODELAY` set. tonic sets it only on sockets it binds itself;
-/// without it, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
 
 /// The deadline a request carries in its `grpc-timeout` header, as an instant on this machine's clock.
 pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {

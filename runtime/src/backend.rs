@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::tensor::{DType, TensorData};
+use strata_core::{DType, TensorData};
 
 /// Why a stage could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,9 @@ pub enum RuntimeError {
     /// The backend failed while running.
     #[error("execution failed: {0}")]
     Run(String),
+    /// The backend produced bytes that do not make a tensor.
+    #[error("execution produced a malformed tensor: {0}")]
+    Tensor(#[from] strata_core::TensorError),
 }
 
 /// A loaded, ready-to-run stage.

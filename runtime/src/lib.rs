@@ -6,9 +6,8 @@
 pub mod backend;
 pub mod npy;
 pub mod profile;
-pub mod tensor;
 pub mod tract_backend;
 
 pub use backend::{Backend, LoadedStage, RuntimeError};
-pub use tensor::{DType, TensorData};
+pub use strata_core::{DType, TensorData, TensorError};
 pub use tract_backend::TractBackend;

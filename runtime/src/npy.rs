@@ -1,6 +1,6 @@
 //! Reading and writing NumPy `.npy` files (format versions 1–3, little-endian, C order).
 
-use crate::tensor::{DType, TensorData};
+use strata_core::{DType, TensorData};
 
 /// Why an `.npy` file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum NpyError {
     /// Fortran order.
     #[error(".npy array is in Fortran order; save it C-contiguous (np.ascontiguousarray)")]
     FortranOrder,
+    /// The bytes do not make a tensor of the header's dtype (a bool array holding 2, say).
+    #[error(".npy data is not a valid tensor: {0}")]
+    Tensor(#[from] strata_core::TensorError),
     /// Size mismatch.
     #[error(".npy data is {got} bytes but the header promises {expected}")]
     Truncated {
@@ -154,7 +157,7 @@ pub fn decode(bytes: &[u8]) -> Result<TensorData, NpyError> {
             got: data.len(),
         });
     }
-    TensorData::new(dtype, shape, data.to_vec()).map_err(NpyError::Header)
+    Ok(TensorData::new(dtype, shape, data.to_vec())?)
 }
 
 /// The raw text of a value in the header's Python dict literal (up to the next top-level comma).

@@ -7,8 +7,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimpleState, eval};
 
 use crate::backend::RuntimeError;
-use crate::tensor::TensorData;
 use crate::tract_backend::TractStage;
+use strata_core::TensorData;
 
 /// Measured times of one model on this machine.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{DimLike, Factoid, InferenceFact};
 
 use crate::backend::{Backend, LoadedStage, RuntimeError};
-use crate::tensor::{DType, TensorData};
+use strata_core::{DType, TensorData};
 
 /// Tract on the CPU.
 #[derive(Debug, Default, Clone, Copy)]
@@ -264,5 +264,9 @@ fn plain_from_tract(t: &Tensor) -> Result<TensorData, RuntimeError> {
     let dtype = dtype_of(t.datum_type()).ok_or_else(|| {
         RuntimeError::Run(format!("output of unsupported type {:?}", t.datum_type()))
     })?;
-    TensorData::new(dtype, t.shape().to_vec(), t.as_bytes().to_vec()).map_err(RuntimeError::Run)
+    Ok(TensorData::new(
+        dtype,
+        t.shape().to_vec(),
+        t.as_bytes().to_vec(),
+    )?)
 }

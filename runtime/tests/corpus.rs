@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use serde::Deserialize;
+use strata_core::Privacy;
+use strata_core::Tier;
 use strata_planner::analyse::{self, Analysis, InputShape};
-use strata_planner::cluster::{Cluster, Tier};
+use strata_planner::cluster::Cluster;
 use strata_planner::model::Model;
 use strata_planner::partition::{Objective, PartitionError};
 use strata_planner::plan::{self, PlanError, PlanFile, PlanOptions, PlannedModel, Timings};
-use strata_planner::privacy::Privacy;
 use strata_planner::split;
 use strata_runtime::{Backend, TensorData, TractBackend, npy};
 
@@ -246,10 +247,11 @@ fn check_structure(l: &Loaded, p: &PlanFile, privacy: Option<Privacy>) {
         assert!(available.contains(o), "output {o} produced");
     }
     let nodes: usize = p.stages.iter().map(|s| s.nodes).sum();
+    let folded = l.analysis.folded.iter().filter(|&&f| f).count();
     assert_eq!(
-        nodes,
+        nodes + folded,
         l.model.nodes.len(),
-        "every node in exactly one stage"
+        "every node in exactly one stage, or folded into the constants of the stages that read it"
     );
 }
 
@@ -274,27 +276,34 @@ fn signature(p: &PlanFile) -> String {
 }
 
 /// A few manual cut sets: one cut in the middle, two cuts at a third and two thirds, a cut through every output
-/// of a node at a quarter (tensors listed together as one boundary).
-fn manual_cuts(model: &Model) -> Vec<Vec<Vec<String>>> {
+/// of a node at a quarter (tensors listed together as one boundary). Boundaries are activations (a folded
+/// constant is no boundary).
+fn manual_cuts(model: &Model, analysis: &Analysis) -> Vec<Vec<Vec<String>>> {
     let n = model.nodes.len();
-    let at = |frac: f64| -> Option<String> {
+    // The first activation at or after `frac` of the nodes and after node `after`, with its node.
+    let at = |frac: f64, after: Option<usize>| -> Option<(usize, String)> {
         let start = ((n as f64 * frac) as usize).min(n.saturating_sub(2));
+        let start = after.map_or(start, |a| start.max(a + 1));
         (start..n.saturating_sub(1)).find_map(|v| {
             model.nodes[v]
                 .outputs
                 .iter()
-                .find(|t| model.consumers.contains_key(*t))
-                .cloned()
+                .find(|t| model.consumers.contains_key(*t) && !analysis.is_constant(t))
+                .map(|t| (v, t.clone()))
         })
     };
     let mut cuts = Vec::new();
-    if let Some(mid) = at(0.5) {
+    if let Some((_, mid)) = at(0.5, None) {
         cuts.push(vec![vec![mid]]);
     }
-    if let (Some(a), Some(b)) = (at(0.33), at(0.66)) {
+    if let Some((v, a)) = at(0.33, None)
+        && let Some((_, b)) = at(0.66, Some(v))
+    {
         cuts.push(vec![vec![a], vec![b]]);
     }
-    if let (Some(a), Some(b)) = (at(0.2), at(0.25)) {
+    if let Some((v, a)) = at(0.2, None)
+        && let Some((_, b)) = at(0.25, Some(v))
+    {
         cuts.push(vec![vec![a, b]]);
     }
     cuts
@@ -408,11 +417,12 @@ fn check_model(name: &str) {
         "{name}: the planner never split this model; the offload cluster should force it"
     );
 
-    for cut in manual_cuts(&l.model) {
-        let stage_of = split::stage_assignment(&l.model, &cut)
+    for cut in manual_cuts(&l.model, &l.analysis) {
+        let stage_of = split::stage_assignment(&l.model, &l.analysis, &cut)
             .unwrap_or_else(|e| panic!("{name} cut {cut:?}: {e}"));
         let tiers: Vec<Tier> = (0..=cut.len()).map(|s| Tier::ALL[s.min(2)]).collect();
-        let specs = plan::stages_from_assignment(&l.model, &stage_of, &tiers).expect("stages");
+        let specs =
+            plan::stages_from_assignment(&l.model, &l.analysis, &stage_of, &tiers).expect("stages");
         let (stages, stage_models) =
             plan::build_stages(&l.model, &l.analysis, &specs, None, None).expect("extract");
         let planned = PlannedModel {
@@ -492,4 +502,113 @@ corpus_tests!(
     shared_init,
     int_tensors,
     fanout,
+    shape_chain,
 );
+
+/// Runs a manual split of a loaded corpus model and returns its plan and stage models.
+fn manual_split(l: &Loaded, name: &str, cut: &[Vec<String>]) -> Result<PlannedModel, String> {
+    let stage_of =
+        split::stage_assignment(&l.model, &l.analysis, cut).map_err(|e| e.to_string())?;
+    let tiers: Vec<Tier> = (0..=cut.len()).map(|s| Tier::ALL[s.min(2)]).collect();
+    let specs = plan::stages_from_assignment(&l.model, &l.analysis, &stage_of, &tiers)
+        .map_err(|e| e.to_string())?;
+    let (stages, stage_models) =
+        plan::build_stages(&l.model, &l.analysis, &specs, None, None).map_err(|e| e.to_string())?;
+    Ok(PlannedModel {
+        plan: PlanFile {
+            model: name.into(),
+            privacy: None,
+            objective: "manual".into(),
+            latency_budget_ms: None,
+            cluster: None,
+            input_shapes: l
+                .shapes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            outputs: l.model.outputs.clone(),
+            predicted: None,
+            optimality: None,
+            timings_ms: Timings::default(),
+            stages,
+        },
+        stage_models,
+    })
+}
+
+/// The shape computation (Shape → Gather → Unsqueeze → Concat → Cast) is a constant for concrete input
+/// shapes: a split between the two heads that share it gives the later stage the shape as an initializer
+/// instead of sending a tensor whose type tract folded away ("tensor \"target_shape\" crosses a boundary but
+/// its data type is unknown" before), and onnxruntime agrees with the result.
+#[test]
+fn shape_chain_split_across_the_shape_computation_holds_the_shape_as_a_constant() {
+    let l = load("shape_chain");
+    for folded in ["target_shape", "target_shape_i64", "feat_shape"] {
+        assert!(l.analysis.is_constant(folded), "{folded} is folded");
+    }
+    assert!(
+        !l.analysis.is_constant("feat"),
+        "activations are not constants"
+    );
+    let cut = vec![vec!["scores_a".to_string()]];
+    let planned = manual_split(&l, "shape_chain", &cut).expect("the split across the chain works");
+    let later = &planned.plan.stages[1];
+    let mut inputs = later.inputs.clone();
+    inputs.sort();
+    assert_eq!(
+        inputs,
+        ["feat", "scores_a"],
+        "only activations cross the boundary"
+    );
+    let graph = planned.stage_models[1].graph.as_ref().expect("a graph");
+    assert!(
+        graph.initializer.iter().any(|i| i.name() == "target_shape"),
+        "the later stage holds head B's target shape as an initializer"
+    );
+    for (s, stage) in planned.stage_models.iter().enumerate() {
+        let nodes = &stage.graph.as_ref().expect("a graph").node;
+        assert!(
+            nodes.iter().all(|n| n.op_type() != "Shape"),
+            "stage {s} runs the folded shape computation"
+        );
+    }
+    let err = run_stages(&l, &planned);
+    assert!(err <= TOLERANCE, "stages differ by {err:e}");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("split");
+    write_plan_dir(&dir, &planned);
+    check_ort(
+        &root().join("corpus/models").join(&l.entry.file),
+        &root().join("corpus/models/shape_chain.inputs"),
+        &[dir],
+    );
+}
+
+/// Every single-tensor boundary of the shape-chain model either splits it into stages whose outputs equal
+/// the whole model's, or is refused as a split (nothing before or after it); none fails for a tensor type
+/// the analysis does not know.
+#[test]
+fn every_manual_split_of_the_shape_chain_model_works_or_is_refused_as_a_split() {
+    let l = load("shape_chain");
+    let mut split = 0;
+    for node in &l.model.nodes {
+        for t in &node.outputs {
+            match manual_split(&l, "shape_chain", &[vec![t.clone()]]) {
+                Ok(planned) => {
+                    let err = run_stages(&l, &planned);
+                    assert!(err <= TOLERANCE, "--at {t}: stages differ by {err:e}");
+                    split += 1;
+                }
+                Err(e) => assert!(
+                    e.contains("adds no node")
+                        || e.contains("leaves no node")
+                        || (l.analysis.is_constant(t) && e.contains("is a constant")),
+                    "--at {t}: {e}"
+                ),
+            }
+        }
+    }
+    // Every activation but the last output is a boundary.
+    let runs = l.analysis.folded.iter().filter(|&&f| !f).count();
+    assert_eq!(split, runs - 1, "boundaries that split the model");
+}

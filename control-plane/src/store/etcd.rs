@@ -14,8 +14,10 @@
 //!   after a minute without renewal, or when the lease is found gone).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use etcd_client::{
     Client, ConnectOptions, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
@@ -55,13 +57,32 @@ pub struct EtcdTls {
     pub domain: Option<String>,
 }
 
+/// An `--store etcd://…` URL that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdUrlError {
+    /// Not `etcd://`.
+    #[error("\"{0}\" is not an etcd URL: use etcd://HOST:PORT[,HOST:PORT…]")]
+    Scheme(String),
+    /// No endpoint.
+    #[error("\"{0}\" names no etcd endpoint: use etcd://HOST:PORT[,HOST:PORT…]")]
+    NoEndpoint(String),
+    /// An endpoint without a valid port.
+    #[error("etcd endpoint \"{endpoint}\" in \"{url}\" is not HOST:PORT")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// The whole URL.
+        url: String,
+    },
+}
+
 impl EtcdConfig {
     /// Parses `etcd://HOST:PORT[,HOST:PORT…][/NAMESPACE]` (the form `--store` takes); timeouts get their
     /// defaults (3 s connect, 5 s per request).
-    pub fn from_url(url: &str) -> Result<EtcdConfig, String> {
-        let rest = url.strip_prefix("etcd://").ok_or_else(|| {
-            format!("\"{url}\" is not an etcd URL: use etcd://HOST:PORT[,HOST:PORT…]")
-        })?;
+    pub fn from_url(url: &str) -> Result<EtcdConfig, EtcdUrlError> {
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| EtcdUrlError::Scheme(url.to_string()))?;
         let (hosts, namespace) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
             None => (rest, String::new()),
@@ -73,16 +94,15 @@ impl EtcdConfig {
             .map(str::to_string)
             .collect();
         if endpoints.is_empty() {
-            return Err(format!(
-                "\"{url}\" names no etcd endpoint: use etcd://HOST:PORT[,HOST:PORT…]"
-            ));
+            return Err(EtcdUrlError::NoEndpoint(url.to_string()));
         }
         for endpoint in &endpoints {
             let port = endpoint.rsplit_once(':').map(|(_, p)| p);
             if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                return Err(format!(
-                    "etcd endpoint \"{endpoint}\" in \"{url}\" is not HOST:PORT"
-                ));
+                return Err(EtcdUrlError::Endpoint {
+                    endpoint: endpoint.clone(),
+                    url: url.to_string(),
+                });
             }
         }
         Ok(EtcdConfig {
@@ -201,8 +221,19 @@ impl EtcdStore {
         what: &str,
         call: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
+        self.timed_lease(what, None, call).await
+    }
+
+    /// [`Self::timed`] for a request that names `lease`: etcd's "lease not found" becomes
+    /// [`StoreError::LeaseNotFound`].
+    async fn timed_lease<T>(
+        &self,
+        what: &str,
+        lease: Option<LeaseId>,
+        call: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map_err(|e| error(what, e)),
+            Ok(result) => result.map_err(|e| error_about(what, lease, e)),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "etcd did not answer {what} within {:?}",
                 self.request_timeout
@@ -212,9 +243,9 @@ impl EtcdStore {
 
     fn keeper(&self, lease: LeaseId) -> Keeper {
         let now = Instant::now();
-        let mut keepers = self.keepers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keepers = self.keepers.lock();
         let sweep = {
-            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            let mut swept = self.swept.lock();
             now.duration_since(*swept) > KEEPER_IDLE && {
                 *swept = now;
                 true
@@ -232,8 +263,7 @@ impl EtcdStore {
     }
 
     fn forget_keeper(&self, lease: LeaseId) {
-        let mut keepers = self.keepers.lock().unwrap_or_else(|p| p.into_inner());
-        keepers.remove(&lease);
+        self.keepers.lock().remove(&lease);
     }
 
     async fn renew(&self, lease: LeaseId, keeper: &Keeper) -> Result<i64, StoreError> {
@@ -241,23 +271,13 @@ impl EtcdStore {
         let ttl = match slot.as_mut() {
             None => {
                 let mut client = self.client.lease_client();
-                match self
-                    .timed("a lease keep-alive", client.keep_alive(lease))
-                    .await
-                {
-                    Ok(opened) => {
-                        // `keep_alive` read the first answer and refused a lease with TTL 0; read the
-                        // TTL it granted with a second renewal on the new stream.
-                        let (keeper, stream) = slot.insert(opened);
-                        renew_on(keeper, stream, self.request_timeout).await
-                    }
-                    Err(StoreError::Backend(m) | StoreError::Unavailable(m))
-                        if m.contains("lease not found") =>
-                    {
-                        return Err(StoreError::LeaseNotFound(lease));
-                    }
-                    Err(e) => return Err(e),
-                }
+                let opened = self
+                    .timed_lease("a lease keep-alive", Some(lease), client.keep_alive(lease))
+                    .await?;
+                // `keep_alive` read the first answer and refused a lease with TTL 0; read the TTL it
+                // granted with a second renewal on the new stream.
+                let (keeper, stream) = slot.insert(opened);
+                renew_on(keeper, stream, self.request_timeout).await
             }
             Some((keeper, stream)) => renew_on(keeper, stream, self.request_timeout).await,
         };
@@ -289,6 +309,26 @@ async fn renew_on(
     }
 }
 
+/// Whether etcd said that a lease does not exist: the `NOT_FOUND` code etcd gives a request naming an
+/// unknown lease (`ErrGRPCLeaseNotFound`; no other key-value or lease request answers `NOT_FOUND`), or the
+/// TTL-0 first answer on which etcd-client refuses to open a keep-alive (its only `LeaseKeepAliveError` once
+/// the stream is open).
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        etcd_client::Error::LeaseKeepAliveError(_) => true,
+        _ => false,
+    }
+}
+
+/// Maps an etcd client error about a request that named `lease` (if any) to a [`StoreError`].
+fn error_about(what: &str, lease: Option<LeaseId>, e: etcd_client::Error) -> StoreError {
+    match lease {
+        Some(lease) if lease_not_found(&e) => StoreError::LeaseNotFound(lease),
+        _ => error(what, e),
+    }
+}
+
 /// Maps an etcd client error to a [`StoreError`].
 fn error(what: &str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
@@ -310,15 +350,6 @@ fn error(what: &str, e: etcd_client::Error) -> StoreError {
             StoreError::Unavailable(format!("etcd {what}: {e}"))
         }
         other => StoreError::Backend(format!("etcd {what}: {other}")),
-    }
-}
-
-fn lease_error(e: StoreError, lease: Option<LeaseId>) -> StoreError {
-    match (e, lease) {
-        (StoreError::Backend(m), Some(lease)) if m.contains("lease not found") => {
-            StoreError::LeaseNotFound(lease)
-        }
-        (e, _) => e,
     }
 }
 
@@ -389,10 +420,7 @@ impl Store for EtcdStore {
         Self::check_key(key)?;
         let mut client = self.client.kv_client();
         let call = client.put(self.full(key), value, put_options(lease));
-        let answer = self
-            .timed("a put", call)
-            .await
-            .map_err(|e| lease_error(e, lease))?;
+        let answer = self.timed_lease("a put", lease, call).await?;
         revision_of(answer.header())
     }
 
@@ -464,9 +492,12 @@ impl Store for EtcdStore {
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let answer = self
-            .timed("a transaction", client.txn(request))
-            .await
-            .map_err(|e| lease_error(e, leases.first().copied()))?;
+            .timed_lease(
+                "a transaction",
+                leases.first().copied(),
+                client.txn(request),
+            )
+            .await?;
         let mut gets = Vec::new();
         for response in answer.op_responses() {
             if let TxnOpResponse::Get(get) = response {
@@ -576,13 +607,9 @@ impl Store for EtcdStore {
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.forget_keeper(lease);
         let mut client = self.client.lease_client();
-        match self.timed("a lease revoke", client.revoke(lease)).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::Backend(m)) if m.contains("lease not found") => {
-                Err(StoreError::LeaseNotFound(lease))
-            }
-            Err(e) => Err(e),
-        }
+        self.timed_lease("a lease revoke", Some(lease), client.revoke(lease))
+            .await
+            .map(|_| ())
     }
 
     async fn campaign(
@@ -597,8 +624,7 @@ impl Store for EtcdStore {
         let answer = client
             .campaign(self.full(election), value, lease)
             .await
-            .map_err(|e| error("a campaign", e))
-            .map_err(|e| lease_error(e, Some(lease)))?;
+            .map_err(|e| error_about("a campaign", Some(lease), e))?;
         let leader = answer
             .leader()
             .ok_or_else(|| StoreError::Backend("etcd elected no leader key".into()))?;

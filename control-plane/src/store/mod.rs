@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod election;
 pub mod embedded;
@@ -24,7 +24,7 @@ pub mod etcd;
 
 pub use election::Leadership;
 pub use embedded::EmbeddedStore;
-pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls, EtcdUrlError};
 
 /// A store-wide revision number (see the [module docs](self)).
 pub type Revision = i64;

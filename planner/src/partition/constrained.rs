@@ -204,35 +204,40 @@ impl Engine<'_> {
     }
 }
 
-/// Why node `v` cannot run on tier `t` (empty when it can).
+/// Why node `v` cannot run on tier `t` (`None` when it can).
 fn tier_refusal(
     problem: &Problem,
     prep: &Prepared,
     caps: &[Option<f64>; TIER_COUNT],
     v: usize,
     t: usize,
-) -> Option<String> {
-    let name = TIER_NAMES[t];
+) -> Option<TierRefusal> {
+    let tier = TIER_NAMES[t];
     if !problem.tier_present[t] {
-        return Some(format!("{name}: tier absent"));
+        return Some(TierRefusal::Absent { tier });
     }
     if !problem.latency.node_cost[v][t].is_finite() {
-        return Some(format!("{name}: forbidden (infinite latency cost)"));
+        return Some(TierRefusal::Forbidden {
+            tier,
+            layer: "latency",
+        });
     }
     if !problem.energy.node_cost[v][t].is_finite() {
-        return Some(format!("{name}: forbidden (infinite energy cost)"));
+        return Some(TierRefusal::Forbidden {
+            tier,
+            layer: "energy",
+        });
     }
     if let Some(cap) = caps[t] {
         let need = problem.param_bytes[v] + prep.io_bytes[v];
         if need > cap {
-            return Some(format!(
-                "tier {name} memory cap {} is below the smallest possible stage: node {v} alone \
-                 needs {} ({} of parameters + {} of tensors it reads and writes)",
-                fmt_bytes(cap),
-                fmt_bytes(need),
-                fmt_bytes(problem.param_bytes[v]),
-                fmt_bytes(prep.io_bytes[v])
-            ));
+            return Some(TierRefusal::MemoryCap {
+                tier,
+                cap_bytes: cap,
+                need_bytes: need,
+                param_bytes: problem.param_bytes[v],
+                io_bytes: prep.io_bytes[v],
+            });
         }
     }
     None
@@ -261,19 +266,18 @@ pub(super) fn check_structure(
             (from..TIER_COUNT)
                 .filter_map(|t| tier_refusal(problem, prep, caps, v, t))
                 .collect::<Vec<_>>()
-                .join("; ")
         };
         if !allowed[v].iter().any(|&ok| ok) {
             return Err(Infeasibility::NodeHasNoTier {
                 node: v,
-                detail: reasons(0),
+                refusals: reasons(0),
             });
         }
         return Err(Infeasibility::MonotoneConflict {
             producer,
             consumer: v,
             producer_min_tier: TIER_NAMES[need],
-            detail: reasons(need),
+            refusals: reasons(need),
         });
     }
     Ok(())

@@ -40,9 +40,10 @@ pub enum PartitionError {
         max_nodes: usize,
     },
     /// No placement satisfies the constraints (proven). The message names the constraint(s)
-    /// and why, e.g. "latency budget 5 ms is below the fastest possible plan, 7.3 ms".
-    #[error("no feasible placement: {0}")]
-    Infeasible(String),
+    /// and why, e.g. "latency budget 5 ms is below the fastest possible plan, 7.3 ms"; nodes are named by
+    /// index (see [`PartitionError::describe`] to name them otherwise).
+    #[error("no feasible placement: {}", .0.describe(&|v| format!("node {v}")))]
+    Infeasible(Infeasibility),
     /// The constrained search gave up before finding a feasible placement; one may still exist.
     #[error(
         "no placement meeting {constraints} was found: the Lagrangian search found none and the \
@@ -61,22 +62,86 @@ pub enum PartitionError {
     },
 }
 
-/// The reason no feasible placement exists (rendered into [`PartitionError::Infeasible`]).
-#[derive(Clone, Debug, Error, PartialEq)]
-pub(crate) enum Infeasibility {
+impl PartitionError {
+    /// The message, with every node named by `node` (the planner passes `node "conv3" (Conv)`; the
+    /// partitioner alone knows only indices).
+    pub fn describe(&self, node: &dyn Fn(usize) -> String) -> String {
+        match self {
+            PartitionError::Infeasible(why) => {
+                format!("no feasible placement: {}", why.describe(node))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Why one node cannot run on one tier.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TierRefusal {
+    /// The tier is not in the cluster (or the privacy level excludes it).
+    Absent {
+        /// The tier.
+        tier: &'static str,
+    },
+    /// The cost model forbids the node there (infinite cost: a raw-input reader under `features` privacy).
+    Forbidden {
+        /// The tier.
+        tier: &'static str,
+        /// The layer whose cost is infinite ("latency" or "energy").
+        layer: &'static str,
+    },
+    /// The node alone needs more memory than the tier's cap.
+    MemoryCap {
+        /// The tier.
+        tier: &'static str,
+        /// The cap, bytes.
+        cap_bytes: f64,
+        /// Parameters + tensors, bytes.
+        need_bytes: f64,
+        /// Parameter bytes.
+        param_bytes: f64,
+        /// Bytes of the tensors it reads and writes.
+        io_bytes: f64,
+    },
+}
+
+impl TierRefusal {
+    fn describe(&self, node: &str) -> String {
+        match self {
+            TierRefusal::Absent { tier } => format!("{tier}: tier absent"),
+            TierRefusal::Forbidden { tier, layer } => {
+                format!("{tier}: forbidden (infinite {layer} cost)")
+            }
+            TierRefusal::MemoryCap {
+                tier,
+                cap_bytes,
+                need_bytes,
+                param_bytes,
+                io_bytes,
+            } => format!(
+                "tier {tier} memory cap {} is below the smallest possible stage: {node} alone needs {} \
+                 ({} of parameters + {} of tensors it reads and writes)",
+                fmt_bytes(*cap_bytes),
+                fmt_bytes(*need_bytes),
+                fmt_bytes(*param_bytes),
+                fmt_bytes(*io_bytes)
+            ),
+        }
+    }
+}
+
+/// The reason no feasible placement exists ([`PartitionError::Infeasible`]). Nodes are indices; render with
+/// [`Infeasibility::describe`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Infeasibility {
     /// A node can run on no tier at all.
-    #[error("node {node} can run on no tier: {detail}")]
     NodeHasNoTier {
         /// The node.
         node: usize,
-        /// Per-tier reasons.
-        detail: String,
+        /// Why not, per tier.
+        refusals: Vec<TierRefusal>,
     },
     /// Monotonicity (data only flows away from the device) cannot be met.
-    #[error(
-        "node {consumer} reads a tensor from node {producer}, which cannot run below the \
-         {producer_min_tier} tier, but node {consumer} cannot run on that tier or above ({detail})"
-    )]
     MonotoneConflict {
         /// Producer node.
         producer: usize,
@@ -85,19 +150,14 @@ pub(crate) enum Infeasibility {
         /// Lowest tier the producer can reach.
         producer_min_tier: &'static str,
         /// Why the consumer cannot use the higher tiers.
-        detail: String,
+        refusals: Vec<TierRefusal>,
     },
     /// Every placement exceeds some memory cap.
-    #[error("{detail}")]
     MemoryCaps {
         /// Which caps and by how much.
         detail: String,
     },
     /// The latency budget is below the fastest plan.
-    #[error(
-        "latency budget {} ms is below the fastest possible plan{}, {} ms",
-        fmt_num(*.budget_ms), .scope, fmt_num(*.fastest_ms)
-    )]
     LatencyBudget {
         /// The budget.
         budget_ms: f64,
@@ -107,7 +167,6 @@ pub(crate) enum Infeasibility {
         scope: &'static str,
     },
     /// The constraints are individually satisfiable but not together.
-    #[error("no plan meets {constraints} at the same time: {detail}")]
     Combined {
         /// The constraints involved, in words.
         constraints: String,
@@ -116,9 +175,62 @@ pub(crate) enum Infeasibility {
     },
 }
 
+impl Infeasibility {
+    /// The reason in words, with nodes named by `node`.
+    pub fn describe(&self, node: &dyn Fn(usize) -> String) -> String {
+        let refusals = |v: usize, list: &[TierRefusal]| {
+            let name = node(v);
+            list.iter()
+                .map(|r| r.describe(&name))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match self {
+            Infeasibility::NodeHasNoTier {
+                node: v,
+                refusals: r,
+            } => {
+                format!("{} can run on no tier: {}", node(*v), refusals(*v, r))
+            }
+            Infeasibility::MonotoneConflict {
+                producer,
+                consumer,
+                producer_min_tier,
+                refusals: r,
+            } => format!(
+                "{c} reads a tensor from {p}, which cannot run below the {producer_min_tier} tier, but {c} \
+                 cannot run on that tier or above ({})",
+                refusals(*consumer, r),
+                c = node(*consumer),
+                p = node(*producer),
+            ),
+            Infeasibility::MemoryCaps { detail } => detail.clone(),
+            Infeasibility::LatencyBudget {
+                budget_ms,
+                fastest_ms,
+                scope,
+            } => format!(
+                "latency budget {} ms is below the fastest possible plan{scope}, {} ms",
+                fmt_num(*budget_ms),
+                fmt_num(*fastest_ms)
+            ),
+            Infeasibility::Combined {
+                constraints,
+                detail,
+            } => format!("no plan meets {constraints} at the same time: {detail}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Infeasibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(&|v| format!("node {v}")))
+    }
+}
+
 impl From<Infeasibility> for PartitionError {
     fn from(reason: Infeasibility) -> PartitionError {
-        PartitionError::Infeasible(reason.to_string())
+        PartitionError::Infeasible(reason)
     }
 }
 
@@ -177,6 +289,38 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "latency budget 5 ms is below the fastest possible plan, 7.3 ms"
+        );
+    }
+
+    #[test]
+    fn nodes_are_named_by_the_caller() {
+        let e = PartitionError::Infeasible(Infeasibility::NodeHasNoTier {
+            node: 4,
+            refusals: vec![
+                TierRefusal::Absent { tier: "cloud" },
+                TierRefusal::MemoryCap {
+                    tier: "device",
+                    cap_bytes: 1024.0,
+                    need_bytes: 4096.0,
+                    param_bytes: 2048.0,
+                    io_bytes: 2048.0,
+                },
+            ],
+        });
+        assert_eq!(
+            e.to_string(),
+            "no feasible placement: node 4 can run on no tier: cloud: tier absent; tier device memory cap \
+             1 KiB is below the smallest possible stage: node 4 alone needs 4 KiB (2 KiB of parameters + 2 KiB \
+             of tensors it reads and writes)"
+        );
+        let named = e.describe(&|v| format!("node \"conv{v}\" (Conv)"));
+        assert!(
+            named.starts_with("no feasible placement: node \"conv4\" (Conv) can run on no tier"),
+            "{named}"
+        );
+        assert!(
+            named.contains("node \"conv4\" (Conv) alone needs"),
+            "{named}"
         );
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::UnknownName;
+
 /// How far a model's data may travel. Ordered from strictest to loosest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,15 +46,32 @@ impl std::fmt::Display for Privacy {
 }
 
 impl std::str::FromStr for Privacy {
-    type Err = String;
+    type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Privacy::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown privacy level \"{s}\"; expected one of device, edge, features, open"
-                )
+            .ok_or_else(|| UnknownName {
+                kind: "privacy level",
+                given: s.to_string(),
+                expected: "device, edge, features, open",
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_refused() {
+        for p in Privacy::ALL {
+            assert_eq!(p.name().parse::<Privacy>(), Ok(p));
+        }
+        let err = "public".parse::<Privacy>().expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "unknown privacy level \"public\"; expected one of device, edge, features, open"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! A backend-neutral dense tensor: dtype, shape and little-endian bytes. This is what crosses crate boundaries
-//! and, later, the wire.
+//! and the wire (`strata_proto::framing`), and what every backend takes and returns.
 
 /// Element types Strata moves between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,6 +104,38 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// Why bytes do not make a tensor, or two tensors cannot be compared.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TensorError {
+    /// The byte count does not match dtype × shape.
+    #[error("{dtype} tensor of shape {shape:?} needs {expected} bytes, got {got}")]
+    ByteCount {
+        /// Element type.
+        dtype: DType,
+        /// Dimensions.
+        shape: Vec<usize>,
+        /// Bytes the shape needs (saturated on overflow).
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// A bool tensor holds a byte other than 0 or 1.
+    #[error("bool tensor holds bytes other than 0 and 1")]
+    NotBool,
+    /// Two tensors of different dtypes or shapes.
+    #[error("{dtype} {shape:?} vs reference {ref_dtype} {ref_shape:?}")]
+    Incomparable {
+        /// This tensor's dtype.
+        dtype: DType,
+        /// This tensor's shape.
+        shape: Vec<usize>,
+        /// The reference's dtype.
+        ref_dtype: DType,
+        /// The reference's shape.
+        ref_shape: Vec<usize>,
+    },
+}
+
 /// A dense tensor with little-endian element bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData {
@@ -117,24 +149,27 @@ pub struct TensorData {
 
 impl TensorData {
     /// Builds a tensor, checking that the byte count matches the shape.
-    pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<TensorData, String> {
-        let expected = shape.iter().product::<usize>() * dtype.size();
+    pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<TensorData, TensorError> {
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if data.len() != expected {
-            return Err(format!(
-                "{} tensor of shape {:?} needs {expected} bytes, got {}",
+            return Err(TensorError::ByteCount {
                 dtype,
                 shape,
-                data.len()
-            ));
+                expected,
+                got: data.len(),
+            });
         }
         if dtype == DType::Bool && data.iter().any(|&b| b > 1) {
-            return Err("bool tensor holds bytes other than 0 and 1".into());
+            return Err(TensorError::NotBool);
         }
         Ok(TensorData { dtype, shape, data })
     }
 
     /// A float32 tensor.
-    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<TensorData, String> {
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<TensorData, TensorError> {
         TensorData::new(
             DType::F32,
             shape,
@@ -178,12 +213,14 @@ impl TensorData {
     }
 
     /// Largest `|a − b| / (1 + |b|)` over elements, or an error when shapes or dtypes differ.
-    pub fn max_relative_diff(&self, reference: &TensorData) -> Result<f64, String> {
+    pub fn max_relative_diff(&self, reference: &TensorData) -> Result<f64, TensorError> {
         if self.dtype != reference.dtype || self.shape != reference.shape {
-            return Err(format!(
-                "{} {:?} vs reference {} {:?}",
-                self.dtype, self.shape, reference.dtype, reference.shape
-            ));
+            return Err(TensorError::Incomparable {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+                ref_dtype: reference.dtype,
+                ref_shape: reference.shape.clone(),
+            });
         }
         let mut worst = 0f64;
         for (a, b) in self.to_f64().into_iter().zip(reference.to_f64()) {
@@ -215,5 +252,56 @@ fn f16_to_f64(h: u16) -> f64 {
             }
         }
         _ => sign * (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_and_bools_are_checked() {
+        assert!(TensorData::new(DType::F32, vec![2, 2], vec![0; 16]).is_ok());
+        assert_eq!(
+            TensorData::new(DType::F32, vec![2, 2], vec![0; 15]),
+            Err(TensorError::ByteCount {
+                dtype: DType::F32,
+                shape: vec![2, 2],
+                expected: 16,
+                got: 15
+            })
+        );
+        assert!(matches!(
+            TensorData::new(DType::U8, vec![usize::MAX, 2], vec![]),
+            Err(TensorError::ByteCount {
+                expected: usize::MAX,
+                ..
+            })
+        ));
+        assert_eq!(
+            TensorData::new(DType::Bool, vec![2], vec![0, 2]),
+            Err(TensorError::NotBool)
+        );
+    }
+
+    #[test]
+    fn onnx_codes_round_trip() {
+        for code in [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13] {
+            let d = DType::from_onnx_code(code).expect("a carried dtype");
+            assert_eq!(d.onnx_code(), code);
+        }
+        assert_eq!(DType::from_onnx_code(8), None, "strings are not carried");
+    }
+
+    #[test]
+    fn relative_diff_compares_like_with_like() {
+        let a = TensorData::from_f32(vec![2], &[1.0, 2.0]).expect("tensor");
+        let b = TensorData::from_f32(vec![2], &[1.0, 2.5]).expect("tensor");
+        assert!((a.max_relative_diff(&b).expect("comparable") - 0.5 / 3.5).abs() < 1e-12);
+        let c = TensorData::from_f32(vec![1, 2], &[1.0, 2.0]).expect("tensor");
+        assert!(matches!(
+            a.max_relative_diff(&c),
+            Err(TensorError::Incomparable { .. })
+        ));
     }
 }

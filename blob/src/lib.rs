@@ -1,0 +1,386 @@
+//! Content-addressed blob storage: models and stage files, named by the [`Digest`] of their bytes and checked
+//! against it on every write and every read, so a blob that reaches a planner or a runtime is the blob that
+//! was named. [`BlobStore`] is the seam (an object-store implementation can sit behind it); [`DirBlobStore`]
+//! keeps blobs as files in a directory. The control plane keeps models and stages here, and every agent
+//! caches the stages it serves here.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use strata_core::{Digest, DigestMismatch};
+
+/// Why a blob store request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The bytes given do not hash to the digest they were stored under; nothing was stored.
+    #[error("blob digest mismatch: {0}")]
+    DigestMismatch(#[from] DigestMismatch),
+    /// A stored blob no longer hashes to its digest (the storage corrupted it).
+    #[error("stored blob {} is corrupt (its bytes hash to {}): delete it and store it again", .0.expected, .0.actual)]
+    Corrupt(DigestMismatch),
+    /// The storage failed.
+    #[error("blob storage: cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done ("read", "write", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A blocking task of the store could not finish (the runtime is shutting down).
+    #[error("blob storage task failed: {0}")]
+    Task(String),
+}
+
+/// One stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last stored (a put of a blob already present refreshes it).
+    pub stored: SystemTime,
+}
+
+/// Blobs addressed by the SHA-256 of their content.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Stores `bytes` under `digest` after checking that they hash to it. Idempotent; storing a blob that is
+    /// already present refreshes its [`BlobInfo::stored`] time (a collector keeps recently stored blobs).
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError>;
+    /// The blob's bytes (checked against the digest), or `None` if absent.
+    async fn get(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError>;
+    /// Whether the blob is stored.
+    async fn contains(&self, digest: &Digest) -> Result<bool, BlobError>;
+    /// Deletes the blob; whether it existed.
+    async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;
+    /// Every blob stored, in digest order.
+    async fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;
+    /// One blob's size and stored time, or `None` if absent.
+    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError>;
+    /// [`BlobStore::get`] from this store alone, never from elsewhere (what a peer asking for a blob gets).
+    async fn get_local(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
+        self.get(digest).await
+    }
+}
+
+/// A [`BlobStore`] in a directory: blob `d` is the file `root/sha256/<first two hex of d>/<d>`. Writes go to a
+/// temporary file in the same directory, synced, then renamed, so a blob file is always complete. Blocking
+/// file work runs off the async threads.
+#[derive(Debug)]
+pub struct DirBlobStore {
+    root: PathBuf,
+}
+
+/// Distinguishes the temporary files of concurrent writes.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
+    let path = path.to_path_buf();
+    move |source| BlobError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+impl DirBlobStore {
+    /// A blob store under `root`, created if needed. Blocking (it creates a directory).
+    pub fn open(root: impl Into<PathBuf>) -> Result<DirBlobStore, BlobError> {
+        let root = root.into();
+        let sha = root.join("sha256");
+        std::fs::create_dir_all(&sha).map_err(io("create", &sha))?;
+        Ok(DirBlobStore { root })
+    }
+
+    /// The file of a blob (a [`Digest`] is 64 hex characters, so it cannot escape the directory).
+    fn path(&self, digest: &Digest) -> PathBuf {
+        let d = digest.as_str();
+        self.root.join("sha256").join(&d[..2]).join(d)
+    }
+
+    fn list_blocking(root: &Path) -> Result<Vec<BlobInfo>, BlobError> {
+        let sha = root.join("sha256");
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(&sha).map_err(io("list", &sha))? {
+            let shard = shard.map_err(io("list", &sha))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard).map_err(io("list", &shard))? {
+                let entry = entry.map_err(io("list", &shard))?;
+                // Temporary files of writes in progress are not blobs.
+                let Some(digest) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("stat", &entry.path())(e)),
+                };
+                out.push(BlobInfo {
+                    digest,
+                    size: meta.len(),
+                    stored: meta.modified().map_err(io("stat", &entry.path()))?,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+}
+
+/// Runs blocking file work (and hashing) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BlobError::Task(e.to_string()))?
+}
+
+/// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
+    let dir = path.parent().unwrap_or(path);
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let written = std::fs::File::create(&temp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = written {
+        // Best effort: the write already failed, and a leftover temporary file is harmless.
+        let _ = std::fs::remove_file(&temp);
+        return Err(io("write", path)(e));
+    }
+    // Make the rename durable; some file systems cannot sync a directory, which only costs durability.
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl BlobStore for DirBlobStore {
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
+        let path = self.path(digest);
+        let digest = digest.clone();
+        blocking(move || {
+            digest.verify(&bytes)?;
+            // Present already: refresh its time, so that a collector sees it as just stored.
+            match std::fs::File::options().write(true).open(&path) {
+                Ok(file) => {
+                    return file
+                        .set_modified(SystemTime::now())
+                        .map_err(io("touch", &path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("open", &path)(e)),
+            }
+            write_atomically(&path, &bytes)
+        })
+        .await
+    }
+
+    async fn get(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
+        let path = self.path(digest);
+        let digest = digest.clone();
+        blocking(move || {
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io("read", &path)(e)),
+            };
+            digest.verify(&bytes).map_err(BlobError::Corrupt)?;
+            Ok(Some(Bytes::from(bytes)))
+        })
+        .await
+    }
+
+    async fn contains(&self, digest: &Digest) -> Result<bool, BlobError> {
+        let path = self.path(digest);
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(io("check", &path))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool, BlobError> {
+        let path = self.path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("delete", &path)(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        let root = self.root.clone();
+        blocking(move || DirBlobStore::list_blocking(&root)).await
+    }
+
+    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError> {
+        let path = self.path(digest);
+        let meta = match tokio::fs::metadata(&path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("stat", &path)(e)),
+        };
+        Ok(Some(BlobInfo {
+            digest: digest.clone(),
+            size: meta.len(),
+            stored: meta.modified().map_err(io("stat", &path))?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read_dir") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    dirs.push(path)
+                } else {
+                    out.push(path)
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn round_trip_layout_and_listing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = DirBlobStore::open(dir.path()).expect("open");
+        let bytes = Bytes::from_static(b"model bytes");
+        let digest = Digest::of(&bytes);
+        assert!(
+            !blobs.contains(&digest).await.expect("contains"),
+            "absent before put"
+        );
+        assert_eq!(
+            blobs.get(&digest).await.expect("get"),
+            None,
+            "get of an absent blob"
+        );
+        blobs.put(&digest, bytes.clone()).await.expect("put");
+        assert!(
+            blobs.contains(&digest).await.expect("contains"),
+            "present after put"
+        );
+        assert_eq!(
+            blobs.get(&digest).await.expect("get"),
+            Some(bytes.clone()),
+            "round trip"
+        );
+        let expected = dir
+            .path()
+            .join("sha256")
+            .join(&digest.as_str()[..2])
+            .join(digest.as_str());
+        assert_eq!(
+            files(dir.path()),
+            [expected],
+            "one file at sha256/<2 hex>/<digest>, no temp file"
+        );
+        let listed = blobs.list().await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (&listed[0].digest, listed[0].size),
+            (&digest, bytes.len() as u64)
+        );
+        assert_eq!(
+            blobs.info(&digest).await.expect("info").as_ref(),
+            Some(&listed[0])
+        );
+        assert!(
+            blobs.delete(&digest).await.expect("delete"),
+            "delete of a stored blob"
+        );
+        assert!(
+            !blobs.delete(&digest).await.expect("delete"),
+            "delete of an absent blob"
+        );
+        assert!(
+            !blobs.contains(&digest).await.expect("contains"),
+            "absent after delete"
+        );
+        assert!(blobs.list().await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn put_is_idempotent_and_refreshes_the_stored_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = DirBlobStore::open(dir.path()).expect("open");
+        let bytes = Bytes::from(vec![7u8; 100_000]);
+        let digest = Digest::of(&bytes);
+        let puts = (0..8).map(|_| blobs.put(&digest, bytes.clone()));
+        for result in futures::future::join_all(puts).await {
+            result.expect("concurrent put");
+        }
+        let path = blobs.path(&digest);
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(old))
+            .expect("age the file");
+        blobs.put(&digest, bytes.clone()).await.expect("put again");
+        let stored = blobs.list().await.expect("list")[0].stored;
+        assert!(
+            stored > old + std::time::Duration::from_secs(3000),
+            "put refreshed the time"
+        );
+        assert_eq!(blobs.get(&digest).await.expect("get"), Some(bytes));
+        assert_eq!(files(dir.path()).len(), 1, "one file, no temp files left");
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = DirBlobStore::open(dir.path()).expect("open");
+        let claimed = Digest::of(b"the real model");
+        match blobs
+            .put(&claimed, Bytes::from_static(b"something else"))
+            .await
+        {
+            Err(BlobError::DigestMismatch(m)) => {
+                assert_eq!(m.expected, claimed);
+                assert_eq!(m.actual, Digest::of(b"something else"));
+            }
+            other => panic!("expected DigestMismatch, got {other:?}"),
+        }
+        assert!(files(dir.path()).is_empty(), "a refused put writes nothing");
+        assert!(!blobs.contains(&claimed).await.expect("contains"));
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = DirBlobStore::open(dir.path()).expect("open");
+        let digest = Digest::of(b"original");
+        blobs
+            .put(&digest, Bytes::from_static(b"original"))
+            .await
+            .expect("put");
+        std::fs::write(blobs.path(&digest), b"bit rot").expect("corrupt the file");
+        let get = blobs.get(&digest).await;
+        assert!(
+            matches!(get, Err(BlobError::Corrupt(_))),
+            "get of a corrupt blob: {get:?}"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! The one place where Strata's own types meet their wire forms: [`Tier`], [`Privacy`], [`DType`] and
+//! [`Digest`] to and from the `strata.v1` enums and strings. Decoding never guesses: an unspecified or
+//! unknown code is a [`WireError`] naming the field, so a peer that sends garbage gets a clear refusal.
+
+use strata_core::{DType, Digest, Privacy, Tier};
+
+use crate::v1;
+
+/// A wire value that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// An enum field holds a number that is not one of its values (or is unspecified where a value is required).
+    #[error("{field}: {code} is not a valid {kind}")]
+    BadEnum {
+        /// The field, for the message (`"stage.tier"`).
+        field: &'static str,
+        /// The enum's name.
+        kind: &'static str,
+        /// The number sent.
+        code: i32,
+    },
+    /// A digest field that is not a lower-case hex SHA-256.
+    #[error("{field}: {source}")]
+    BadDigest {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        source: strata_core::DigestError,
+    },
+}
+
+impl WireError {
+    /// The gRPC status for a request that carried this value.
+    pub fn into_status(self) -> tonic::Status {
+        tonic::Status::invalid_argument(self.to_string())
+    }
+}
+
+impl From<Tier> for v1::Tier {
+    fn from(t: Tier) -> v1::Tier {
+        match t {
+            Tier::Device => v1::Tier::Device,
+            Tier::Edge => v1::Tier::Edge,
+            Tier::Cloud => v1::Tier::Cloud,
+        }
+    }
+}
+
+/// A wire tier (`field` names it in the error). Unspecified is an error: every stage and node has a tier.
+pub fn tier(code: i32, field: &'static str) -> Result<Tier, WireError> {
+    match v1::Tier::try_from(code) {
+        Ok(v1::Tier::Device) => Ok(Tier::Device),
+        Ok(v1::Tier::Edge) => Ok(Tier::Edge),
+        Ok(v1::Tier::Cloud) => Ok(Tier::Cloud),
+        Ok(v1::Tier::Unspecified) | Err(_) => Err(WireError::BadEnum {
+            field,
+            kind: "tier",
+            code,
+        }),
+    }
+}
+
+/// The tier's name for display, or `"unspecified"` for a code that is none.
+pub fn tier_name(code: i32) -> &'static str {
+    tier(code, "tier").map_or("unspecified", Tier::name)
+}
+
+/// Whether a wire tier is `t` (false for an invalid code).
+pub fn is_tier(code: i32, t: Tier) -> bool {
+    code == v1::Tier::from(t) as i32
+}
+
+impl From<Privacy> for v1::Privacy {
+    fn from(p: Privacy) -> v1::Privacy {
+        match p {
+            Privacy::Device => v1::Privacy::Device,
+            Privacy::Edge => v1::Privacy::Edge,
+            Privacy::Features => v1::Privacy::Features,
+            Privacy::Open => v1::Privacy::Open,
+        }
+    }
+}
+
+/// A wire privacy level: `None` when unspecified (a request then keeps its model's level).
+pub fn privacy(code: i32, field: &'static str) -> Result<Option<Privacy>, WireError> {
+    match v1::Privacy::try_from(code) {
+        Ok(v1::Privacy::Unspecified) => Ok(None),
+        Ok(v1::Privacy::Device) => Ok(Some(Privacy::Device)),
+        Ok(v1::Privacy::Edge) => Ok(Some(Privacy::Edge)),
+        Ok(v1::Privacy::Features) => Ok(Some(Privacy::Features)),
+        Ok(v1::Privacy::Open) => Ok(Some(Privacy::Open)),
+        Err(_) => Err(WireError::BadEnum {
+            field,
+            kind: "privacy level",
+            code,
+        }),
+    }
+}
+
+/// The level's name for display, or `"unspecified"`.
+pub fn privacy_name(code: i32) -> &'static str {
+    match privacy(code, "privacy") {
+        Ok(Some(p)) => p.name(),
+        _ => "unspecified",
+    }
+}
+
+impl From<DType> for v1::DataType {
+    fn from(d: DType) -> v1::DataType {
+        // The wire enum's numbers are ONNX's codes, and it names every dtype Strata carries.
+        v1::DataType::try_from(d.onnx_code()).unwrap_or(v1::DataType::Unspecified)
+    }
+}
+
+/// A wire element type.
+pub fn dtype(code: i32, field: &'static str) -> Result<DType, WireError> {
+    DType::from_onnx_code(code).ok_or(WireError::BadEnum {
+        field,
+        kind: "data type",
+        code,
+    })
+}
+
+/// A wire digest.
+pub fn digest(s: &str, field: &'static str) -> Result<Digest, WireError> {
+    s.parse()
+        .map_err(|source| WireError::BadDigest { field, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_round_trips_and_garbage_is_refused() {
+        for t in Tier::ALL {
+            assert_eq!(tier(v1::Tier::from(t) as i32, "t"), Ok(t));
+            assert!(is_tier(v1::Tier::from(t) as i32, t));
+        }
+        assert!(tier(0, "t").is_err(), "unspecified tier");
+        assert!(tier(99, "t").is_err());
+        for p in Privacy::ALL {
+            assert_eq!(privacy(v1::Privacy::from(p) as i32, "p"), Ok(Some(p)));
+        }
+        assert_eq!(privacy(0, "p"), Ok(None));
+        let err = privacy(42, "request.privacy").expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "request.privacy: 42 is not a valid privacy level"
+        );
+        for code in 1..=13 {
+            if let Ok(d) = dtype(code, "d") {
+                assert_eq!(v1::DataType::from(d) as i32, code);
+            }
+        }
+        assert!(dtype(8, "d").is_err(), "strings are not carried");
+        assert!(digest("abc", "digest").is_err());
+    }
+}

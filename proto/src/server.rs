@@ -1,0 +1,148 @@
+//! What every Strata gRPC server shares: one [`builder`] (HTTP/2 windows for large activations, keep-alive,
+//! `TCP_NODELAY` on accepted sockets), the message-size limits of every service ([`MessageLimits`]), and the
+//! shutdown plumbing ([`shutdown_signal`], [`Stopping`], a bounded drain in [`run`]). The control plane and
+//! the agent both serve through here, so transport security and tower layers (authorisation, metrics, trace
+//! context) are added once, in [`builder`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+
+use crate::MAX_MESSAGE_BYTES;
+
+/// How long a stopping server waits for in-flight requests before it gives up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server every Strata endpoint runs: wide HTTP/2 windows (activations are megabytes) and keep-alive
+/// pings that find dead clients.
+pub fn builder() -> Server {
+    Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+}
+
+/// Strata's message-size limits ([`MAX_MESSAGE_BYTES`] each way) on a generated service.
+pub trait MessageLimits {
+    /// The service with the limits applied.
+    fn with_limits(self) -> Self;
+}
+
+macro_rules! message_limits {
+    ($($server:ident :: $type:ident <$trait:path>),* $(,)?) => {$(
+        impl<T: $trait> MessageLimits for crate::v1::$server::$type<T> {
+            fn with_limits(self) -> Self {
+                self.max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            }
+        }
+    )*};
+}
+
+message_limits!(
+    control_server::ControlServer<crate::v1::control_server::Control>,
+    routes_server::RoutesServer<crate::v1::routes_server::Routes>,
+    inference_server::InferenceServer<crate::v1::inference_server::Inference>,
+);
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for in-flight
+/// requests for at most [`DRAIN_TIMEOUT`]. Long-lived streams should be bounded by `stopping` (which
+/// `shutdown` should fire) so that they do not hold the drain open.
+pub async fn run(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    stopping: &Stopping,
+) -> Result<(), tonic::transport::Error> {
+    stopping
+        .drain(router.serve_with_incoming_shutdown(incoming(listener), shutdown))
+        .await
+}
+
+/// Tells long-lived response streams (route and assignment watches) that the server is stopping, so a graceful
+/// shutdown is not held open by watchers that never hang up.
+#[derive(Debug, Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// A signal and its sender: send `true` to stop.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stopping) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stopping(rx))
+    }
+
+    /// Completes once stopping (or once the sender is gone).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// `stream`, ended when the server starts stopping.
+    pub fn bound<S: futures::Stream + Send + 'static>(
+        &self,
+        stream: S,
+    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = S::Item> + Send>> {
+        use futures::StreamExt;
+        let this = self.clone();
+        Box::pin(stream.take_until(Box::pin(async move { this.wait().await })))
+    }
+}
+
+impl Stopping {
+    /// Runs `server` (a tonic server future that stops accepting on this signal) to its end, but no longer than
+    /// [`DRAIN_TIMEOUT`] after the signal: requests still in flight then are abandoned.
+    pub async fn drain<E>(
+        &self,
+        server: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        tokio::select! {
+            r = server => r,
+            _ = async {
+                self.wait().await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => {
+                tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Accepted connections of `listener` with `TCP_NODELAY` set. tonic sets it only on sockets it binds itself;
+/// without it, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
