@@ -65,6 +65,14 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;
     /// One blob's size and stored time, or `None` if absent.
     async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError>;
+    /// Deletes the blob only if it was last stored before `cutoff`, atomically with respect to
+    /// [`BlobStore::put`]: a put racing the deletion either refreshes the blob before it is judged (and it
+    /// stays) or finds it gone and stores it anew. Whether it was deleted.
+    async fn delete_if_stored_before(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, BlobError>;
     /// [`BlobStore::get`] from this store alone, never from elsewhere (what a peer asking for a blob gets).
     async fn get_local(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
         self.get(digest).await
@@ -92,11 +100,23 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobE
 }
 
 impl DirBlobStore {
-    /// A blob store under `root`, created if needed. Blocking (it creates a directory).
+    /// A blob store under `root`, created if needed, with the temporary files a crash left behind removed.
+    /// Blocking (it creates and reads directories). One process owns a blob directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirBlobStore, BlobError> {
         let root = root.into();
         let sha = root.join("sha256");
         std::fs::create_dir_all(&sha).map_err(io("create", &sha))?;
+        for shard in std::fs::read_dir(&sha).map_err(io("list", &sha))?.flatten() {
+            let Ok(entries) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".") {
+                    // Best effort: a leftover that cannot be removed is only wasted space.
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(DirBlobStore { root })
     }
 
@@ -147,12 +167,30 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BlobError::Task(e.to_string()))?
 }
 
+/// Whether two metadata describe the same file (not just the same name).
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// A temporary name next to `path`, unique to this process and call (`prefix` tells its kind).
+fn temporary(path: &Path, prefix: &str) -> PathBuf {
+    let dir = path.parent().unwrap_or(path);
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{prefix}-{}-{n}", std::process::id()))
+}
+
 /// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     let dir = path.parent().unwrap_or(path);
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let temp = temporary(path, "tmp");
     let written = std::fs::File::create(&temp)
         .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
         .and_then(|()| std::fs::rename(&temp, path));
@@ -175,12 +213,17 @@ impl BlobStore for DirBlobStore {
         let digest = digest.clone();
         blocking(move || {
             digest.verify(&bytes)?;
-            // Present already: refresh its time, so that a collector sees it as just stored.
+            // Present already: refresh its time, so that a collector sees it as just stored. If a collector
+            // moved it away between the open and the touch, the name no longer leads to this file: store it
+            // anew.
             match std::fs::File::options().write(true).open(&path) {
                 Ok(file) => {
-                    return file
-                        .set_modified(SystemTime::now())
-                        .map_err(io("touch", &path));
+                    file.set_modified(SystemTime::now())
+                        .map_err(io("touch", &path))?;
+                    let touched = file.metadata().map_err(io("stat", &path))?;
+                    if std::fs::metadata(&path).is_ok_and(|now| same_file(&now, &touched)) {
+                        return Ok(());
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io("open", &path)(e)),
@@ -224,6 +267,39 @@ impl BlobStore for DirBlobStore {
     async fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
         let root = self.root.clone();
         blocking(move || DirBlobStore::list_blocking(&root)).await
+    }
+
+    async fn delete_if_stored_before(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, BlobError> {
+        let path = self.path(digest);
+        blocking(move || {
+            // Moved aside first, so that a put from now on finds the name free and stores the blob anew;
+            // then judged by the time of the moved file, which a put that opened it before the move has
+            // already refreshed (or put back below).
+            let aside = temporary(&path, "gc");
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io("move", &path)(e)),
+            }
+            let stored = std::fs::metadata(&aside)
+                .and_then(|m| m.modified())
+                .map_err(io("stat", &aside))?;
+            if stored >= cutoff {
+                // Stored again meanwhile: back under its name, unless a put already wrote a new copy.
+                match std::fs::hard_link(&aside, &path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io("restore", &path)(e)),
+                }
+            }
+            std::fs::remove_file(&aside).map_err(io("delete", &aside))?;
+            Ok(stored < cutoff)
+        })
+        .await
     }
 
     async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError> {
@@ -346,6 +422,39 @@ mod tests {
         );
         assert_eq!(blobs.get(&digest).await.expect("get"), Some(bytes));
         assert_eq!(files(dir.path()).len(), 1, "one file, no temp files left");
+    }
+
+    #[tokio::test]
+    async fn conditional_delete_spares_a_blob_stored_since_the_cutoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = DirBlobStore::open(dir.path()).expect("open");
+        let bytes = Bytes::from_static(b"stage");
+        let digest = Digest::of(&bytes);
+        blobs.put(&digest, bytes.clone()).await.expect("put");
+        let before_put = SystemTime::now() - std::time::Duration::from_secs(60);
+        assert!(
+            !blobs
+                .delete_if_stored_before(&digest, before_put)
+                .await
+                .expect("delete"),
+            "stored after the cutoff: kept"
+        );
+        assert_eq!(blobs.get(&digest).await.expect("get"), Some(bytes.clone()));
+        let later = SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(
+            blobs
+                .delete_if_stored_before(&digest, later)
+                .await
+                .expect("delete")
+        );
+        assert!(!blobs.contains(&digest).await.expect("contains"));
+        assert!(
+            !blobs
+                .delete_if_stored_before(&digest, later)
+                .await
+                .expect("absent")
+        );
+        assert!(files(dir.path()).is_empty(), "nothing left aside");
     }
 
     #[tokio::test]

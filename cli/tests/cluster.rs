@@ -672,7 +672,7 @@ fn a_new_version_rolls_out_without_a_failed_request_then_the_old_one_is_unloaded
         .block_on(client.prepare("squeezenet"))
         .expect("prepare");
     let stream = sandbox::Stream::start(&sandbox, client, "squeezenet", Privacy::Features);
-    std::thread::sleep(Duration::from_millis(500));
+    stream.wait_more(5, Duration::from_secs(30));
     sandbox.push(&v2_file, "squeezenet", "features");
     let mut seen = Vec::new();
     sandbox.wait_until("version 2 routed", Duration::from_secs(60), |s| {
@@ -696,7 +696,8 @@ fn a_new_version_rolls_out_without_a_failed_request_then_the_old_one_is_unloaded
             stage.digest
         );
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Traffic on version 2 (and any request still on version 1) before the stream stops.
+    stream.wait_more(10, Duration::from_secs(30));
     let served = stream.finish(&sandbox, 20);
     eprintln!("{served} requests served across the rollout");
 
@@ -721,5 +722,83 @@ fn a_new_version_rolls_out_without_a_failed_request_then_the_old_one_is_unloaded
     assert!(
         new.is_subset(&loaded),
         "version 2 stays loaded: {new:?} vs {loaded:?}"
+    );
+}
+
+/// A network blip that cuts the agents' and the device's long-lived watch streams, while new connections go
+/// through (so heartbeats carry on), must not leave them on stale tables: each notices, reconnects and follows
+/// what is published after the cut.
+#[test]
+fn agents_and_devices_follow_new_tables_after_their_watch_streams_are_cut() {
+    let mut sandbox = Sandbox::start(&[], 3000);
+    let proxy = sandbox::Proxy::start(&sandbox.cp_address);
+    sandbox.add_agent_to("edge", 2, 64, &proxy.address);
+    sandbox.add_agent_to("cloud", 2, 64, &proxy.address);
+    sandbox.wait_until("both agents registered", Duration::from_secs(30), |s| {
+        s.nodes().len() == 2
+    });
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let client = sandbox.client(std::slice::from_ref(&proxy.address));
+    sandbox.wait_until(
+        "the device follows the tables",
+        Duration::from_secs(20),
+        |_| client.route_watch().is_ok() && client.route_table("squeezenet").is_some(),
+    );
+
+    let cut = proxy.cut();
+    assert!(
+        cut >= 3,
+        "the agents' and the device's connections were cut: {cut}"
+    );
+    sandbox.push(&corpus("multi_io.onnx"), "multi_io", "open");
+    // The agents follow their assignments again: they load the new model's stages.
+    sandbox.wait_served("multi_io", 1);
+    // The device follows the route tables again: the new table arrives without being asked for.
+    sandbox.wait_until(
+        "the device has the new table",
+        Duration::from_secs(20),
+        |_| client.route_table("multi_io").is_some(),
+    );
+    for agent in &sandbox.agents {
+        let status = sandbox.status(&agent.address);
+        assert!(
+            status.control_plane_connected && status.control_plane_error.is_empty(),
+            "{} reconnected: {status:?}",
+            agent.proc.name
+        );
+    }
+    assert!(client.route_watch().is_ok(), "{:?}", client.route_watch());
+    let want = reference("multi_io");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer("multi_io", want.inputs.clone(), Constraints::default()))
+        .expect("inference after the cut");
+    assert_outputs_match(&r.outputs, &want.outputs, "multi_io after the cut");
+    assert!(
+        sandbox.log("edge0").contains("control session ended"),
+        "the agent logged why it reconnected"
+    );
+}
+
+/// The CLI tells a cluster that is not there from one that answers: `cannot reach` comes from the client's
+/// transport, not from a message's wording.
+#[test]
+fn the_cli_says_when_it_cannot_reach_the_cluster() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("address").to_string()
+    };
+    let out = std::process::Command::new(sandbox::strata_bin())
+        .args(["model", "ls", "--endpoint", &closed])
+        .env("STRATA_LOG", "off")
+        .output()
+        .expect("strata runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot reach {closed}"))
+            && stderr.contains("is `strata up` or `strata control-plane` running?"),
+        "{stderr}"
     );
 }

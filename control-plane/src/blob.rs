@@ -7,8 +7,10 @@
 //! record that references it and store it again after (a put of a present blob only refreshes its time), and
 //! the collector deletes a blob only when it was stored more than the grace period before the collector
 //! listed it, no record referenced it in a read taken after that listing, and its time is still old when it
-//! is deleted. So a concurrent push of the same bytes, or a model deleted and pushed again, never loses its
-//! blob; and a blob is never deleted while the store cannot be read.
+//! is deleted ([`BlobStore::delete_if_stored_before`], atomic with respect to puts). So a concurrent push of
+//! the same bytes, or a model deleted and pushed again, never loses its blob, provided a writer stores its
+//! record within the grace period of storing the blob (a push or a plan takes well under a second; the grace
+//! is minutes); and a blob is never deleted while the store cannot be read.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -114,6 +116,14 @@ impl BlobStore for PeerBlobStore {
         self.local.info(digest).await
     }
 
+    async fn delete_if_stored_before(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, BlobError> {
+        self.local.delete_if_stored_before(digest, cutoff).await
+    }
+
     async fn get_local(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
         self.local.get(digest).await
     }
@@ -178,12 +188,11 @@ pub async fn collect(plane: &ControlPlane) -> Result<Collected, ControlError> {
             continue;
         }
         // Stored again since the listing (a push of the same bytes)? Then it stays.
-        let still_old = plane
+        if plane
             .blobs
-            .info(&blob.digest)
+            .delete_if_stored_before(&blob.digest, old_before)
             .await?
-            .is_some_and(|b| b.stored < old_before);
-        if still_old && plane.blobs.delete(&blob.digest).await? {
+        {
             tracing::info!(digest = %blob.digest, bytes = blob.size, "unreferenced blob deleted");
             done.bytes += blob.size;
             done.deleted.push(blob.digest);

@@ -310,7 +310,14 @@ fn manual_cuts(model: &Model, analysis: &Analysis) -> Vec<Vec<Vec<String>>> {
 }
 
 fn check_ort(model_path: &Path, inputs_dir: &Path, dirs: &[PathBuf]) {
-    let mut cmd = std::process::Command::new("python3");
+    // The repository's venv (scripts/setup.sh) when there is one, else the python3 on the PATH.
+    let venv = root().join(".venv/bin/python3");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let mut cmd = std::process::Command::new(python);
     cmd.arg(root().join("corpus/check_ort.py")).arg(model_path);
     for d in dirs {
         cmd.arg(d);

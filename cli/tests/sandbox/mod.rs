@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use strata_device_sdk::{Client, ClientConfig, Constraints, Privacy};
@@ -357,6 +357,18 @@ impl Sandbox {
 
     /// An agent computing `slots` stages at once with `queue` more waiting.
     pub fn add_agent_with(&mut self, tier: &'static str, slots: u32, queue: u32) {
+        let control_planes = self.replica_addresses();
+        self.add_agent_to(tier, slots, queue, &control_planes);
+    }
+
+    /// An agent that reaches the control plane at `control_planes` (a proxy, say).
+    pub fn add_agent_to(
+        &mut self,
+        tier: &'static str,
+        slots: u32,
+        queue: u32,
+        control_planes: &str,
+    ) {
         let n = self.agents.len();
         let name = format!("{tier}{n}");
         let mut cmd = Command::new(agent_bin());
@@ -364,7 +376,7 @@ impl Sandbox {
             "--tier",
             tier,
             "--control-plane",
-            &self.replica_addresses(),
+            control_planes,
             "--listen",
             "127.0.0.1:0",
             "--name",
@@ -510,6 +522,7 @@ impl Sandbox {
 /// Requests sent one after another until stopped; counts successes and keeps every failure.
 pub struct Stream {
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<(usize, Vec<String>)>,
 }
 
@@ -523,6 +536,8 @@ impl Stream {
         let want = reference(model);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
         let task = sandbox.runtime.spawn(async move {
             let (mut ok, mut failures) = (0, Vec::new());
             let constraints = Constraints {
@@ -535,6 +550,7 @@ impl Stream {
                     Ok(r) => {
                         assert_outputs_match(&r.outputs, &want.outputs, model);
                         ok += 1;
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => failures.push(format!("after {:?}: {e}", started.elapsed())),
                 }
@@ -542,7 +558,26 @@ impl Stream {
             }
             (ok, failures)
         });
-        Stream { stop, task }
+        Stream { stop, served, task }
+    }
+
+    /// Requests that succeeded so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond those served now have succeeded (traffic is flowing).
+    pub fn wait_more(&self, more: usize, timeout: Duration) {
+        let target = self.served() + more;
+        let deadline = Instant::now() + timeout;
+        while self.served() < target {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {target} requests served within {timeout:?}",
+                self.served()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the stream; returns how many requests succeeded, after asserting that none failed.
@@ -619,5 +654,80 @@ pub fn assert_outputs_match(
         assert_eq!(t.shape, w.shape, "{context}: shape of {name}");
         let diff = t.max_relative_diff(w).expect("comparable");
         assert!(diff <= 1e-4, "{context}: output {name} differs by {diff}");
+    }
+}
+
+/// A TCP proxy on loopback to `target` whose open connections can all be cut at once ([`Proxy::cut`]) while
+/// it keeps accepting new ones: what a NAT or load balancer dropping idle streams does to long-lived watches.
+pub struct Proxy {
+    pub address: String,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let address = listener.local_addr().expect("proxy address").to_string();
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, conns, stopped) = (target.to_string(), open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let pipes = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                {
+                    let mut open = conns.lock().expect("proxy connections");
+                    open.extend([client, server]);
+                }
+                for (from, to) in pipes {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                }
+            }
+        });
+        Proxy {
+            address,
+            open,
+            stop,
+        }
+    }
+
+    /// Cuts every open connection (both ends see a reset); new connections are still accepted.
+    pub fn cut(&self) -> usize {
+        let mut open = self.open.lock().expect("proxy connections");
+        for conn in open.iter() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        let cut = open.len() / 2;
+        open.clear();
+        cut
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
     }
 }
