@@ -141,6 +141,13 @@ pub enum SessionError {
     WatchEnded(&'static str),
 }
 
+impl SessionError {
+    /// Wraps the failure of `call`.
+    fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
+        move |status| SessionError::Call { call, status }
+    }
+}
+
 /// Shared agent state.
 pub struct Agent {
     /// Settings.
@@ -351,10 +358,7 @@ impl Agent {
                 let registered = control
                     .register(v1::RegisterRequest { spec: Some(spec) })
                     .await
-                    .map_err(|status| SessionError::Call {
-                        call: "register",
-                        status,
-                    })?
+                    .map_err(SessionError::call("register"))?
                     .into_inner();
                 tracing::info!(node = %registered.node_id, control_plane = %address, "registered");
                 (registered.node_id, registered.ttl_ms)
@@ -369,18 +373,12 @@ impl Agent {
                 node_id: node_id.clone(),
             })
             .await
-            .map_err(|status| SessionError::Call {
-                call: "watch assignments",
-                status,
-            })?
+            .map_err(SessionError::call("watch assignments"))?
             .into_inner();
         let routes = RoutesClient::new(channel.clone())
             .watch_routes(v1::WatchRoutesRequest { models: vec![] })
             .await
-            .map_err(|status| SessionError::Call {
-                call: "watch routes",
-                status,
-            })?
+            .map_err(SessionError::call("watch routes"))?
             .into_inner();
         self.connected.store(true, Ordering::Relaxed);
         self.session_error.lock().clear();

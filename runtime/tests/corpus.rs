@@ -425,33 +425,8 @@ fn check_model(name: &str) {
     );
 
     for cut in manual_cuts(&l.model, &l.analysis) {
-        let stage_of = split::stage_assignment(&l.model, &l.analysis, &cut)
-            .unwrap_or_else(|e| panic!("{name} cut {cut:?}: {e}"));
-        let tiers: Vec<Tier> = (0..=cut.len()).map(|s| Tier::ALL[s.min(2)]).collect();
-        let specs =
-            plan::stages_from_assignment(&l.model, &l.analysis, &stage_of, &tiers).expect("stages");
-        let (stages, stage_models) =
-            plan::build_stages(&l.model, &l.analysis, &specs, None, None).expect("extract");
-        let planned = PlannedModel {
-            plan: PlanFile {
-                model: name.into(),
-                privacy: None,
-                objective: "manual".into(),
-                latency_budget_ms: None,
-                cluster: None,
-                input_shapes: l
-                    .shapes
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                outputs: l.model.outputs.clone(),
-                predicted: None,
-                optimality: None,
-                timings_ms: Timings::default(),
-                stages,
-            },
-            stage_models,
-        };
+        let planned =
+            manual_split(&l, name, &cut).unwrap_or_else(|e| panic!("{name} cut {cut:?}: {e}"));
         assert!(
             planned.plan.stages.len() >= 2,
             "{name} cut {cut:?} splits the model"
