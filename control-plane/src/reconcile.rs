@@ -311,10 +311,16 @@ async fn publish(
     nodes: &[NodeRecord],
 ) -> Result<(), ControlError> {
     // A corrupt table (logged and counted) counts as absent: the fresh one below replaces it.
-    let current: HashMap<String, v1::RouteTable> = plane
-        .route_tables(keys::ROUTES)
-        .await?
-        .into_iter()
+    let range = plane.store.range(keys::ROUTES).await?;
+    let published: Vec<String> = range
+        .kvs
+        .iter()
+        .map(|kv| kv.key.trim_start_matches(keys::ROUTES).to_string())
+        .collect();
+    let current: HashMap<String, v1::RouteTable> = range
+        .kvs
+        .iter()
+        .filter_map(|kv| crate::records::route_table(&plane.corrupt, kv).ok())
         .map(|t| (t.model.clone(), t))
         .collect();
     for model in models {
@@ -364,7 +370,8 @@ async fn publish(
             tracing::info!(model = %model.name, version, "{note}");
         }
     }
-    for name in current.keys() {
+    // Tables of deleted models go, corrupt ones included.
+    for name in &published {
         if !models.iter().any(|m| &m.name == name) {
             let delete = TxnOp::Delete(keys::routes(name));
             plane.leader_txn(leadership, vec![delete]).await?;

@@ -12,7 +12,7 @@ use strata_core::{DType, Digest, Privacy, TensorData, Tier};
 use strata_proto::balance::Balancer;
 use strata_proto::call::{self, HopError, RetryPolicy, chunks_of};
 use strata_proto::convert;
-use strata_proto::task::AbortOnDrop;
+use strata_proto::task::{AbortOnDrop, Backoff};
 use strata_proto::v1::{self, routes_client::RoutesClient};
 use strata_runtime::{Backend, LoadedStage, TractBackend};
 use tonic::transport::Channel;
@@ -530,17 +530,21 @@ impl Inner {
 /// failure (a refused call, a broken or ended stream) note why, back off (500 ms growing to 5 s while
 /// endpoints keep failing) and watch the next endpoint. It never gives up.
 async fn watch_routes(inner: std::sync::Weak<Inner>) {
-    let mut attempt = 0usize;
-    let mut backoff = Duration::from_millis(500);
-    loop {
+    let Some(endpoints) = inner.upgrade().map(|i| i.config.endpoints.clone()) else {
+        return;
+    };
+    let mut backoff = Backoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+        endpoints.len(),
+    );
+    for endpoint in endpoints.iter().cycle() {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let endpoint = strong.config.endpoints[attempt % strong.config.endpoints.len()].clone();
-        attempt += 1;
         // Every endpoint was checked when the client was made, so this cannot fail; if it did, the next
         // endpoint is tried like after any failure.
-        let channel = strong.channel(&endpoint);
+        let channel = strong.channel(endpoint);
         drop(strong);
         let why = match channel {
             Err(e) => e.to_string(),
@@ -555,7 +559,7 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
                         Some(strong) => strong.watching.store(true, Ordering::Relaxed),
                         None => return,
                     }
-                    backoff = Duration::from_millis(500);
+                    backoff.succeeded();
                     tracing::debug!(%endpoint, "following route tables");
                     loop {
                         match stream.next().await {
@@ -584,8 +588,7 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
             tracing::warn!(%endpoint, error = %why, "route watch lost; using cached routes and watching again");
         } else {
             tracing::debug!(%endpoint, error = %why, "route watch failed");
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(backoff.failed()).await;
     }
 }

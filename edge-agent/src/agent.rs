@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use strata_core::{Digest, Tier};
 use strata_proto::balance::Balancer;
 use strata_proto::call::{ChannelError, RetryPolicy};
+use strata_proto::task::Backoff;
 use strata_proto::v1::{self, control_client::ControlClient, routes_client::RoutesClient};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tonic::transport::Channel;
@@ -292,24 +293,25 @@ impl Agent {
     }
 
     /// Keeps a control session up for ever: register (or resume), then heartbeat and follow assignments and
-    /// routes. When a session ends, the next starts after a backoff that grows from 300 ms to 5 s while
-    /// sessions keep failing, on the next control-plane address.
+    /// routes. When a session ends, the next control-plane address is tried after a [`Backoff`] (300 ms
+    /// between addresses, doubling up to 5 s after each round in which all failed).
     pub async fn run_control_session(self: Arc<Self>) {
-        let mut attempt = 0usize;
-        let mut backoff = Duration::from_millis(300);
-        loop {
-            let address = &self.config.control_planes[attempt % self.config.control_planes.len()];
-            attempt += 1;
+        let addresses = &self.config.control_planes;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+            addresses.len(),
+        );
+        for address in addresses.iter().cycle() {
             let Err(error) = self.clone().session(address).await;
             *self.session_error.lock() = format!("{address}: {error}");
             if self.connected.swap(false, Ordering::Relaxed) {
                 tracing::warn!(control_plane = %address, %error, "control session ended; serving from cache and reconnecting");
-                backoff = Duration::from_millis(300);
+                backoff.succeeded();
             } else {
                 tracing::debug!(control_plane = %address, %error, "control plane unreachable");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.failed()).await;
         }
     }
 

@@ -362,3 +362,92 @@ pub async fn fetch_blob_with(
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1;
+
+    #[test]
+    fn shed_load_is_avoided_briefly_and_failures_longer() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.backoff(&Status::resource_exhausted("full")),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            policy.backoff(&Status::unavailable("gone")),
+            Duration::from_secs(2)
+        );
+        assert!(retryable(&Status::unavailable("gone")));
+        assert!(!retryable(&Status::invalid_argument("bad input")));
+        assert!(!retryable(&Status::deadline_exceeded("late")));
+    }
+
+    fn table(nodes: &[(&str, &str)]) -> v1::RouteTable {
+        v1::RouteTable {
+            nodes: nodes
+                .iter()
+                .map(|(id, address)| v1::NodeRef {
+                    id: id.to_string(),
+                    address: address.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn stage(nodes: &[&str]) -> v1::Stage {
+        v1::Stage {
+            index: 1,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hop_with_no_usable_agent_says_so_without_calling_anyone() {
+        let (balancer, channels) = (Balancer::new(), Channels::new(Duration::from_millis(100)));
+        let hop = Hop {
+            balancer: &balancer,
+            channels: &channels,
+            retry: RetryPolicy::default(),
+            max_response_bytes: 1 << 20,
+        };
+        let header = InferHeader::default();
+        match hop
+            .run(&table(&[]), &stage(&[]), header.clone(), &[], None)
+            .await
+        {
+            Err(HopError::Exhausted {
+                stage: 1,
+                tried,
+                last: None,
+            }) => assert!(tried.is_empty()),
+            other => panic!("no candidate: {other:?}"),
+        }
+        // A node the table does not list is tried (and skipped), never called.
+        match hop
+            .run(&table(&[]), &stage(&["ghost"]), header.clone(), &[], None)
+            .await
+        {
+            Err(HopError::Exhausted {
+                tried, last: None, ..
+            }) => assert_eq!(tried, ["ghost"]),
+            other => panic!("unlisted node: {other:?}"),
+        }
+        let passed = Some(Instant::now() - Duration::from_millis(1));
+        let listed = table(&[("n1", "127.0.0.1:1")]);
+        assert!(matches!(
+            hop.run(&listed, &stage(&["n1"]), header.clone(), &[], passed)
+                .await,
+            Err(HopError::DeadlineExceeded)
+        ));
+        let bad = table(&[("n1", "not an address at all")]);
+        assert!(matches!(
+            hop.run(&bad, &stage(&["n1"]), header, &[], None).await,
+            Err(HopError::Channel(_))
+        ));
+    }
+}
