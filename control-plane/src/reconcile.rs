@@ -42,14 +42,31 @@ pub async fn run(plane: Arc<ControlPlane>) {
     }
 }
 
-/// Wakes the loop on node and model changes made by anyone (lease expiry, another replica).
+/// Wakes the loop on node and model changes made by anyone (lease expiry, another replica). A broken watch is
+/// opened again after a backoff (1 s doubling to 10 s while it keeps failing; the loop also wakes itself
+/// meanwhile), logged once each way.
 async fn forward_store_changes(plane: Arc<ControlPlane>) {
+    let mut backoff =
+        strata_proto::task::Backoff::new(Duration::from_secs(1), Duration::from_secs(10), 1);
+    let mut broken = false;
     loop {
         let mut stream = match plane.store.watch(keys::ROOT, 0).await {
-            Ok(s) => s,
+            Ok(s) => {
+                if broken {
+                    tracing::info!("store watch resumed");
+                    broken = false;
+                }
+                backoff.succeeded();
+                // Changes made while nothing watched are picked up by a pass from the state now.
+                plane.wake.notify_one();
+                s
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the store; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !broken {
+                    tracing::warn!(error = %e, "cannot watch the store; retrying with backoff");
+                    broken = true;
+                }
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
@@ -78,6 +95,8 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
                 }
             }
         }
+        // Ended (with or without an error): do not spin if the store keeps ending it.
+        tokio::time::sleep(backoff.failed()).await;
     }
 }
 

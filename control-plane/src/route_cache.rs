@@ -23,6 +23,8 @@ pub struct RouteCache {
     tables: Mutex<BTreeMap<String, Arc<v1::RouteTable>>>,
     updates: broadcast::Sender<Arc<v1::RouteTable>>,
     corrupt: CorruptRecords,
+    /// Whether the store watch is up (listed and watching).
+    following: std::sync::atomic::AtomicBool,
 }
 
 impl RouteCache {
@@ -32,7 +34,13 @@ impl RouteCache {
             tables: Mutex::new(BTreeMap::new()),
             updates: broadcast::channel(BACKLOG).0,
             corrupt,
+            following: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the cache follows the store now (while it does not, watchers get the last tables).
+    pub fn following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A table from the store; a corrupt one is logged, counted and left out (the previous table of that
@@ -83,12 +91,30 @@ impl RouteCache {
     }
 
     /// Follows the store for ever: list, then watch from the list's revision; after a broken or compacted
-    /// watch, list again and pass on only what changed meanwhile.
+    /// watch, list again (after a backoff of 500 ms doubling to 5 s while it keeps failing) and pass on only
+    /// what changed meanwhile. The break and the recovery are logged once each.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        use std::sync::atomic::Ordering;
+        let mut backoff =
+            strata_proto::task::Backoff::new(Duration::from_millis(500), Duration::from_secs(5), 1);
+        let mut logged = false;
         loop {
-            if let Err(e) = self.follow(store.as_ref()).await {
-                tracing::debug!(error = %e, "route watch broke; listing again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let why = match self.follow(store.as_ref()).await {
+                Ok(()) => "the store ended the watch".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if self.following.swap(false, Ordering::Relaxed) {
+                backoff.succeeded();
+            }
+            if logged {
+                tracing::debug!(error = %why, "route watch still broken");
+            } else {
+                tracing::warn!(error = %why, "route watch broke; watchers keep the last tables; listing again");
+                logged = true;
+            }
+            tokio::time::sleep(backoff.failed()).await;
+            if self.following() {
+                logged = false;
             }
         }
     }
@@ -116,6 +142,12 @@ impl RouteCache {
             self.set(table);
         }
         let mut watch = store.watch(keys::ROUTES, range.revision + 1).await?;
+        if !self
+            .following
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("route watch following the store");
+        }
         while let Some(batch) = watch.next().await {
             for event in batch?.events {
                 match event {

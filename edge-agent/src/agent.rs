@@ -49,11 +49,15 @@ pub struct AgentConfig {
     pub retry: RetryPolicy,
     /// Give up connecting to a peer (next-tier agent, control plane) after this long.
     pub connect_timeout: Duration,
+    /// Cached stage files neither assigned nor routed any more are deleted this long after they were last
+    /// stored.
+    pub cache_grace: Duration,
 }
 
 impl AgentConfig {
     /// The defaults: a slot per core, 4 queued requests per slot, named `<tier>-<hostname>`, requests up to
-    /// [`strata_proto::MAX_REQUEST_TENSOR_BYTES`], the default [`RetryPolicy`], 500 ms connect timeout.
+    /// [`strata_proto::MAX_REQUEST_TENSOR_BYTES`], the default [`RetryPolicy`], 500 ms connect timeout, unused
+    /// cached stages kept 10 minutes.
     pub fn new(
         tier: Tier,
         control_planes: Vec<String>,
@@ -72,6 +76,7 @@ impl AgentConfig {
             max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_millis(500),
+            cache_grace: Duration::from_secs(600),
         }
     }
 }
@@ -487,6 +492,28 @@ impl Agent {
             }
             self.stages.retain(&current);
             self.ready_changed.notify_one();
+            self.collect_cache(&current).await;
+        }
+    }
+
+    /// Deletes cached stage files that are neither assigned nor a stage of a route table this agent holds
+    /// (device stages are cached for devices), once older than `cache_grace`.
+    async fn collect_cache(&self, assigned: &[Digest]) {
+        let mut keep: std::collections::HashSet<Digest> = assigned.iter().cloned().collect();
+        for routes in [&self.routes, &self.previous_routes] {
+            for table in routes.read().values() {
+                for stage in table.plans.iter().flat_map(|p| &p.stages) {
+                    if let Ok(d) = stage.digest.parse() {
+                        keep.insert(d);
+                    }
+                }
+            }
+        }
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(self.config.cache_grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if let Err(e) = self.stages.collect(&keep, cutoff).await {
+            tracing::warn!(error = %e, "cannot collect unused cached stages");
         }
     }
 

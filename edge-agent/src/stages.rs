@@ -135,6 +135,28 @@ impl StageStore {
             })
     }
 
+    /// Deletes the cached blobs not in `keep` that were last stored before `cutoff` (stages no longer
+    /// assigned or routed); how many went.
+    pub async fn collect(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        cutoff: std::time::SystemTime,
+    ) -> Result<usize, BlobError> {
+        let mut deleted = 0;
+        for blob in self.blobs.list().await? {
+            if !keep.contains(&blob.digest)
+                && self
+                    .blobs
+                    .delete_if_stored_before(&blob.digest, cutoff)
+                    .await?
+            {
+                tracing::info!(digest = %blob.digest, bytes = blob.size, "unused cached stage deleted");
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Loads a cached blob into the runtime (off the async threads: loading optimises the graph, which takes
     /// seconds for large stages).
     pub async fn load(self: &Arc<Self>, digest: &Digest) -> Result<Stage, StageError> {
@@ -164,5 +186,37 @@ impl StageStore {
         let stage: Stage = stage.into();
         self.loaded.lock().insert(digest.clone(), stage.clone());
         Ok(stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cache_keeps_what_is_used_or_recent_and_drops_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stages = StageStore::open(dir.path().to_path_buf()).expect("open");
+        let (used, unused) = (Bytes::from_static(b"used"), Bytes::from_static(b"unused"));
+        let (u, x) = (Digest::of(&used), Digest::of(&unused));
+        stages.put_blob(&u, used).await.expect("put");
+        stages.put_blob(&x, unused).await.expect("put");
+        let keep: std::collections::HashSet<Digest> = [u.clone()].into();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert_eq!(
+            stages.collect(&keep, long_ago).await.expect("collect"),
+            0,
+            "recent: kept"
+        );
+        let now = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        assert_eq!(stages.collect(&keep, now).await.expect("collect"), 1);
+        assert!(
+            stages.cached_blob(&u).await.expect("read").is_some(),
+            "used: kept"
+        );
+        assert!(
+            stages.cached_blob(&x).await.expect("read").is_none(),
+            "unused: gone"
+        );
     }
 }
