@@ -40,6 +40,9 @@ struct Args {
     /// Requests allowed to wait for a slot before new ones get RESOURCE_EXHAUSTED (default: 4 per slot).
     #[arg(long)]
     queue: Option<u32>,
+    /// Cached stage files neither assigned nor routed any more are deleted this long after they were stored.
+    #[arg(long, default_value_t = 600_000)]
+    cache_grace_ms: u64,
 }
 
 #[tokio::main]
@@ -78,6 +81,7 @@ async fn main() -> Result<()> {
     if let Some(queue) = args.queue {
         config.queue = queue;
     }
+    config.cache_grace = std::time::Duration::from_millis(args.cache_grace_ms);
     let agent = Agent::new(config).context("cannot open the data directory")?;
     // Tests and scripts read this line to learn the port.
     {
