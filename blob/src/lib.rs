@@ -36,6 +36,13 @@ pub enum BlobError {
     /// A blocking task of the store could not finish (the runtime is shutting down).
     #[error("blob storage task failed: {0}")]
     Task(String),
+    /// Another process holds the blob directory (one process owns a directory: its collector deletes what
+    /// its own records do not reference).
+    #[error(
+        "blob directory {} is in use by another process; give each control plane or agent its own",
+        .0.display()
+    )]
+    InUse(PathBuf),
 }
 
 /// One stored blob.
@@ -81,11 +88,19 @@ pub trait BlobStore: Send + Sync + 'static {
 
 /// A [`BlobStore`] in a directory: blob `d` is the file `root/sha256/<first two hex of d>/<d>`. Writes go to a
 /// temporary file in the same directory, synced, then renamed, so a blob file is always complete. Blocking
-/// file work runs off the async threads.
+/// file work runs off the async threads. One process owns the directory (an exclusive lock on `root/LOCK`);
+/// within it, a put and a conditional delete of the same blob never interleave.
 #[derive(Debug)]
 pub struct DirBlobStore {
     root: PathBuf,
+    /// Serialise puts and conditional deletes per blob (by digest, in stripes).
+    stripes: std::sync::Arc<Vec<parking_lot::Mutex<()>>>,
+    /// Held while the store is open.
+    _owner: std::fs::File,
 }
+
+/// Stripes of blob locks.
+const STRIPES: usize = 64;
 
 /// Distinguishes the temporary files of concurrent writes.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -106,6 +121,18 @@ impl DirBlobStore {
         let root = root.into();
         let sha = root.join("sha256");
         std::fs::create_dir_all(&sha).map_err(io("create", &sha))?;
+        let lock_path = root.join("LOCK");
+        let owner = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("create", &lock_path))?;
+        match owner.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(BlobError::InUse(root)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &lock_path)(e)),
+        }
         for shard in std::fs::read_dir(&sha).map_err(io("list", &sha))?.flatten() {
             let Ok(entries) = std::fs::read_dir(shard.path()) else {
                 continue;
@@ -117,7 +144,20 @@ impl DirBlobStore {
                 }
             }
         }
-        Ok(DirBlobStore { root })
+        Ok(DirBlobStore {
+            root,
+            stripes: std::sync::Arc::new(
+                (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+            ),
+            _owner: owner,
+        })
+    }
+
+    /// The lock of a blob's stripe (shared with blocking tasks).
+    fn stripe(&self, digest: &Digest) -> (std::sync::Arc<Vec<parking_lot::Mutex<()>>>, usize) {
+        // The digest is uniform: its first byte picks the stripe.
+        let index = usize::from(digest.as_str().as_bytes()[0]) % STRIPES;
+        (self.stripes.clone(), index)
     }
 
     /// The file of a blob (a [`Digest`] is 64 hex characters, so it cannot escape the directory).
@@ -167,18 +207,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BlobError::Task(e.to_string()))?
 }
 
-/// Whether two metadata describe the same file (not just the same name).
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-#[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
-    false
-}
-
 /// A temporary name next to `path`, unique to this process and call (`prefix` tells its kind).
 fn temporary(path: &Path, prefix: &str) -> PathBuf {
     let dir = path.parent().unwrap_or(path);
@@ -210,20 +238,17 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
 impl BlobStore for DirBlobStore {
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
         let path = self.path(digest);
+        let (stripes, stripe) = self.stripe(digest);
         let digest = digest.clone();
         blocking(move || {
             digest.verify(&bytes)?;
-            // Present already: refresh its time, so that a collector sees it as just stored. If a collector
-            // moved it away between the open and the touch, the name no longer leads to this file: store it
-            // anew.
+            let _blob = stripes[stripe].lock();
+            // Present already: refresh its time, so that a collector sees it as just stored.
             match std::fs::File::options().write(true).open(&path) {
                 Ok(file) => {
-                    file.set_modified(SystemTime::now())
-                        .map_err(io("touch", &path))?;
-                    let touched = file.metadata().map_err(io("stat", &path))?;
-                    if std::fs::metadata(&path).is_ok_and(|now| same_file(&now, &touched)) {
-                        return Ok(());
-                    }
+                    return file
+                        .set_modified(SystemTime::now())
+                        .map_err(io("touch", &path));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io("open", &path)(e)),
@@ -275,29 +300,24 @@ impl BlobStore for DirBlobStore {
         cutoff: SystemTime,
     ) -> Result<bool, BlobError> {
         let path = self.path(digest);
+        let (stripes, stripe) = self.stripe(digest);
         blocking(move || {
-            // Moved aside first, so that a put from now on finds the name free and stores the blob anew;
-            // then judged by the time of the moved file, which a put that opened it before the move has
-            // already refreshed (or put back below).
-            let aside = temporary(&path, "gc");
-            match std::fs::rename(&path, &aside) {
-                Ok(()) => {}
+            // Judged and deleted under the blob's lock: a put either refreshed it before (and it stays) or
+            // finds it gone after (and stores it anew). Readers never see it half-deleted.
+            let _blob = stripes[stripe].lock();
+            let stored = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(stored) => stored,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(io("move", &path)(e)),
-            }
-            let stored = std::fs::metadata(&aside)
-                .and_then(|m| m.modified())
-                .map_err(io("stat", &aside))?;
+                Err(e) => return Err(io("stat", &path)(e)),
+            };
             if stored >= cutoff {
-                // Stored again meanwhile: back under its name, unless a put already wrote a new copy.
-                match std::fs::hard_link(&aside, &path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io("restore", &path)(e)),
-                }
+                return Ok(false);
             }
-            std::fs::remove_file(&aside).map_err(io("delete", &aside))?;
-            Ok(stored < cutoff)
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io("delete", &path)(e)),
+            }
         })
         .await
     }
@@ -334,6 +354,7 @@ mod tests {
                 }
             }
         }
+        out.sort();
         out
     }
 
@@ -369,8 +390,8 @@ mod tests {
             .join(digest.as_str());
         assert_eq!(
             files(dir.path()),
-            [expected],
-            "one file at sha256/<2 hex>/<digest>, no temp file"
+            [dir.path().join("LOCK"), expected],
+            "the lock and one file at sha256/<2 hex>/<digest>, no temp file"
         );
         let listed = blobs.list().await.expect("list");
         assert_eq!(listed.len(), 1);
@@ -421,7 +442,11 @@ mod tests {
             "put refreshed the time"
         );
         assert_eq!(blobs.get(&digest).await.expect("get"), Some(bytes));
-        assert_eq!(files(dir.path()).len(), 1, "one file, no temp files left");
+        assert_eq!(
+            files(dir.path()).len(),
+            2,
+            "the blob and the lock, no temp files left"
+        );
     }
 
     #[tokio::test]
@@ -454,7 +479,23 @@ mod tests {
                 .await
                 .expect("absent")
         );
-        assert!(files(dir.path()).is_empty(), "nothing left aside");
+        assert_eq!(
+            files(dir.path()),
+            [dir.path().join("LOCK")],
+            "nothing left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_process_owns_a_blob_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DirBlobStore::open(dir.path()).expect("open");
+        match DirBlobStore::open(dir.path()) {
+            Err(BlobError::InUse(path)) => assert_eq!(path, dir.path()),
+            other => panic!("a second owner: {other:?}"),
+        }
+        drop(first);
+        DirBlobStore::open(dir.path()).expect("free again once the first is closed");
     }
 
     #[tokio::test]
@@ -472,7 +513,11 @@ mod tests {
             }
             other => panic!("expected DigestMismatch, got {other:?}"),
         }
-        assert!(files(dir.path()).is_empty(), "a refused put writes nothing");
+        assert_eq!(
+            files(dir.path()),
+            [dir.path().join("LOCK")],
+            "a refused put writes nothing"
+        );
         assert!(!blobs.contains(&claimed).await.expect("contains"));
     }
 

@@ -172,7 +172,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
                 address,
                 args.data_dir.join(tier.name()),
             );
-            let agent = Agent::new(config).context("cannot open the agent's data directory")?;
+            let agent = Agent::new(config).context("cannot start an agent")?;
             agent_tasks.push(tokio::spawn(strata_edge_agent::serve(agent, listener, wait_for(agents_stopped.clone()))));
         }
         say!("control plane  {cp_addr}   (store: {})", args.data_dir.display())?;

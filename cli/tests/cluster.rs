@@ -802,3 +802,89 @@ fn the_cli_says_when_it_cannot_reach_the_cluster() {
         "{stderr}"
     );
 }
+
+/// The control plane restarted at the same address on a new, empty store (its disk was lost): agents register
+/// anew, and agents and devices drop the models the new store does not have and take the new store's tables,
+/// although their revisions are lower than the ones they held (revisions start over in a new store).
+#[test]
+fn agents_and_devices_follow_a_control_plane_restarted_on_a_new_store() {
+    let mut sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    // Many writes before squeezenet's table is published: its revision in the old store is high.
+    for (round, privacy) in ["open", "features", "open", "features", "open", "features"]
+        .into_iter()
+        .enumerate()
+    {
+        sandbox.push(&corpus("multi_io.onnx"), "multi_io", privacy);
+        sandbox.wait_until("multi_io replanned", Duration::from_secs(60), |s| {
+            s.routes("multi_io")
+                .is_some_and(|t| t.version == round as u64 + 1)
+        });
+    }
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    let old = sandbox.wait_served("squeezenet", 1);
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    sandbox.wait_until(
+        "the device holds both tables",
+        Duration::from_secs(20),
+        |_| {
+            client.route_table("multi_io").is_some()
+                && client
+                    .route_table("squeezenet")
+                    .is_some_and(|t| t.revision == old.revision)
+        },
+    );
+    let old_nodes: Vec<String> = sandbox.nodes().into_iter().map(|n| n.id).collect();
+
+    sandbox.restart_on_new_store();
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    sandbox.wait_served("squeezenet", 1);
+    let new_nodes: Vec<String> = sandbox.nodes().into_iter().map(|n| n.id).collect();
+    assert!(
+        new_nodes.iter().all(|n| !old_nodes.contains(n)),
+        "the agents registered anew: {old_nodes:?} -> {new_nodes:?}"
+    );
+    let mut current = 0;
+    sandbox.wait_until(
+        "the device follows the new store",
+        Duration::from_secs(20),
+        |s| {
+            current = s.routes("squeezenet").map_or(0, |t| t.revision);
+            client.route_table("multi_io").is_none()
+                && client
+                    .route_table("squeezenet")
+                    .is_some_and(|t| t.revision == current)
+        },
+    );
+    assert!(
+        current < old.revision,
+        "the test needs the new store's revision ({current}) below the old one ({})",
+        old.revision
+    );
+    for agent in &sandbox.agents {
+        let known = sandbox.runtime.block_on(async {
+            let channel = strata_proto::call::channel(&agent.address, Duration::from_secs(2))
+                .expect("channel");
+            v1::routes_client::RoutesClient::new(channel)
+                .get_routes(v1::GetRoutesRequest {
+                    model: "multi_io".into(),
+                })
+                .await
+        });
+        assert_eq!(
+            known.map_err(|s| s.code()).err(),
+            Some(tonic::Code::NotFound),
+            "{} forgot the model the new store does not have",
+            agent.proc.name
+        );
+    }
+    let want = reference("squeezenet");
+    let r = sandbox
+        .runtime
+        .block_on(client.infer(
+            "squeezenet",
+            want.inputs.clone(),
+            with_privacy(Privacy::Features),
+        ))
+        .expect("inference on the new store's plans");
+    assert_outputs_match(&r.outputs, &want.outputs, "squeezenet on the new store");
+}

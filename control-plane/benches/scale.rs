@@ -1170,13 +1170,19 @@ async fn watcher(index: usize, channel: Channel, shared: Arc<Watchers>) {
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(table)) => {
+                        Ok(Some(v1::RouteUpdate {
+                            table: Some(table), ..
+                        })) => {
                             let seen = Seen {
                                 at: Instant::now(),
                                 version: table.version,
                                 nodes: table.nodes.into_iter().map(|n| n.id).collect(),
                             };
                             shared.seen[index].lock().expect("seen lock").push(seen);
+                            permit.take();
+                        }
+                        // The end of the snapshot.
+                        Ok(Some(_)) => {
                             permit.take();
                         }
                         Ok(None) => break "the server ended the watch".to_string(),

@@ -147,8 +147,12 @@ pub async fn referenced(plane: &ControlPlane) -> Result<BTreeSet<Digest>, Contro
         for kv in plane.store.range(prefix).await?.kvs {
             let table = crate::records::route_table(&plane.corrupt, &kv)?;
             for stage in table.plans.iter().flat_map(|p| &p.stages) {
-                if let Ok(d) = stage.digest.parse() {
-                    digests.insert(d);
+                match stage.digest.parse() {
+                    Ok(d) => {
+                        digests.insert(d);
+                    }
+                    // No blob has that name, so none is kept for it; the record is still noted.
+                    Err(e) => plane.corrupt.note(&kv.key, &e),
                 }
             }
         }

@@ -108,12 +108,15 @@ pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> 
     refresh_assignments(plane, &nodes, &plans).await
 }
 
-/// Every model's plans by model name.
+/// Every model's plans by model name. A record that does not decode (corrupt, or from an incompatible
+/// version) is logged, counted and left out, so the leader plans that model again and overwrites it, and the
+/// other models are not held up.
 async fn all_plans(plane: &ControlPlane) -> Result<HashMap<String, PlansRecord>, ControlError> {
     let mut plans = HashMap::new();
     for kv in plane.store.range(keys::PLANS).await?.kvs {
-        let record: PlansRecord = parse(&plane.corrupt, &kv.key, &kv.value)?;
-        plans.insert(record.model.clone(), record);
+        if let Ok(record) = parse::<PlansRecord>(&plane.corrupt, &kv.key, &kv.value) {
+            plans.insert(record.model.clone(), record);
+        }
     }
     Ok(plans)
 }
@@ -155,6 +158,7 @@ pub async fn reconcile_once(
             plane.wake.notify_one();
         });
     }
+    let mut failed = None;
     for model in &models {
         let tier_list: Vec<Tier> = tiers.iter().copied().collect();
         let fresh = plans.get(&model.name).is_some_and(|p| {
@@ -163,8 +167,18 @@ pub async fn reconcile_once(
                 && (p.tiers == tier_list || (lost_only && !settling.is_zero()))
         });
         if !fresh {
-            let record = replan(plane, leadership, model, &tiers).await?;
-            plans.insert(model.name.clone(), record);
+            // One model that cannot be planned now (its blob is being fetched, say) does not hold up the
+            // others; the pass still fails at its end, so the loop tries again.
+            match replan(plane, leadership, model, &tiers).await {
+                Ok(record) => {
+                    plans.insert(model.name.clone(), record);
+                }
+                Err(ControlError::NotLeader) => return Err(ControlError::NotLeader),
+                Err(e) => {
+                    tracing::warn!(model = %model.name, error = %e, "cannot plan the model now");
+                    failed.get_or_insert(e);
+                }
+            }
         }
     }
     let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
@@ -179,7 +193,8 @@ pub async fn reconcile_once(
     plans.retain(|n, _| names.contains(n.as_str()));
 
     publish(plane, leadership, &models, &plans, &nodes).await?;
-    refresh_assignments(plane, &nodes, &plans).await
+    refresh_assignments(plane, &nodes, &plans).await?;
+    failed.map_or(Ok(()), Err)
 }
 
 async fn replan(

@@ -94,7 +94,10 @@ pub struct PlanRecord {
     pub id: String,
     /// Privacy levels the plan satisfies.
     pub satisfies: Vec<Privacy>,
-    /// The objectives it is optimal for (one split can be best for both).
+    /// The objectives it is optimal for (one split can be best for both). Empty in records written before
+    /// this field existed (they are replanned only when their model or tiers change; the objectives are
+    /// informational).
+    #[serde(default)]
     pub objectives: Vec<Objective>,
     /// Predicted end-to-end latency, ms.
     pub latency_ms: f64,

@@ -104,7 +104,9 @@ impl RouteCache {
                 Err(e) => e.to_string(),
             };
             if self.following.swap(false, Ordering::Relaxed) {
+                // It was following: a new break, logged once.
                 backoff.succeeded();
+                logged = false;
             }
             if logged {
                 tracing::debug!(error = %why, "route watch still broken");
@@ -113,9 +115,6 @@ impl RouteCache {
                 logged = true;
             }
             tokio::time::sleep(backoff.failed()).await;
-            if self.following() {
-                logged = false;
-            }
         }
     }
 

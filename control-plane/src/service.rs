@@ -207,12 +207,13 @@ impl Control for ControlService {
         let stream = async_stream(move |tx| async move {
             let mut last: Option<Vec<v1::StageAssignment>> = None;
             loop {
-                let current = rx
-                    .borrow_and_update()
-                    .get(&node_id)
-                    .cloned()
-                    .unwrap_or_default();
-                if last.as_ref() != Some(&current) {
+                // Nothing until a pass has assigned this node: a node just registered (or resumed on a
+                // replica that has not computed its assignments yet) must not be told it holds nothing, or it
+                // would unload every stage it serves.
+                let current = rx.borrow_and_update().get(&node_id).cloned();
+                if let Some(current) = current
+                    && last.as_ref() != Some(&current)
+                {
                     if tx
                         .send(Ok(v1::Assignments {
                             stages: current.clone(),
@@ -255,7 +256,7 @@ impl Routes for ControlService {
         Ok(Response::new(self.plane.route_table(&name).await?))
     }
 
-    type WatchRoutesStream = BoxStream<v1::RouteTable>;
+    type WatchRoutesStream = BoxStream<v1::RouteUpdate>;
 
     async fn watch_routes(
         &self,
@@ -264,14 +265,29 @@ impl Routes for ControlService {
         let models = request.into_inner().models;
         let wanted = move |name: &str| models.is_empty() || models.iter().any(|m| m == name);
         let cache = self.plane.route_cache.clone();
+        let message = |table: &v1::RouteTable, snapshot: bool| {
+            Ok(v1::RouteUpdate {
+                table: Some(table.clone()),
+                snapshot,
+                snapshot_end: false,
+            })
+        };
         let stream = async_stream(move |tx| async move {
-            // Every table now, then each change; a watcher that fell behind gets every table again.
+            // A snapshot of every table, then each change; a watcher that fell behind gets a new snapshot.
             loop {
                 let (tables, mut updates) = cache.subscribe();
                 for table in tables {
-                    if wanted(&table.model) && tx.send(Ok((*table).clone())).await.is_err() {
+                    if wanted(&table.model) && tx.send(message(&table, true)).await.is_err() {
                         return;
                     }
+                }
+                let end = v1::RouteUpdate {
+                    table: None,
+                    snapshot: false,
+                    snapshot_end: true,
+                };
+                if tx.send(Ok(end)).await.is_err() {
+                    return;
                 }
                 loop {
                     let update = tokio::select! {
@@ -280,7 +296,8 @@ impl Routes for ControlService {
                     };
                     match update {
                         Ok(table) => {
-                            if wanted(&table.model) && tx.send(Ok((*table).clone())).await.is_err()
+                            if wanted(&table.model)
+                                && tx.send(message(&table, false)).await.is_err()
                             {
                                 return;
                             }

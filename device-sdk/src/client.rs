@@ -349,6 +349,18 @@ impl Inner {
             .map_err(|e| SdkError::InvalidArgument(e.to_string()))
     }
 
+    /// Replaces every cached table with a watch's snapshot: it names every model there is, and its tables win
+    /// whatever revisions were cached (the server may run on a new store).
+    fn replace_tables(&self, tables: Vec<v1::RouteTable>) {
+        let fresh = tables
+            .into_iter()
+            .filter(|t| !t.deleted)
+            .map(|t| (t.model.clone(), Arc::new(t)))
+            .collect();
+        *self.routes.write() = fresh;
+    }
+
+    /// Caches one table, unless an older revision of what is cached (within one watch, revisions only grow).
     fn store_table(&self, table: v1::RouteTable) {
         let mut routes = self.routes.write();
         if table.deleted {
@@ -546,6 +558,7 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
         // endpoint is tried like after any failure.
         let channel = strong.channel(endpoint);
         drop(strong);
+        let started = Instant::now();
         let why = match channel {
             Err(e) => e.to_string(),
             Ok(channel) => match RoutesClient::new(channel)
@@ -559,15 +572,24 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
                         Some(strong) => strong.watching.store(true, Ordering::Relaxed),
                         None => return,
                     }
-                    backoff.succeeded();
                     tracing::debug!(%endpoint, "following route tables");
+                    // The tables of the snapshot in progress, if one is.
+                    let mut snapshot: Option<Vec<v1::RouteTable>> = None;
                     loop {
                         match stream.next().await {
-                            Some(Ok(table)) => {
+                            Some(Ok(update)) => {
                                 let Some(strong) = inner.upgrade() else {
                                     return;
                                 };
-                                strong.store_table(table);
+                                if update.snapshot_end {
+                                    strong.replace_tables(snapshot.take().unwrap_or_default());
+                                } else if let Some(table) = update.table {
+                                    if update.snapshot {
+                                        snapshot.get_or_insert_with(Vec::new).push(table);
+                                    } else {
+                                        strong.store_table(table);
+                                    }
+                                }
                             }
                             Some(Err(status)) => {
                                 break format!("watch broke: {}", status.message());
@@ -586,6 +608,11 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
         drop(strong);
         if was {
             tracing::warn!(%endpoint, error = %why, "route watch lost; using cached routes and watching again");
+            // Only a watch that lasted resets the backoff (an endpoint that breaks every watch at once
+            // keeps backing off).
+            if started.elapsed() >= Duration::from_secs(10) {
+                backoff.succeeded();
+            }
         } else {
             tracing::debug!(%endpoint, error = %why, "route watch failed");
         }

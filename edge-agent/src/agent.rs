@@ -125,6 +125,12 @@ pub fn memory_bytes() -> u64 {
     }
 }
 
+/// A session up this long counts as a success for the reconnect backoff.
+const SESSION_LASTED: Duration = Duration::from_secs(10);
+
+/// How long a control-plane call that opens a session (register, opening a watch) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a control session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -152,6 +158,17 @@ impl SessionError {
     fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
         move |status| SessionError::Call { call, status }
     }
+}
+
+/// Why an agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No control-plane address was given.
+    #[error("no control-plane address given (an agent needs at least one)")]
+    NoControlPlane,
+    /// The stage cache cannot be opened.
+    #[error("cannot open the stage cache: {0}")]
+    Cache(#[from] strata_blob::BlobError),
 }
 
 /// Shared agent state.
@@ -182,7 +199,10 @@ pub struct Agent {
 
 impl Agent {
     /// A new agent (not yet registered). Blocking (it opens the stage cache in `data_dir/stages`).
-    pub fn new(config: AgentConfig) -> Result<Arc<Agent>, strata_blob::BlobError> {
+    pub fn new(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        if config.control_planes.is_empty() {
+            return Err(AgentError::NoControlPlane);
+        }
         let stages = StageStore::open(config.data_dir.join("stages"))?;
         Ok(Arc::new(Agent {
             slots: Semaphore::new(config.slots.max(1) as usize),
@@ -308,11 +328,16 @@ impl Agent {
             addresses.len(),
         );
         for address in addresses.iter().cycle() {
+            let started = std::time::Instant::now();
             let Err(error) = self.clone().session(address).await;
             *self.session_error.lock() = format!("{address}: {error}");
             if self.connected.swap(false, Ordering::Relaxed) {
                 tracing::warn!(control_plane = %address, %error, "control session ended; serving from cache and reconnecting");
-                backoff.succeeded();
+                // Only a session that lasted resets the backoff: one that fails as soon as it is up (a
+                // replica that accepts and then breaks every watch) keeps backing off.
+                if started.elapsed() >= SESSION_LASTED {
+                    backoff.succeeded();
+                }
             } else {
                 tracing::debug!(control_plane = %address, %error, "control plane unreachable");
             }
@@ -362,9 +387,10 @@ impl Agent {
                 (id, ttl_ms)
             }
             None => {
-                let registered = control
-                    .register(v1::RegisterRequest { spec: Some(spec) })
+                let register = control.register(v1::RegisterRequest { spec: Some(spec) });
+                let registered = tokio::time::timeout(CALL_TIMEOUT, register)
                     .await
+                    .map_err(|_| SessionError::Timeout("register"))?
                     .map_err(SessionError::call("register"))?
                     .into_inner();
                 tracing::info!(node = %registered.node_id, control_plane = %address, "registered");
@@ -375,16 +401,20 @@ impl Agent {
         let period = Duration::from_millis((ttl_ms / 3).clamp(100, 10_000));
         // Both watches open before the session counts as connected: a session that cannot follow its
         // assignments is not a session.
-        let assignments = ControlClient::new(channel.clone())
-            .watch_assignments(v1::WatchAssignmentsRequest {
-                node_id: node_id.clone(),
-            })
+        let mut assignments_client = ControlClient::new(channel.clone());
+        let watch = assignments_client.watch_assignments(v1::WatchAssignmentsRequest {
+            node_id: node_id.clone(),
+        });
+        let assignments = tokio::time::timeout(CALL_TIMEOUT, watch)
             .await
+            .map_err(|_| SessionError::Timeout("watch assignments"))?
             .map_err(SessionError::call("watch assignments"))?
             .into_inner();
-        let routes = RoutesClient::new(channel.clone())
-            .watch_routes(v1::WatchRoutesRequest { models: vec![] })
+        let mut routes_client = RoutesClient::new(channel.clone());
+        let watch = routes_client.watch_routes(v1::WatchRoutesRequest { models: vec![] });
+        let routes = tokio::time::timeout(CALL_TIMEOUT, watch)
             .await
+            .map_err(|_| SessionError::Timeout("watch routes"))?
             .map_err(SessionError::call("watch routes"))?
             .into_inner();
         self.connected.store(true, Ordering::Relaxed);
@@ -529,15 +559,18 @@ impl Agent {
     }
 
     /// Keeps the route tables current, and caches device stages too (so devices can fetch them from this
-    /// agent while the control plane is down); ends when the watch does.
+    /// agent while the control plane is down); ends when the watch does. Each snapshot replaces the tables
+    /// held: a model it does not name is gone (the control plane may run on a new store).
     async fn follow_routes(
         &self,
         channel: &Channel,
-        mut stream: tonic::Streaming<v1::RouteTable>,
+        mut stream: tonic::Streaming<v1::RouteUpdate>,
     ) -> SessionError {
+        // The models named by the snapshot in progress, if one is.
+        let mut snapshot: Option<Vec<String>> = None;
         loop {
-            let table = match stream.next().await {
-                Some(Ok(table)) => table,
+            let update = match stream.next().await {
+                Some(Ok(update)) => update,
                 Some(Err(status)) => {
                     return SessionError::Call {
                         call: "watch routes",
@@ -546,6 +579,19 @@ impl Agent {
                 }
                 None => return SessionError::WatchEnded("route"),
             };
+            if update.snapshot_end {
+                // An empty snapshot names nothing: every model is gone.
+                self.forget_routes_except(&snapshot.take().unwrap_or_default());
+                continue;
+            }
+            let Some(table) = update.table else {
+                continue;
+            };
+            if update.snapshot {
+                snapshot
+                    .get_or_insert_with(Vec::new)
+                    .push(table.model.clone());
+            }
             let device_stages: BTreeSet<String> = table
                 .plans
                 .iter()
@@ -555,13 +601,36 @@ impl Agent {
                 .collect();
             self.set_route(table);
             for digest in device_stages {
-                let Ok(digest) = digest.parse::<Digest>() else {
-                    continue;
+                let digest = match digest.parse::<Digest>() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "route table with a bad device-stage digest; not caching it");
+                        continue;
+                    }
                 };
                 if let Err(e) = self.cache_device_stage(channel, &digest).await {
                     tracing::debug!(%digest, error = %e, "cannot cache device stage");
                 }
             }
+        }
+    }
+
+    /// Drops the tables of every model not in `named` (the end of a snapshot that did not name them).
+    fn forget_routes_except(&self, named: &[String]) {
+        let gone: Vec<String> = self
+            .routes
+            .read()
+            .keys()
+            .filter(|m| !named.contains(m))
+            .cloned()
+            .collect();
+        for model in gone {
+            tracing::info!(%model, "model gone from the route tables");
+            self.set_route(v1::RouteTable {
+                model,
+                deleted: true,
+                ..Default::default()
+            });
         }
     }
 

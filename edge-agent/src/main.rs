@@ -82,7 +82,7 @@ async fn main() -> Result<()> {
         config.queue = queue;
     }
     config.cache_grace = std::time::Duration::from_millis(args.cache_grace_ms);
-    let agent = Agent::new(config).context("cannot open the data directory")?;
+    let agent = Agent::new(config).context("cannot start the agent")?;
     // Tests and scripts read this line to learn the port.
     {
         use std::io::Write;

@@ -396,7 +396,7 @@ impl Routes for AgentService {
         }
     }
 
-    type WatchRoutesStream = BoxStream<v1::RouteTable>;
+    type WatchRoutesStream = BoxStream<v1::RouteUpdate>;
 
     async fn watch_routes(
         &self,
@@ -413,17 +413,33 @@ impl Routes for AgentService {
             .filter(|t| wanted(t))
             .cloned()
             .collect();
+        let update = |table: v1::RouteTable, snapshot: bool| {
+            Ok(v1::RouteUpdate {
+                table: Some(table),
+                snapshot,
+                snapshot_end: false,
+            })
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            // The snapshot: every table this agent holds, then its end.
             for t in current {
-                if tx.send(Ok(t)).await.is_err() {
+                if tx.send(update(t, true)).await.is_err() {
                     return;
                 }
+            }
+            let end = v1::RouteUpdate {
+                table: None,
+                snapshot: false,
+                snapshot_end: true,
+            };
+            if tx.send(Ok(end)).await.is_err() {
+                return;
             }
             loop {
                 match updates.recv().await {
                     Ok(t) if wanted(&t) => {
-                        if tx.send(Ok(t)).await.is_err() {
+                        if tx.send(update(t, false)).await.is_err() {
                             return;
                         }
                     }

@@ -196,6 +196,16 @@ impl Analysis {
     }
 }
 
+/// ONNX operators whose outputs are drawn at random: never folded into constants.
+const NONDETERMINISTIC: [&str; 6] = [
+    "Bernoulli",
+    "Multinomial",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+];
+
 /// A tract tensor as an ONNX initializer named `name` (`TDim` shape values as int64); `None` for types ONNX
 /// initializers of Strata's stages do not carry (strings, complex).
 fn tensor_proto(name: &str, t: &Tensor) -> Option<onnx::TensorProto> {
@@ -447,9 +457,13 @@ pub fn analyse(
             );
         }
     }
-    // Node outputs whose value the input shapes determine.
+    // Node outputs whose value the input shapes determine (never those of a sampling operator: tract may
+    // evaluate one with constant inputs, but its value must be drawn at run time, every time).
     let mut constants = HashMap::new();
     for node in &model.nodes {
+        if node.domain.is_empty() && NONDETERMINISTIC.contains(&node.op_type.as_str()) {
+            continue;
+        }
         for out in &node.outputs {
             if model.outputs.contains(out) {
                 continue;

@@ -323,6 +323,9 @@ pub fn blob_chunks(bytes: bytes::Bytes) -> Vec<BlobChunk> {
 /// from its own blob store only, so replicas that all lack a blob never ask each other in circles.
 pub const PEER_HEADER: &str = "strata-peer";
 
+/// The largest blob (model or stage file) a fetch accepts: the control plane's default model size limit.
+pub const MAX_BLOB_BYTES: u64 = 4 << 30;
+
 /// Fetches a blob by digest from any `Routes` server and checks that its content hashes to the digest
 /// (`DATA_LOSS` when it does not).
 pub async fn fetch_blob(channel: Channel, digest: &Digest) -> Result<Vec<u8>, Status> {
@@ -350,7 +353,13 @@ pub async fn fetch_blob_with(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if bytes.is_empty() && chunk.size > 0 {
-            bytes.reserve(chunk.size as usize);
+            // The size is the peer's word: reserve at most a chunk's worth ahead on it.
+            bytes.reserve((chunk.size.min(MAX_BLOB_BYTES) as usize).min(crate::CHUNK_BYTES * 64));
+        }
+        if (bytes.len() + chunk.data.len()) as u64 > MAX_BLOB_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "blob {digest} is larger than the limit of {MAX_BLOB_BYTES} bytes"
+            )));
         }
         bytes.extend_from_slice(&chunk.data);
     }

@@ -227,6 +227,8 @@ pub struct Sandbox {
     /// The etcd the replicas share, when the sandbox runs on etcd.
     pub etcd: Option<Etcd>,
     ttl_ms: u64,
+    /// Which embedded store the control plane runs on (a new one after `restart_on_new_store`).
+    store_generation: usize,
 }
 
 fn free_address() -> String {
@@ -271,6 +273,7 @@ impl Sandbox {
             runtime,
             etcd,
             ttl_ms,
+            store_generation: 0,
         };
         for i in 0..sandbox.replicas.len() {
             sandbox.start_replica(i);
@@ -301,7 +304,11 @@ impl Sandbox {
                     .arg(self.dir.path().join(format!("{name}-blobs")));
             }
             None => {
-                cmd.arg("--store").arg(self.dir.path().join("cp"));
+                let store = match self.store_generation {
+                    0 => "cp".to_string(),
+                    n => format!("cp-{n}"),
+                };
+                cmd.arg("--store").arg(self.dir.path().join(store));
             }
         }
         // cp0.log, then cp0-run2.log, … : the logs of earlier runs of this replica stay.
@@ -322,6 +329,15 @@ impl Sandbox {
         proc.wait_line("listening on", Duration::from_secs(30));
         self.replicas[i].id = id;
         self.replicas[i].proc = Some(proc);
+    }
+
+    /// Kills the (embedded-store) control plane and starts a new one at the same address on a new, empty
+    /// store: what an operator who lost the control plane's disk would do.
+    pub fn restart_on_new_store(&mut self) {
+        assert!(self.etcd.is_none(), "a sandbox on the embedded store");
+        self.replicas[0].kill();
+        self.store_generation += 1;
+        self.start_replica(0);
     }
 
     /// The index of the replica that leads now, read from the election in etcd.
@@ -475,9 +491,31 @@ impl Sandbox {
     pub fn wait_until(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Sandbox) -> bool) {
         let deadline = Instant::now() + timeout;
         while !ok(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\n{}",
+                self.log_tails(15)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last `lines` lines of every process's log, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        logs.iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("--- {}\n{tail}", p.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn client(&self, endpoints: &[String]) -> Client {
