@@ -155,8 +155,8 @@ impl DirBlobStore {
 
     /// The lock of a blob's stripe (shared with blocking tasks).
     fn stripe(&self, digest: &Digest) -> (std::sync::Arc<Vec<parking_lot::Mutex<()>>>, usize) {
-        // The digest is uniform: its first byte picks the stripe.
-        let index = usize::from(digest.as_str().as_bytes()[0]) % STRIPES;
+        // The digest is uniform: its first two hex digits (a byte) pick the stripe.
+        let index = u8::from_str_radix(&digest.as_str()[..2], 16).map_or(0, usize::from) % STRIPES;
         (self.stripes.clone(), index)
     }
 

@@ -46,12 +46,7 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
 /// The stores `--store` names: the embedded store in a directory, or etcd.
 async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
     if !args.store.starts_with("etcd://") {
-        let dir = Path::new(args.store);
-        let mut stores = server::open_embedded(dir)?;
-        if let Some(blobs) = args.blobs {
-            stores.1 = Arc::new(server::open_blobs(blobs)?);
-        }
-        return Ok(stores);
+        return Ok(server::open_embedded(Path::new(args.store), args.blobs)?);
     }
     let mut config = EtcdConfig::from_url(args.store)?;
     let etcd = &args.etcd;
@@ -149,7 +144,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let stores = server::open_embedded(&args.data_dir.join("control-plane"))?;
+        let stores = server::open_embedded(&args.data_dir.join("control-plane"), None)?;
         let plane = make_plane(stores, args.cluster, |_| {})?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;

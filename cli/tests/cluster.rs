@@ -888,3 +888,34 @@ fn agents_and_devices_follow_a_control_plane_restarted_on_a_new_store() {
         .expect("inference on the new store's plans");
     assert_outputs_match(&r.outputs, &want.outputs, "squeezenet on the new store");
 }
+
+/// A blob directory belongs to one process: a control plane may keep its blobs inside its store directory,
+/// and a second one pointed at the same blobs is refused with a clear error instead of collecting the first
+/// one's files.
+#[test]
+fn a_blob_directory_belongs_to_one_control_plane() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blobs = dir.path().join("a").join("blobs");
+    let start = |name: &str| {
+        let mut cmd = std::process::Command::new(sandbox::strata_bin());
+        cmd.args(["control-plane", "--listen", "127.0.0.1:0", "--store"])
+            .arg(dir.path().join(name))
+            .arg("--blobs")
+            .arg(&blobs);
+        sandbox::Proc::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
+    };
+    // The first keeps its blobs inside its own store directory.
+    let first = start("a");
+    first.wait_line("listening on", Duration::from_secs(30));
+    let mut second = start("b");
+    let status = second.child.wait().expect("the second control plane exits");
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default();
+    assert!(
+        !status.success(),
+        "a second owner of the blob directory started"
+    );
+    assert!(
+        log.contains("is in use by another process"),
+        "the refusal says why: {log}"
+    );
+}

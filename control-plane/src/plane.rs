@@ -2,7 +2,7 @@
 //! (content-addressed pushes, versions) and the route tables watchers read. gRPC glue lives in `service`;
 //! planning and publishing in `reconcile`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,8 @@ pub struct ControlPlane {
     pub(crate) route_cache: Arc<crate::route_cache::RouteCache>,
     /// Records found corrupt (logged and counted where found; never skipped silently).
     pub(crate) corrupt: CorruptRecords,
+    /// Models whose planning failed, by name: the version, and when to try again (with the pause that grows).
+    pub(crate) replan_backoff: Mutex<HashMap<String, (u64, Instant, Duration)>>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -134,6 +136,7 @@ impl ControlPlane {
             store_reachable: watch::channel(true).0,
             route_cache: Arc::new(crate::route_cache::RouteCache::new(corrupt.clone())),
             corrupt,
+            replan_backoff: Mutex::new(HashMap::new()),
         })
     }
 
@@ -364,12 +367,14 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Every registered node.
+    /// Every registered node (a corrupt record is logged, counted and left out: that node gets no work).
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
         let range = self.store.range(keys::NODES).await?;
         let mut nodes = Vec::with_capacity(range.kvs.len());
         for kv in range.kvs {
-            nodes.push(parse::<NodeRecord>(&self.corrupt, &kv.key, &kv.value)?);
+            if let Ok(node) = parse::<NodeRecord>(&self.corrupt, &kv.key, &kv.value) {
+                nodes.push(node);
+            }
         }
         let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         self.live().retain(|id, _| ids.contains(id.as_str()));
@@ -460,14 +465,25 @@ impl ControlPlane {
         }
     }
 
-    /// Every model.
+    /// Every model (a corrupt record is logged, counted and left out; see [`ControlPlane::model_names`]).
     pub async fn models(&self) -> Result<Vec<ModelRecord>, ControlError> {
         let range = self.store.range(keys::MODELS).await?;
-        range
+        Ok(range
             .kvs
             .iter()
-            .map(|kv| parse(&self.corrupt, &kv.key, &kv.value))
-            .collect()
+            .filter_map(|kv| parse(&self.corrupt, &kv.key, &kv.value).ok())
+            .collect())
+    }
+
+    /// The name of every model key, corrupt records included: what exists, for decisions to delete what
+    /// belongs to models that do not.
+    pub async fn model_names(&self) -> Result<BTreeSet<String>, ControlError> {
+        let range = self.store.range(keys::MODELS).await?;
+        Ok(range
+            .kvs
+            .iter()
+            .map(|kv| kv.key.trim_start_matches(keys::MODELS).to_string())
+            .collect())
     }
 
     /// One model.

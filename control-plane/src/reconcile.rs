@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
@@ -104,22 +104,30 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
 #[tracing::instrument(skip_all)]
 pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
-    let plans = all_plans(plane).await?;
+    let (plans, _) = all_plans(plane).await?;
     refresh_assignments(plane, &nodes, &plans).await
 }
 
-/// Every model's plans by model name. A record that does not decode (corrupt, or from an incompatible
-/// version) is logged, counted and left out, so the leader plans that model again and overwrites it, and the
-/// other models are not held up.
-async fn all_plans(plane: &ControlPlane) -> Result<HashMap<String, PlansRecord>, ControlError> {
+/// Every model's plans by model name, and the model name of every plans key. A record that does not decode
+/// (corrupt, or from an incompatible version) is logged, counted and left out of the map, so the leader plans
+/// that model again and overwrites it, and the other models are not held up; its key is still listed, so the
+/// leader deletes it when its model is gone.
+async fn all_plans(
+    plane: &ControlPlane,
+) -> Result<(HashMap<String, PlansRecord>, BTreeSet<String>), ControlError> {
     let mut plans = HashMap::new();
+    let mut keys = BTreeSet::new();
     for kv in plane.store.range(keys::PLANS).await?.kvs {
+        keys.insert(kv.key.trim_start_matches(keys::PLANS).to_string());
         if let Ok(record) = parse::<PlansRecord>(&plane.corrupt, &kv.key, &kv.value) {
             plans.insert(record.model.clone(), record);
         }
     }
-    Ok(plans)
+    Ok((plans, keys))
 }
+
+/// The first pause after a model fails to plan, and the longest.
+const REPLAN_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// Assigns stages from the current plans plus those of every published and retiring route table (an older
 /// version still serving while its successor loads, or in its grace period after the switch).
@@ -144,10 +152,12 @@ pub async fn reconcile_once(
 ) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
     let models = plane.models().await?;
+    // What exists (corrupt model records included): only what belongs to models absent here is deleted.
+    let names = plane.model_names().await?;
     let mut tiers: BTreeSet<Tier> = nodes.iter().map(|n| n.tier).collect();
     tiers.insert(Tier::Device);
 
-    let mut plans = all_plans(plane).await?;
+    let (mut plans, plan_keys) = all_plans(plane).await?;
     // A new leader (after a failover or a store outage that outlived the node leases) gives agents one node
     // TTL to resume or re-register before it plans without the tiers it does not see yet.
     let settling = plane.settings.node_ttl.saturating_sub(plane.leading_for());
@@ -158,7 +168,6 @@ pub async fn reconcile_once(
             plane.wake.notify_one();
         });
     }
-    let mut failed = None;
     for model in &models {
         let tier_list: Vec<Tier> = tiers.iter().copied().collect();
         let fresh = plans.get(&model.name).is_some_and(|p| {
@@ -167,34 +176,70 @@ pub async fn reconcile_once(
                 && (p.tiers == tier_list || (lost_only && !settling.is_zero()))
         });
         if !fresh {
-            // One model that cannot be planned now (its blob is being fetched, say) does not hold up the
-            // others; the pass still fails at its end, so the loop tries again.
+            // A model that cannot be planned now (its blob is being fetched, say) does not hold up the
+            // others, and is tried again after a pause that doubles while it keeps failing.
+            let now = Instant::now();
+            let waiting = plane
+                .replan_backoff
+                .lock()
+                .get(&model.name)
+                .filter(|(version, _, _)| *version == model.version)
+                .map(|(_, next, _)| *next)
+                .filter(|next| *next > now);
+            if let Some(next) = waiting {
+                wake_at(plane, next);
+                continue;
+            }
             match replan(plane, leadership, model, &tiers).await {
                 Ok(record) => {
+                    plane.replan_backoff.lock().remove(&model.name);
                     plans.insert(model.name.clone(), record);
                 }
                 Err(ControlError::NotLeader) => return Err(ControlError::NotLeader),
                 Err(e) => {
-                    tracing::warn!(model = %model.name, error = %e, "cannot plan the model now");
-                    failed.get_or_insert(e);
+                    let mut backoff = plane.replan_backoff.lock();
+                    let pause = match backoff.get(&model.name) {
+                        Some((version, _, pause)) if *version == model.version => {
+                            (*pause * 2).min(REPLAN_BACKOFF.1)
+                        }
+                        _ => REPLAN_BACKOFF.0,
+                    };
+                    let next = Instant::now() + pause;
+                    backoff.insert(model.name.clone(), (model.version, next, pause));
+                    tracing::warn!(model = %model.name, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot plan the model now");
+                    drop(backoff);
+                    wake_at(plane, next);
                 }
             }
         }
     }
-    let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    let stale: Vec<TxnOp> = plans
-        .keys()
-        .filter(|n| !names.contains(n.as_str()))
+    plane
+        .replan_backoff
+        .lock()
+        .retain(|name, _| names.contains(name));
+    let stale: Vec<TxnOp> = plan_keys
+        .iter()
+        .filter(|n| !names.contains(*n))
         .map(|n| TxnOp::Delete(keys::plans(n)))
         .collect();
     if !stale.is_empty() {
         plane.leader_txn(leadership, stale).await?;
     }
-    plans.retain(|n, _| names.contains(n.as_str()));
+    plans.retain(|n, _| names.contains(n));
 
-    publish(plane, leadership, &models, &plans, &nodes).await?;
+    // Assignments follow even when publishing fails (a store error): agents are never left waiting on it.
+    let published = publish(plane, leadership, &models, &names, &plans, &nodes).await;
     refresh_assignments(plane, &nodes, &plans).await?;
-    failed.map_or(Ok(()), Err)
+    published
+}
+
+/// Wakes the control loop at `at` (for a model whose planning waits out a backoff).
+fn wake_at(plane: &Arc<ControlPlane>, at: Instant) {
+    let plane = plane.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at.into()).await;
+        plane.wake.notify_one();
+    });
 }
 
 async fn replan(
@@ -341,6 +386,7 @@ async fn publish(
     plane: &Arc<ControlPlane>,
     leadership: &Leadership,
     models: &[ModelRecord],
+    names: &BTreeSet<String>,
     plans: &HashMap<String, PlansRecord>,
     nodes: &[NodeRecord],
 ) -> Result<(), ControlError> {
@@ -404,9 +450,9 @@ async fn publish(
             tracing::info!(model = %model.name, version, "{note}");
         }
     }
-    // Tables of deleted models go, corrupt ones included.
+    // Tables of deleted models go, corrupt ones included (a model whose own record is corrupt is not deleted).
     for name in &published {
-        if !models.iter().any(|m| &m.name == name) {
+        if !names.contains(name) {
             let delete = TxnOp::Delete(keys::routes(name));
             plane.leader_txn(leadership, vec![delete]).await?;
         }

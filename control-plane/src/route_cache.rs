@@ -18,13 +18,26 @@ use crate::store::{Event, KeyValue, Store};
 /// How many changes a watcher may fall behind before it is sent the whole set again.
 const BACKLOG: usize = 1024;
 
+/// What a subscriber of the cache hears.
+#[derive(Debug, Clone)]
+pub enum CacheEvent {
+    /// One table changed (a deleted model's table has `deleted` set).
+    Table(Arc<v1::RouteTable>),
+    /// The cache listed the store again (after a broken watch): the whole set may have changed, even to lower
+    /// revisions (a new store). Subscribers start over from a fresh snapshot.
+    Resync,
+}
+
 /// The published route tables, kept current from the store.
 pub struct RouteCache {
     tables: Mutex<BTreeMap<String, Arc<v1::RouteTable>>>,
-    updates: broadcast::Sender<Arc<v1::RouteTable>>,
+    updates: broadcast::Sender<CacheEvent>,
     corrupt: CorruptRecords,
     /// Whether the store watch is up (listed and watching).
     following: std::sync::atomic::AtomicBool,
+    /// Whether the cache has listed the store at least once (before that it knows nothing, and must not
+    /// tell watchers that there are no models).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl RouteCache {
@@ -35,7 +48,13 @@ impl RouteCache {
             updates: broadcast::channel(BACKLOG).0,
             corrupt,
             following: std::sync::atomic::AtomicBool::new(false),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the cache has read the store's tables at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the cache follows the store now (while it does not, watchers get the last tables).
@@ -55,38 +74,32 @@ impl RouteCache {
         self.tables.lock()
     }
 
-    /// Every table now, and the changes from then on (each exactly once). A deleted model's change is a
-    /// table with `deleted` set.
-    pub fn subscribe(
-        &self,
-    ) -> (
-        Vec<Arc<v1::RouteTable>>,
-        broadcast::Receiver<Arc<v1::RouteTable>>,
-    ) {
+    /// Every table now, and the events from then on (each exactly once).
+    pub fn subscribe(&self) -> (Vec<Arc<v1::RouteTable>>, broadcast::Receiver<CacheEvent>) {
         let tables = self.tables();
         (tables.values().cloned().collect(), self.updates.subscribe())
     }
 
     fn set(&self, table: Arc<v1::RouteTable>) {
         let mut tables = self.tables();
-        let changed = tables
-            .get(&table.model)
-            .is_none_or(|old| old.revision != table.revision);
+        let changed = tables.get(&table.model).is_none_or(|old| **old != *table);
         if changed {
             tables.insert(table.model.clone(), table.clone());
-            let _ = self.updates.send(table);
+            let _ = self.updates.send(CacheEvent::Table(table));
         }
     }
 
     fn remove(&self, model: &str, revision: u64) {
         let mut tables = self.tables();
         if tables.remove(model).is_some() {
-            let _ = self.updates.send(Arc::new(v1::RouteTable {
-                model: model.to_string(),
-                revision,
-                deleted: true,
-                ..Default::default()
-            }));
+            let _ = self
+                .updates
+                .send(CacheEvent::Table(Arc::new(v1::RouteTable {
+                    model: model.to_string(),
+                    revision,
+                    deleted: true,
+                    ..Default::default()
+                })));
         }
     }
 
@@ -120,25 +133,21 @@ impl RouteCache {
 
     async fn follow(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
         let range = store.range(keys::ROUTES).await?;
-        let listed: Vec<Arc<v1::RouteTable>> =
-            range.kvs.iter().filter_map(|kv| self.decode(kv)).collect();
-        // Gone: models whose key is absent (a corrupt table keeps its model's previous one).
-        let present: std::collections::BTreeSet<&str> = range
-            .kvs
-            .iter()
-            .map(|kv| kv.key.trim_start_matches(keys::ROUTES))
-            .collect();
-        let gone: Vec<String> = self
-            .tables()
-            .keys()
-            .filter(|m| !present.contains(m.as_str()))
-            .cloned()
-            .collect();
-        for model in gone {
-            self.remove(&model, range.revision as u64);
-        }
-        for table in listed {
-            self.set(table);
+        {
+            // The listing replaces the set (a model whose key is absent is gone; a corrupt table keeps its
+            // model's previous one), and subscribers start over from it.
+            let mut tables = self.tables();
+            let mut fresh = BTreeMap::new();
+            for kv in &range.kvs {
+                let model = kv.key.trim_start_matches(keys::ROUTES).to_string();
+                if let Some(table) = self.decode(kv).or_else(|| tables.get(&model).cloned()) {
+                    fresh.insert(model, table);
+                }
+            }
+            *tables = fresh;
+            self.loaded
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.updates.send(CacheEvent::Resync);
         }
         let mut watch = store.watch(keys::ROUTES, range.revision + 1).await?;
         if !self

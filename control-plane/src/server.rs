@@ -59,8 +59,8 @@ pub fn open_blobs(path: &Path) -> Result<DirBlobStore, OpenError> {
     })
 }
 
-/// Opens the zero-setup stores under `dir`: `dir/state.redb` and `dir/blobs/`.
-pub fn open_embedded(dir: &Path) -> Result<Stores, OpenError> {
+/// Opens the zero-setup stores under `dir`: `dir/state.redb`, and the blobs in `blobs` (default `dir/blobs/`).
+pub fn open_embedded(dir: &Path, blobs: Option<&Path>) -> Result<Stores, OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
         path: dir.to_path_buf(),
         source,
@@ -70,7 +70,10 @@ pub fn open_embedded(dir: &Path) -> Result<Stores, OpenError> {
             what: format!("in {}", dir.display()),
             source,
         })?;
-    let blobs = open_blobs(&dir.join("blobs"))?;
+    let blobs = match blobs {
+        Some(path) => open_blobs(path)?,
+        None => open_blobs(&dir.join("blobs"))?,
+    };
     Ok((Arc::new(store), Arc::new(blobs)))
 }
 

@@ -265,6 +265,14 @@ impl Routes for ControlService {
         let models = request.into_inner().models;
         let wanted = move |name: &str| models.is_empty() || models.iter().any(|m| m == name);
         let cache = self.plane.route_cache.clone();
+        if !cache.loaded() {
+            // A snapshot now would say "no models"; watchers would drop what they hold.
+            return Err(strata_proto::error::status(
+                tonic::Code::Unavailable,
+                "this control plane has not read the route tables from its store yet; retry",
+                strata_proto::error::ErrorReason::StoreUnavailable,
+            ));
+        }
         let message = |table: &v1::RouteTable, snapshot: bool| {
             Ok(v1::RouteUpdate {
                 table: Some(table.clone()),
@@ -295,14 +303,16 @@ impl Routes for ControlService {
                         () = tx.closed() => return,
                     };
                     match update {
-                        Ok(table) => {
+                        Ok(crate::route_cache::CacheEvent::Table(table)) => {
                             if wanted(&table.model)
                                 && tx.send(message(&table, false)).await.is_err()
                             {
                                 return;
                             }
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        // The set was listed again, or this watcher fell behind: a new snapshot.
+                        Ok(crate::route_cache::CacheEvent::Resync)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                 }

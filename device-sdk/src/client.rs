@@ -558,47 +558,57 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
         // endpoint is tried like after any failure.
         let channel = strong.channel(endpoint);
         drop(strong);
-        let started = Instant::now();
+        let mut connected_at = None;
         let why = match channel {
             Err(e) => e.to_string(),
-            Ok(channel) => match RoutesClient::new(channel)
-                .watch_routes(v1::WatchRoutesRequest { models: vec![] })
-                .await
-            {
-                Err(status) => format!("watch refused: {}", status.message()),
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    match inner.upgrade() {
-                        Some(strong) => strong.watching.store(true, Ordering::Relaxed),
-                        None => return,
-                    }
-                    tracing::debug!(%endpoint, "following route tables");
-                    // The tables of the snapshot in progress, if one is.
-                    let mut snapshot: Option<Vec<v1::RouteTable>> = None;
-                    loop {
-                        match stream.next().await {
-                            Some(Ok(update)) => {
-                                let Some(strong) = inner.upgrade() else {
-                                    return;
-                                };
-                                if update.snapshot_end {
-                                    strong.replace_tables(snapshot.take().unwrap_or_default());
-                                } else if let Some(table) = update.table {
-                                    if update.snapshot {
-                                        snapshot.get_or_insert_with(Vec::new).push(table);
-                                    } else {
-                                        strong.store_table(table);
+            Ok(channel) => {
+                let mut client = RoutesClient::new(channel);
+                let watch = client.watch_routes(v1::WatchRoutesRequest { models: vec![] });
+                match tokio::time::timeout(Duration::from_secs(5), watch).await {
+                    Err(_) => "the watch did not open within 5 s".to_string(),
+                    Ok(Err(status)) => format!("watch refused: {}", status.message()),
+                    Ok(Ok(response)) => {
+                        let mut stream = response.into_inner();
+                        match inner.upgrade() {
+                            Some(strong) => strong.watching.store(true, Ordering::Relaxed),
+                            None => return,
+                        }
+                        connected_at = Some(Instant::now());
+                        tracing::debug!(%endpoint, "following route tables");
+                        // The tables of the snapshot in progress, if one is.
+                        let mut snapshot: Option<Vec<v1::RouteTable>> = None;
+                        let mut last_was_snapshot = false;
+                        loop {
+                            match stream.next().await {
+                                Some(Ok(update)) => {
+                                    let Some(strong) = inner.upgrade() else {
+                                        return;
+                                    };
+                                    if update.snapshot_end {
+                                        strong.replace_tables(snapshot.take().unwrap_or_default());
+                                        last_was_snapshot = false;
+                                    } else if let Some(table) = update.table {
+                                        if update.snapshot {
+                                            // A snapshot message after any other kind begins a new one.
+                                            if !last_was_snapshot {
+                                                snapshot = Some(Vec::new());
+                                            }
+                                            snapshot.get_or_insert_with(Vec::new).push(table);
+                                        } else {
+                                            strong.store_table(table);
+                                        }
+                                        last_was_snapshot = update.snapshot;
                                     }
                                 }
+                                Some(Err(status)) => {
+                                    break format!("watch broke: {}", status.message());
+                                }
+                                None => break "the endpoint ended the watch".to_string(),
                             }
-                            Some(Err(status)) => {
-                                break format!("watch broke: {}", status.message());
-                            }
-                            None => break "the endpoint ended the watch".to_string(),
                         }
                     }
                 }
-            },
+            }
         };
         let Some(strong) = inner.upgrade() else {
             return;
@@ -610,7 +620,7 @@ async fn watch_routes(inner: std::sync::Weak<Inner>) {
             tracing::warn!(%endpoint, error = %why, "route watch lost; using cached routes and watching again");
             // Only a watch that lasted resets the backoff (an endpoint that breaks every watch at once
             // keeps backing off).
-            if started.elapsed() >= Duration::from_secs(10) {
+            if connected_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(10)) {
                 backoff.succeeded();
             }
         } else {

@@ -72,7 +72,8 @@ struct Bench {
 
 async fn start() -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (state, blobs) = server::open_embedded(&dir.path().join("control-plane")).expect("stores");
+    let (state, blobs) =
+        server::open_embedded(&dir.path().join("control-plane"), None).expect("stores");
     let plane = ControlPlane::new(
         state,
         blobs,

@@ -160,6 +160,15 @@ impl SessionError {
     }
 }
 
+/// What the agent's own route watchers (devices, other agents) hear.
+#[derive(Debug, Clone)]
+pub(crate) enum RouteEvent {
+    /// One table changed (a deleted model's has `deleted` set).
+    Table(v1::RouteTable),
+    /// The agent took a new snapshot from a control plane: watchers start over from a fresh one.
+    Resync,
+}
+
 /// Why an agent cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -181,7 +190,10 @@ pub struct Agent {
     /// Each model's table of the version before the current one: requests sent with it just before a
     /// rollout switched versions are still served (its stages stay assigned for a grace period).
     pub(crate) previous_routes: RwLock<HashMap<String, v1::RouteTable>>,
-    pub(crate) route_updates: broadcast::Sender<v1::RouteTable>,
+    pub(crate) route_updates: broadcast::Sender<RouteEvent>,
+    /// Whether a control plane's snapshot has arrived since the agent started (before that it knows no
+    /// tables, and must not tell devices that there are none).
+    pub(crate) routes_loaded: AtomicBool,
     pub(crate) balancer: Balancer,
     pub(crate) channels: strata_proto::call::Channels,
     pub(crate) slots: Semaphore,
@@ -193,6 +205,8 @@ pub struct Agent {
     pub(crate) connected: AtomicBool,
     /// Why the last control session ended (shown while disconnected).
     pub(crate) session_error: Mutex<String>,
+    /// When the current (or last) control session came up.
+    connected_at: Mutex<Option<std::time::Instant>>,
     pub(crate) recent_ms: Mutex<f64>,
     ready_changed: Notify,
 }
@@ -213,6 +227,7 @@ impl Agent {
             routes: RwLock::new(HashMap::new()),
             previous_routes: RwLock::new(HashMap::new()),
             route_updates: broadcast::channel(256).0,
+            routes_loaded: AtomicBool::new(false),
             balancer: Balancer::new(),
             in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
@@ -221,6 +236,7 @@ impl Agent {
             received: Mutex::new(BTreeSet::new()),
             connected: AtomicBool::new(false),
             session_error: Mutex::new("not connected yet".to_string()),
+            connected_at: Mutex::new(None),
             recent_ms: Mutex::new(0.0),
             ready_changed: Notify::new(),
         }))
@@ -274,26 +290,25 @@ impl Agent {
         }
     }
 
-    pub(crate) fn set_route(&self, table: v1::RouteTable) {
+    /// Takes a table (or a deletion); `announce` passes it on to this agent's own route watchers (a table
+    /// that is part of a snapshot is announced with the snapshot's end instead).
+    pub(crate) fn set_route(&self, table: v1::RouteTable, announce: bool) {
         {
             let mut routes = self.routes.write();
-            let replaced = if table.deleted {
-                routes.remove(&table.model)
-            } else {
-                routes.insert(table.model.clone(), table.clone())
-            };
             let mut previous = self.previous_routes.write();
-            match replaced {
-                Some(old) if old.version != table.version => {
-                    previous.insert(old.model.clone(), old);
-                }
-                _ if table.deleted => {
-                    previous.remove(&table.model);
-                }
-                _ => {}
+            if table.deleted {
+                // Gone: neither version is served any more.
+                routes.remove(&table.model);
+                previous.remove(&table.model);
+            } else if let Some(old) = routes.insert(table.model.clone(), table.clone())
+                && old.version != table.version
+            {
+                previous.insert(old.model.clone(), old);
             }
         }
-        let _ = self.route_updates.send(table);
+        if announce {
+            let _ = self.route_updates.send(RouteEvent::Table(table));
+        }
     }
 
     /// Deregisters from the control plane (graceful shutdown), best effort within a second.
@@ -328,14 +343,17 @@ impl Agent {
             addresses.len(),
         );
         for address in addresses.iter().cycle() {
-            let started = std::time::Instant::now();
             let Err(error) = self.clone().session(address).await;
             *self.session_error.lock() = format!("{address}: {error}");
             if self.connected.swap(false, Ordering::Relaxed) {
                 tracing::warn!(control_plane = %address, %error, "control session ended; serving from cache and reconnecting");
                 // Only a session that lasted resets the backoff: one that fails as soon as it is up (a
                 // replica that accepts and then breaks every watch) keeps backing off.
-                if started.elapsed() >= SESSION_LASTED {
+                if self
+                    .connected_at
+                    .lock()
+                    .is_some_and(|t| t.elapsed() >= SESSION_LASTED)
+                {
                     backoff.succeeded();
                 }
             } else {
@@ -418,6 +436,7 @@ impl Agent {
             .map_err(SessionError::call("watch routes"))?
             .into_inner();
         self.connected.store(true, Ordering::Relaxed);
+        *self.connected_at.lock() = Some(std::time::Instant::now());
         self.session_error.lock().clear();
         tokio::select! {
             e = self.heartbeats(&mut control, &node_id, period) => Err(e),
@@ -568,6 +587,7 @@ impl Agent {
     ) -> SessionError {
         // The models named by the snapshot in progress, if one is.
         let mut snapshot: Option<Vec<String>> = None;
+        let mut last_was_snapshot = false;
         loop {
             let update = match stream.next().await {
                 Some(Ok(update)) => update,
@@ -582,16 +602,24 @@ impl Agent {
             if update.snapshot_end {
                 // An empty snapshot names nothing: every model is gone.
                 self.forget_routes_except(&snapshot.take().unwrap_or_default());
+                self.routes_loaded.store(true, Ordering::Relaxed);
+                let _ = self.route_updates.send(RouteEvent::Resync);
+                last_was_snapshot = false;
                 continue;
             }
             let Some(table) = update.table else {
                 continue;
             };
             if update.snapshot {
+                // A snapshot message after any other kind begins a new snapshot.
+                if !last_was_snapshot {
+                    snapshot = Some(Vec::new());
+                }
                 snapshot
                     .get_or_insert_with(Vec::new)
                     .push(table.model.clone());
             }
+            last_was_snapshot = update.snapshot;
             let device_stages: BTreeSet<String> = table
                 .plans
                 .iter()
@@ -599,7 +627,7 @@ impl Agent {
                 .filter(|s| strata_proto::convert::is_tier(s.tier, Tier::Device))
                 .map(|s| s.digest.clone())
                 .collect();
-            self.set_route(table);
+            self.set_route(table, !update.snapshot);
             for digest in device_stages {
                 let digest = match digest.parse::<Digest>() {
                     Ok(d) => d,
@@ -626,11 +654,12 @@ impl Agent {
             .collect();
         for model in gone {
             tracing::info!(%model, "model gone from the route tables");
-            self.set_route(v1::RouteTable {
+            let deletion = v1::RouteTable {
                 model,
                 deleted: true,
                 ..Default::default()
-            });
+            };
+            self.set_route(deletion, false);
         }
     }
 

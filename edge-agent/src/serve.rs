@@ -17,7 +17,7 @@ use strata_proto::{TensorAssembler, tensor_chunks};
 use strata_runtime::RuntimeError;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, RouteEvent};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -63,6 +63,19 @@ fn runtime_status(stage: u32, e: RuntimeError) -> Status {
 }
 
 impl AgentService {
+    /// Refuses route requests until the agent holds a control plane's snapshot: before that it knows no
+    /// tables, and an answer would tell devices that models they use do not exist.
+    fn routes_loaded(&self) -> Result<(), Status> {
+        if self.agent.routes_loaded.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "agent {} has no route tables yet (no control plane reached since it started)",
+                self.agent.node_id()
+            )))
+        }
+    }
+
     /// A blob this agent does not cache, from the control planes (then cached here).
     async fn fetch_for_caller(&self, digest: &Digest) -> Result<bytes::Bytes, Status> {
         let agent = &self.agent;
@@ -373,6 +386,7 @@ impl Routes for AgentService {
         &self,
         request: Request<v1::GetRoutesRequest>,
     ) -> Result<Response<v1::RouteTable>, Status> {
+        self.routes_loaded()?;
         let model = request.into_inner().model;
         let routes = self.agent.routes.read();
         match routes.get(&model) {
@@ -402,18 +416,11 @@ impl Routes for AgentService {
         &self,
         request: Request<v1::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        self.routes_loaded()?;
         let models = request.into_inner().models;
         let wanted = move |t: &v1::RouteTable| models.is_empty() || models.contains(&t.model);
-        let mut updates = self.agent.route_updates.subscribe();
-        let current: Vec<v1::RouteTable> = self
-            .agent
-            .routes
-            .read()
-            .values()
-            .filter(|t| wanted(t))
-            .cloned()
-            .collect();
-        let update = |table: v1::RouteTable, snapshot: bool| {
+        let agent = self.agent.clone();
+        let message = |table: v1::RouteTable, snapshot: bool| {
             Ok(v1::RouteUpdate {
                 table: Some(table),
                 snapshot,
@@ -422,37 +429,42 @@ impl Routes for AgentService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            // The snapshot: every table this agent holds, then its end.
-            for t in current {
-                if tx.send(update(t, true)).await.is_err() {
-                    return;
-                }
-            }
-            let end = v1::RouteUpdate {
-                table: None,
-                snapshot: false,
-                snapshot_end: true,
-            };
-            if tx.send(Ok(end)).await.is_err() {
-                return;
-            }
             loop {
-                match updates.recv().await {
-                    Ok(t) if wanted(&t) => {
-                        if tx.send(update(t, false)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = tx
-                            .send(Err(Status::aborted(
-                                "route watcher fell behind; watch again",
-                            )))
-                            .await;
+                // A snapshot of every table this agent holds (subscribed first, so no change is missed),
+                // then its changes; a new snapshot when the agent took one, or when this watcher fell behind.
+                let mut updates = agent.route_updates.subscribe();
+                let current: Vec<v1::RouteTable> = agent
+                    .routes
+                    .read()
+                    .values()
+                    .filter(|t| wanted(t))
+                    .cloned()
+                    .collect();
+                for t in current {
+                    if tx.send(message(t, true)).await.is_err() {
                         return;
                     }
-                    Err(_) => return,
+                }
+                let end = v1::RouteUpdate {
+                    table: None,
+                    snapshot: false,
+                    snapshot_end: true,
+                };
+                if tx.send(Ok(end)).await.is_err() {
+                    return;
+                }
+                loop {
+                    match updates.recv().await {
+                        Ok(RouteEvent::Table(t)) if wanted(&t) => {
+                            if tx.send(message(t, false)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(RouteEvent::Table(_)) => {}
+                        Ok(RouteEvent::Resync)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
                 }
             }
         });

@@ -457,11 +457,16 @@ pub fn analyse(
             );
         }
     }
-    // Node outputs whose value the input shapes determine (never those of a sampling operator: tract may
-    // evaluate one with constant inputs, but its value must be drawn at run time, every time).
+    // Node outputs whose value the input shapes determine (never those of a sampling operator, nor anything
+    // computed from one: tract may evaluate one with constant inputs, but its value must be drawn at run
+    // time, every time). Nodes are in topological order, so a node's inputs are judged before it.
     let mut constants = HashMap::new();
+    let mut sampled: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for node in &model.nodes {
-        if node.domain.is_empty() && NONDETERMINISTIC.contains(&node.op_type.as_str()) {
+        let samples = matches!(node.domain.as_str(), "" | "ai.onnx")
+            && NONDETERMINISTIC.contains(&node.op_type.as_str());
+        if samples || node.inputs.iter().any(|i| sampled.contains(i.as_str())) {
+            sampled.extend(node.outputs.iter().map(String::as_str));
             continue;
         }
         for out in &node.outputs {
