@@ -823,14 +823,17 @@ fn agents_and_devices_follow_a_control_plane_restarted_on_a_new_store() {
     sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
     let old = sandbox.wait_served("squeezenet", 1);
     let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    // Another device watches through an agent (which passes the control plane's tables on).
+    let behind_agent = sandbox.client(std::slice::from_ref(&sandbox.agents[0].address));
     sandbox.wait_until(
-        "the device holds both tables",
+        "the devices hold both tables",
         Duration::from_secs(20),
         |_| {
-            client.route_table("multi_io").is_some()
-                && client
-                    .route_table("squeezenet")
-                    .is_some_and(|t| t.revision == old.revision)
+            [&client, &behind_agent].iter().all(|c| {
+                c.route_table("multi_io").is_some()
+                    && c.route_table("squeezenet")
+                        .is_some_and(|t| t.revision == old.revision)
+            })
         },
     );
     let old_nodes: Vec<String> = sandbox.nodes().into_iter().map(|n| n.id).collect();
@@ -845,14 +848,15 @@ fn agents_and_devices_follow_a_control_plane_restarted_on_a_new_store() {
     );
     let mut current = 0;
     sandbox.wait_until(
-        "the device follows the new store",
+        "the devices follow the new store",
         Duration::from_secs(20),
         |s| {
             current = s.routes("squeezenet").map_or(0, |t| t.revision);
-            client.route_table("multi_io").is_none()
-                && client
-                    .route_table("squeezenet")
-                    .is_some_and(|t| t.revision == current)
+            [&client, &behind_agent].iter().all(|c| {
+                c.route_table("multi_io").is_none()
+                    && c.route_table("squeezenet")
+                        .is_some_and(|t| t.revision == current)
+            })
         },
     );
     assert!(
