@@ -273,28 +273,17 @@ impl Routes for ControlService {
                 strata_proto::error::ErrorReason::StoreUnavailable,
             ));
         }
-        let message = |table: &v1::RouteTable, snapshot: bool| {
-            Ok(v1::RouteUpdate {
-                table: Some(table.clone()),
-                snapshot,
-                snapshot_end: false,
-            })
-        };
         let stream = async_stream(move |tx| async move {
             // A snapshot of every table, then each change; a watcher that fell behind gets a new snapshot.
             loop {
                 let (tables, mut updates) = cache.subscribe();
                 for table in tables {
-                    if wanted(&table.model) && tx.send(message(&table, true)).await.is_err() {
+                    let snapshot = v1::RouteUpdate::snapshot((*table).clone());
+                    if wanted(&table.model) && tx.send(Ok(snapshot)).await.is_err() {
                         return;
                     }
                 }
-                let end = v1::RouteUpdate {
-                    table: None,
-                    snapshot: false,
-                    snapshot_end: true,
-                };
-                if tx.send(Ok(end)).await.is_err() {
+                if tx.send(Ok(v1::RouteUpdate::snapshot_end())).await.is_err() {
                     return;
                 }
                 loop {
@@ -304,9 +293,8 @@ impl Routes for ControlService {
                     };
                     match update {
                         Ok(crate::route_cache::CacheEvent::Table(table)) => {
-                            if wanted(&table.model)
-                                && tx.send(message(&table, false)).await.is_err()
-                            {
+                            let change = v1::RouteUpdate::change((*table).clone());
+                            if wanted(&table.model) && tx.send(Ok(change)).await.is_err() {
                                 return;
                             }
                         }

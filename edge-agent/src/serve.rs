@@ -420,13 +420,6 @@ impl Routes for AgentService {
         let models = request.into_inner().models;
         let wanted = move |t: &v1::RouteTable| models.is_empty() || models.contains(&t.model);
         let agent = self.agent.clone();
-        let message = |table: v1::RouteTable, snapshot: bool| {
-            Ok(v1::RouteUpdate {
-                table: Some(table),
-                snapshot,
-                snapshot_end: false,
-            })
-        };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -441,22 +434,17 @@ impl Routes for AgentService {
                     .cloned()
                     .collect();
                 for t in current {
-                    if tx.send(message(t, true)).await.is_err() {
+                    if tx.send(Ok(v1::RouteUpdate::snapshot(t))).await.is_err() {
                         return;
                     }
                 }
-                let end = v1::RouteUpdate {
-                    table: None,
-                    snapshot: false,
-                    snapshot_end: true,
-                };
-                if tx.send(Ok(end)).await.is_err() {
+                if tx.send(Ok(v1::RouteUpdate::snapshot_end())).await.is_err() {
                     return;
                 }
                 loop {
                     match updates.recv().await {
                         Ok(RouteEvent::Table(t)) if wanted(&t) => {
-                            if tx.send(message(t, false)).await.is_err() {
+                            if tx.send(Ok(v1::RouteUpdate::change(t))).await.is_err() {
                                 return;
                             }
                         }

@@ -35,6 +35,35 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// The default cap on the tensor bytes of one request (all tensors together).
 pub const MAX_REQUEST_TENSOR_BYTES: u64 = 1 << 30;
 
+impl v1::RouteUpdate {
+    /// A table of a route watch's snapshot.
+    pub fn snapshot(table: v1::RouteTable) -> v1::RouteUpdate {
+        v1::RouteUpdate {
+            table: Some(table),
+            snapshot: true,
+            snapshot_end: false,
+        }
+    }
+
+    /// The end of a snapshot.
+    pub fn snapshot_end() -> v1::RouteUpdate {
+        v1::RouteUpdate {
+            table: None,
+            snapshot: false,
+            snapshot_end: true,
+        }
+    }
+
+    /// A change after the snapshot.
+    pub fn change(table: v1::RouteTable) -> v1::RouteUpdate {
+        v1::RouteUpdate {
+            table: Some(table),
+            snapshot: false,
+            snapshot_end: false,
+        }
+    }
+}
+
 /// The deadline a request carries in its `grpc-timeout` header, as an instant on this machine's clock.
 pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
