@@ -70,8 +70,6 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, digest: &Digest) -> Result<bool, BlobError>;
     /// Every blob stored, in digest order.
     async fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;
-    /// One blob's size and stored time, or `None` if absent.
-    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError>;
     /// Deletes the blob only if it was last stored before `cutoff`, atomically with respect to
     /// [`BlobStore::put`]: a put racing the deletion either refreshes the blob before it is judged (and it
     /// stays) or finds it gone and stores it anew. Whether it was deleted.
@@ -207,18 +205,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BlobError::Task(e.to_string()))?
 }
 
-/// A temporary name next to `path`, unique to this process and call (`prefix` tells its kind).
-fn temporary(path: &Path, prefix: &str) -> PathBuf {
-    let dir = path.parent().unwrap_or(path);
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{prefix}-{}-{n}", std::process::id()))
-}
-
 /// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     let dir = path.parent().unwrap_or(path);
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let temp = temporary(path, "tmp");
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
     let written = std::fs::File::create(&temp)
         .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
         .and_then(|()| std::fs::rename(&temp, path));
@@ -321,20 +313,6 @@ impl BlobStore for DirBlobStore {
         })
         .await
     }
-
-    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError> {
-        let path = self.path(digest);
-        let meta = match tokio::fs::metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("stat", &path)(e)),
-        };
-        Ok(Some(BlobInfo {
-            digest: digest.clone(),
-            size: meta.len(),
-            stored: meta.modified().map_err(io("stat", &path))?,
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -398,10 +376,6 @@ mod tests {
         assert_eq!(
             (&listed[0].digest, listed[0].size),
             (&digest, bytes.len() as u64)
-        );
-        assert_eq!(
-            blobs.info(&digest).await.expect("info").as_ref(),
-            Some(&listed[0])
         );
         assert!(
             blobs.delete(&digest).await.expect("delete"),

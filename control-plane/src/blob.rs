@@ -112,10 +112,6 @@ impl BlobStore for PeerBlobStore {
         self.local.list().await
     }
 
-    async fn info(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobError> {
-        self.local.info(digest).await
-    }
-
     async fn delete_if_stored_before(
         &self,
         digest: &Digest,

@@ -57,11 +57,6 @@ impl RouteCache {
         self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the cache follows the store now (while it does not, watchers get the last tables).
-    pub fn following(&self) -> bool {
-        self.following.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// A table from the store; a corrupt one is logged, counted and left out (the previous table of that
     /// model stays until a good one is published).
     fn decode(&self, kv: &KeyValue) -> Option<Arc<v1::RouteTable>> {

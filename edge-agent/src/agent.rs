@@ -567,10 +567,7 @@ impl Agent {
     }
 
     async fn fetch_and_load(&self, channel: &Channel, digest: &Digest) -> Result<(), PrepareError> {
-        if self.stages.cached_blob(digest).await?.is_none() {
-            let bytes = strata_proto::call::fetch_blob(channel.clone(), digest).await?;
-            self.stages.put_blob(digest, bytes.into()).await?;
-        }
+        self.cache_blob(channel, digest).await?;
         let started = std::time::Instant::now();
         self.stages.load(digest).await?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "stage loaded");
@@ -636,7 +633,7 @@ impl Agent {
                         continue;
                     }
                 };
-                if let Err(e) = self.cache_device_stage(channel, &digest).await {
+                if let Err(e) = self.cache_blob(channel, &digest).await {
                     tracing::debug!(%digest, error = %e, "cannot cache device stage");
                 }
             }
@@ -663,11 +660,8 @@ impl Agent {
         }
     }
 
-    async fn cache_device_stage(
-        &self,
-        channel: &Channel,
-        digest: &Digest,
-    ) -> Result<(), PrepareError> {
+    /// Fetches a blob into the stage cache unless it is there (intact) already.
+    async fn cache_blob(&self, channel: &Channel, digest: &Digest) -> Result<(), PrepareError> {
         if self.stages.cached_blob(digest).await?.is_none() {
             let bytes = strata_proto::call::fetch_blob(channel.clone(), digest).await?;
             self.stages.put_blob(digest, bytes.into()).await?;
