@@ -5,28 +5,48 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strata_device_sdk::{Client, ClientConfig, Constraints};
+use strata_device_sdk::route::Decision;
+use strata_device_sdk::{Client, ClientConfig, Constraints, Inference, PowerState};
 
 use crate::io::{load_inputs, write_outputs};
 
+/// What `strata infer` was asked.
+pub struct Args<'a> {
+    /// Control planes or agents.
+    pub endpoints: &'a [String],
+    /// Model name.
+    pub model: &'a str,
+    /// `NAME=FILE.npy` inputs.
+    pub input_args: &'a [String],
+    /// The request's constraints.
+    pub constraints: Constraints,
+    /// End-to-end deadline, ms.
+    pub timeout_ms: u64,
+    /// Where outputs go.
+    pub output_dir: &'a Path,
+    /// Battery level, percent.
+    pub battery: Option<f64>,
+    /// On external power.
+    pub charging: bool,
+    /// Explain the choice.
+    pub verbose: bool,
+}
+
 /// `strata infer`.
-pub fn infer(
-    endpoints: &[String],
-    model: &str,
-    input_args: &[String],
-    constraints: Constraints,
-    timeout_ms: u64,
-    output_dir: &Path,
-) -> Result<()> {
-    let inputs = load_inputs(input_args)?;
+pub fn infer(args: &Args<'_>) -> Result<()> {
+    let power = PowerState::new(args.battery, args.charging)?;
+    let inputs = load_inputs(args.input_args)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        let mut config = ClientConfig::new(endpoints.to_vec());
-        config.request_timeout = Duration::from_millis(timeout_ms);
+        let mut config = ClientConfig::new(args.endpoints.to_vec());
+        config.request_timeout = Duration::from_millis(args.timeout_ms);
         let client = Client::new(config)?;
-        client.infer(model, inputs, constraints).await
+        client.set_power_state(power);
+        client
+            .infer(args.model, inputs, args.constraints.clone())
+            .await
     });
-    let result = result.with_context(|| format!("infer {model}"))?;
+    let result = result.with_context(|| format!("infer {}", args.model))?;
     let route: Vec<String> = result
         .stages
         .iter()
@@ -57,13 +77,123 @@ pub fn infer(
         )?;
     }
     say!("total {:.2} ms", result.total_ms)?;
+    if args.verbose {
+        explain(&result)?;
+    }
     let names: Vec<String> = result.outputs.iter().map(|(n, _)| n.clone()).collect();
     let values: HashMap<_, _> = result.outputs.into_iter().collect();
-    write_outputs(output_dir, &names, &values)?;
+    write_outputs(args.output_dir, &names, &values)?;
     say!(
         "wrote {} output(s) to {}",
         names.len(),
-        output_dir.display()
+        args.output_dir.display()
     )?;
     Ok(())
+}
+
+/// `-v`: the estimates, the policy, every allowed plan ranked, and predicted against measured.
+fn explain(result: &Inference) -> Result<()> {
+    let d: &Decision = &result.decision;
+    say!(
+        "why: minimise {}{}{}",
+        d.objective.name(),
+        d.latency_budget_ms
+            .map(|b| format!(" within {b:.1} ms"))
+            .unwrap_or_default(),
+        match d.state.battery_pct {
+            Some(p) => format!(
+                " (battery {p:.0} %{}{})",
+                if d.state.charging { ", charging" } else { "" },
+                if d.state.low() {
+                    ": low, saving energy"
+                } else {
+                    ""
+                }
+            ),
+            None => String::new(),
+        }
+    )?;
+    say!("estimates (this process's measurements blended with the cluster profile):")?;
+    for link in strata_core::recost::Link::ALL {
+        if let Some(l) = d.conditions.link(link) {
+            say!(
+                "  {:<13} rtt {:>8.2} ms  up {:>9.2} Mbit/s  down {:>9.2} Mbit/s",
+                link.name(),
+                l.rtt_ms,
+                l.up_mbps,
+                l.down_mbps
+            )?;
+        }
+    }
+    for tier in strata_core::Tier::ALL {
+        say!(
+            "  {:<13} speed × {:.2}  queue {:.2} ms",
+            tier.name(),
+            d.conditions.speed[tier.index()],
+            d.conditions.queue_ms[tier.index()]
+        )?;
+    }
+    say!(
+        "plans, best first:\n  {:<14} {:<22} {:>12} {:>12} {:>12}  note",
+        "plan",
+        "tiers",
+        "now ms",
+        "profile ms",
+        "energy mJ"
+    )?;
+    for c in &d.ranked {
+        let mut note = Vec::new();
+        if c.plan_id == result.plan_id {
+            note.push("ran");
+        }
+        if !c.meets_budgets {
+            note.push("misses a budget");
+        }
+        if !c.reachable {
+            note.push("no live agent");
+        }
+        say!(
+            "  {:<14} {:<22} {:>12.2} {:>12.2} {:>12.3}  {}",
+            c.plan_id,
+            c.tiers.join(">"),
+            c.predicted.latency_ms,
+            c.profiled_ms,
+            c.predicted.energy_mj,
+            note.join(", ")
+        )?;
+    }
+    say!("predicted against measured:")?;
+    for s in &result.stages {
+        say!(
+            "  stage {} {:<6} predicted {:>9.2} ms  measured {:>9.2} ms (+{:.2} ms queued)",
+            s.index,
+            s.tier,
+            s.predicted_ms * d.conditions.speed[tier_index(s.tier)],
+            s.compute_ms,
+            s.queue_ms
+        )?;
+    }
+    for h in &result.hops {
+        say!(
+            "  hop {:<13} predicted {:>9.2} ms  measured {:>9.2} ms ({} B up, {} B down)",
+            h.link.name(),
+            h.predicted_ms,
+            h.measured_ms,
+            h.up_bytes,
+            h.down_bytes
+        )?;
+    }
+    say!(
+        "  total          predicted {:>9.2} ms  measured {:>9.2} ms (includes fetching and loading device stages in this process)",
+        result.predicted_ms,
+        result.total_ms
+    )?;
+    Ok(())
+}
+
+fn tier_index(name: &str) -> usize {
+    strata_core::Tier::ALL
+        .iter()
+        .position(|t| t.name() == name)
+        .unwrap_or(0)
 }

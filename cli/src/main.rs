@@ -268,6 +268,22 @@ enum Command {
         /// Where to write each model output as <name>.npy.
         #[arg(long = "output-dir")]
         output_dir: PathBuf,
+        /// What to minimise (default: device energy under a latency budget or on low battery, else latency).
+        #[arg(long, value_enum)]
+        objective: Option<ObjectiveArg>,
+        /// Run this plan (an id from `strata routes`) and no other.
+        #[arg(long = "plan", value_name = "ID")]
+        plan: Option<String>,
+        /// The device's battery level, percent (below 20 and not charging: requests save energy).
+        #[arg(long, value_name = "PCT")]
+        battery: Option<f64>,
+        /// The device is on external power.
+        #[arg(long)]
+        charging: bool,
+        /// Explain the choice: the estimates used, the chosen plan and the runners-up, predicted against
+        /// measured per stage and per hop.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -417,6 +433,7 @@ fn main() -> ExitCode {
                 latency_ms,
                 energy_mj,
                 privacy,
+                ..Default::default()
             };
             remote::routes(&cli.endpoint, &model, &constraints, json)
         }
@@ -428,20 +445,33 @@ fn main() -> ExitCode {
             privacy,
             timeout_ms,
             output_dir,
+            objective,
+            plan,
+            battery,
+            charging,
+            verbose,
         } => {
             let constraints = strata_device_sdk::Constraints {
                 latency_ms,
                 energy_mj,
                 privacy,
+                objective: objective.map(|o| match o {
+                    ObjectiveArg::Latency => strata_device_sdk::Objective::Latency,
+                    ObjectiveArg::Energy => strata_device_sdk::Objective::Energy,
+                }),
+                plan,
             };
-            infer::infer(
-                &cli.endpoint,
-                &model,
-                &inputs,
+            infer::infer(&infer::Args {
+                endpoints: &cli.endpoint,
+                model: &model,
+                input_args: &inputs,
                 constraints,
                 timeout_ms,
-                &output_dir,
-            )
+                output_dir: &output_dir,
+                battery,
+                charging,
+                verbose,
+            })
         }
     };
     match result {

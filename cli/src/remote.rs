@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use strata_core::{Digest, Privacy, Tier};
 use strata_device_sdk::{Constraints, route};
-use strata_proto::convert::{privacy_name, tier_name};
+use strata_proto::convert::{self, privacy_name, tier_name};
 use strata_proto::error::{ErrorReason, reason};
 use strata_proto::v1::{self, control_client::ControlClient, routes_client::RoutesClient};
 use tonic::transport::Channel;
@@ -247,7 +247,16 @@ pub fn routes(
         }))
         .map_err(|s| status(endpoints, s))?
         .into_inner();
-    let chosen = route::choose(&table, constraints, |_| false).map(|p| p.id.clone());
+    // At the profiled conditions: this process has measured nothing (a device's own estimates move it).
+    let conditions = strata_core::recost::Conditions::nominal(convert::link_profiles(&table));
+    let power = convert::device_power(&table);
+    let situation = route::Situation {
+        conditions: &conditions,
+        power: &power,
+        state: Default::default(),
+    };
+    let chosen =
+        route::choose(&table, constraints, &situation, |_| false).map(|(p, _)| p.id.clone());
     if json {
         let plans: Vec<serde_json::Value> = table
             .plans

@@ -26,6 +26,25 @@ fn received_by_agents(sandbox: &Sandbox) -> Vec<String> {
         .collect()
 }
 
+/// `privacy`, with the plan forced to the table's best (by profiled latency) that satisfies it and runs
+/// something remotely: the client's live estimates would learn that this machine's "device" is far faster
+/// than the profile says and keep everything local, while these tests are about what a split sends.
+fn split_at(table: &v1::RouteTable, privacy: Privacy) -> Constraints {
+    let level = v1::Privacy::from(privacy) as i32;
+    let plan = table
+        .plans
+        .iter()
+        .filter(|p| p.satisfies.contains(&level))
+        .filter(|p| p.stages.iter().any(|s| s.tier != v1::Tier::Device as i32))
+        .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms))
+        .unwrap_or_else(|| panic!("{}: no split plan satisfies {privacy}", table.model));
+    Constraints {
+        privacy: Some(privacy),
+        plan: Some(plan.id.clone()),
+        ..Constraints::default()
+    }
+}
+
 fn served_by_agents(sandbox: &Sandbox) -> u64 {
     sandbox
         .agents
@@ -50,6 +69,7 @@ fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
     for model in ["squeezenet", "multi_io"] {
         let want = reference(model);
         let raw: Vec<&String> = want.inputs.keys().collect();
+        let table = sandbox.routes(model).expect("routes");
 
         // `device`: every stage on the device, and not one request reaches an agent.
         let before = served_by_agents(&sandbox);
@@ -71,7 +91,11 @@ fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
         // `features`: split across tiers, and no raw input reaches any agent.
         let r = sandbox
             .runtime
-            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Features)))
+            .block_on(client.infer(
+                model,
+                want.inputs.clone(),
+                split_at(&table, Privacy::Features),
+            ))
             .unwrap_or_else(|e| panic!("{model} features: {e}"));
         assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} features"));
         assert!(
@@ -79,6 +103,31 @@ fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
             "{model}: features ran all on the device: {r:?}"
         );
         if model == "squeezenet" {
+            // The client may learn that this machine's "device" is faster than the profile says and pick
+            // another split; the three-tier one is forced here so the forwarding path is exercised.
+            let table = sandbox
+                .runtime
+                .block_on(client.routes(model))
+                .expect("routes");
+            let three = table
+                .plans
+                .iter()
+                .find(|p| {
+                    p.stages.len() == 3 && p.satisfies.contains(&(v1::Privacy::Features as i32))
+                })
+                .expect("a device, edge, cloud plan that keeps raw inputs on the device");
+            let r = sandbox
+                .runtime
+                .block_on(client.infer(
+                    model,
+                    want.inputs.clone(),
+                    Constraints {
+                        plan: Some(three.id.clone()),
+                        ..with_privacy(Privacy::Features)
+                    },
+                ))
+                .unwrap_or_else(|e| panic!("{model} features, forced: {e}"));
+            assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} three tiers"));
             let tiers: Vec<&str> = r.stages.iter().map(|s| s.tier).collect();
             assert_eq!(tiers, ["device", "edge", "cloud"], "{model}: {r:?}");
         }
@@ -93,7 +142,7 @@ fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
         // `edge`: nothing reaches the cloud (raw data may go to the edge).
         let r = sandbox
             .runtime
-            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Edge)))
+            .block_on(client.infer(model, want.inputs.clone(), split_at(&table, Privacy::Edge)))
             .unwrap_or_else(|e| panic!("{model} edge: {e}"));
         assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} edge"));
         assert!(
@@ -104,7 +153,7 @@ fn split_outputs_match_whole_model_at_every_privacy_level_and_privacy_holds() {
         // `open`: the cheapest plan on this profile sends the raw input to the edge.
         let r = sandbox
             .runtime
-            .block_on(client.infer(model, want.inputs.clone(), with_privacy(Privacy::Open)))
+            .block_on(client.infer(model, want.inputs.clone(), split_at(&table, Privacy::Open)))
             .expect("open inference");
         assert_outputs_match(&r.outputs, &want.outputs, &format!("{model} open"));
     }
@@ -245,6 +294,150 @@ fn inference_through_an_agent_keeps_working_while_the_control_plane_is_down() {
         "the agent reports the control plane as lost",
         Duration::from_secs(5),
         |s| !s.status(&edge).control_plane_connected,
+    );
+}
+
+/// Live routing end to end over real processes: route tables carry what devices re-cost plans with, a
+/// client learns the links from its own requests, `strata infer -v` explains its choice, `--plan` forces
+/// one, and bad routing input gets clear errors.
+#[test]
+fn requests_are_costed_on_live_estimates_explained_and_forceable() {
+    let sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "open");
+    let table = sandbox.wait_served("squeezenet", 1);
+    assert!(!table.plans.is_empty() && table.plans.len() <= 16);
+    assert!(
+        !table.links.is_empty(),
+        "the table carries the profiled links"
+    );
+    assert!(table.device_power.is_some_and(|p| p.active_w > 0.0));
+    for p in &table.plans {
+        let remote = p.stages.iter().any(|s| s.tier != v1::Tier::Device as i32);
+        assert_eq!(
+            remote,
+            !p.transfers.is_empty(),
+            "plan {}: transfers for every remote plan, none for a device-only one",
+            p.id
+        );
+    }
+
+    // A warm client learns the device's link from its own requests.
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    let remote_plan = table
+        .plans
+        .iter()
+        .find(|p| {
+            p.stages
+                .first()
+                .is_some_and(|s| s.tier == v1::Tier::Edge as i32)
+        })
+        .expect("an edge-first plan");
+    for _ in 0..3 {
+        let done = sandbox
+            .runtime
+            .block_on(client.infer(
+                "squeezenet",
+                want.inputs.clone(),
+                strata_device_sdk::Constraints {
+                    plan: Some(remote_plan.id.clone()),
+                    ..Default::default()
+                },
+            ))
+            .expect("forced plan runs");
+        assert_eq!(done.plan_id, remote_plan.id);
+        assert!(
+            done.hops
+                .iter()
+                .any(|h| h.link == strata_core::recost::Link::DeviceEdge)
+        );
+    }
+    let learnt = client.estimates().links[strata_core::recost::Link::DeviceEdge.index()];
+    assert!(
+        learnt.rtt_ms.samples() + learnt.up_mbps.samples() >= 3,
+        "three requests over the device-edge link are three samples: {learnt:?}"
+    );
+
+    let input = corpus("squeezenet.inputs/data_0.npy");
+    let out = sandbox.dir.path().join("out");
+    let infer = |extra: &[&str]| {
+        std::process::Command::new(sandbox::strata_bin())
+            .args([
+                "infer",
+                "squeezenet",
+                "--endpoint",
+                &sandbox.cp_address,
+                "--output-dir",
+                &out.to_string_lossy(),
+            ])
+            .arg("--input")
+            .arg(format!("data_0={}", input.display()))
+            .args(extra)
+            .env("STRATA_LOG", "off")
+            .output()
+            .expect("strata infer runs")
+    };
+    let explained = infer(&["-v"]);
+    let stdout = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
+    for part in [
+        "why: minimise latency",
+        "device-edge",
+        "plans, best first",
+        "predicted against measured",
+        "ran",
+    ] {
+        assert!(stdout.contains(part), "no \"{part}\" in: {stdout}");
+    }
+    let device_only = table
+        .plans
+        .iter()
+        .find(|p| p.stages.iter().all(|s| s.tier == v1::Tier::Device as i32))
+        .expect("a device-only plan");
+    let forced = infer(&["--plan", &device_only.id]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&forced.stdout);
+    assert!(
+        stdout.contains(&format!("plan {}", device_only.id)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("edge("),
+        "a device-only plan runs nothing remote: {stdout}"
+    );
+
+    let missing = infer(&["--plan", "nope"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("has no plan \"nope\"") && stderr.contains(&device_only.id),
+        "{stderr}"
+    );
+    let battery = infer(&["--battery", "140"]);
+    let stderr = String::from_utf8_lossy(&battery.stderr);
+    assert!(!battery.status.success());
+    assert!(
+        stderr.contains("battery level 140 % is impossible"),
+        "{stderr}"
+    );
+    let low = infer(&["--battery", "10", "-v"]);
+    let stdout = String::from_utf8_lossy(&low.stdout);
+    assert!(
+        low.status.success(),
+        "{}",
+        String::from_utf8_lossy(&low.stderr)
+    );
+    assert!(
+        stdout.contains("why: minimise energy within") && stdout.contains("low, saving energy"),
+        "{stdout}"
     );
 }
 

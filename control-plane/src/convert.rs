@@ -54,8 +54,10 @@ pub fn route_table(
                     memory_bytes: s.memory_bytes,
                     predicted_ms: s.predicted_ms,
                     nodes: Vec::new(),
+                    flops: s.flops,
                 })
                 .collect(),
+            transfers: strata_proto::convert::transfers_to_wire(&p.transfers),
         })
         .collect();
     let table = v1::RouteTable {
@@ -77,6 +79,8 @@ pub fn route_table(
         nodes: Vec::new(),
         deleted: false,
         notes: plans.notes.clone(),
+        links: strata_proto::convert::link_profiles_to_wire(&plans.links),
+        device_power: Some(plans.device_power.into()),
     };
     refresh_nodes(&table, nodes, load_of)
 }

@@ -39,11 +39,13 @@ pub struct Settings {
     /// How long a blob no record references is kept before it is deleted (a push or a plan stores its blobs
     /// just before the record that references them).
     pub blob_grace: Duration,
+    /// How each model's frontier of plans is searched and bounded.
+    pub frontier: strata_planner::frontier::Settings,
 }
 
 impl Settings {
     /// Defaults for a cluster profile: node TTL 3 s, models up to 4 GiB, rollout grace 10 s, blob grace
-    /// 10 min.
+    /// 10 min, the default frontier (16 plans).
     pub fn new(cluster: Cluster) -> Settings {
         Settings {
             cluster,
@@ -52,6 +54,7 @@ impl Settings {
             rollout_grace: Duration::from_secs(10),
             advertise: None,
             blob_grace: Duration::from_secs(600),
+            frontier: strata_planner::frontier::Settings::default(),
         }
     }
 }

@@ -1,20 +1,22 @@
-//! Plans one model for the tiers that have live agents: the few plans a device chooses from per request.
-//!
-//! For every privacy combination a request can ask for (open, features, edge, edge + features, device) and both
-//! objectives (latency, device energy), the planner finds the optimal split; identical splits are merged. Each
-//! plan is tagged with the privacy levels it satisfies, computed from the plan itself. Pure and blocking: run it
-//! on a blocking thread.
+//! Plans one model for the tiers that have live agents: the frontier of plans a device chooses from per request
+//! (see `strata_planner::frontier`): for every privacy combination a request can ask for and both objectives,
+//! the splits that are best at the profiled conditions and under a grid of other network conditions, pruned to
+//! a bounded table. Each plan is tagged with the privacy levels it satisfies, computed from the plan itself,
+//! and carries what a device needs to re-cost it (stage times, transfers). Pure and blocking: run it on a
+//! blocking thread.
 
 use std::collections::{BTreeSet, HashSet};
 
 use strata_core::Digest;
 use strata_core::Privacy;
 use strata_core::Tier;
+use strata_core::recost::Conditions;
 use strata_planner::analyse::{self, AnalyseError, Analysis, InputShape, InputShapeError};
-use strata_planner::cluster::{Cluster, LinkSpec};
+use strata_planner::cluster::Cluster;
+use strata_planner::frontier::{self, Frontier, FrontierPlan};
 use strata_planner::model::{Model, ModelError};
-use strata_planner::partition::Objective;
-use strata_planner::plan::{self, PlanOptions, PlannedModel};
+use strata_planner::onnx::ModelProto;
+use strata_planner::plan::{self, StageInfo};
 
 use crate::records::{InputRecord, PlanRecord, PlansRecord, StageRecord};
 
@@ -29,6 +31,7 @@ pub struct PlannedSet {
 
 /// Plans `bytes` (model `name`, `version`) for `base` restricted to `tiers`, keeping the plans that satisfy the
 /// model's own `privacy`.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_model(
     name: &str,
     version: u64,
@@ -37,6 +40,7 @@ pub fn plan_model(
     privacy: Privacy,
     base: &Cluster,
     tiers: &BTreeSet<Tier>,
+    settings: &frontier::Settings,
 ) -> PlannedSet {
     let mut record = PlansRecord {
         model: name.to_string(),
@@ -47,6 +51,8 @@ pub fn plan_model(
         plans: Vec::new(),
         notes: Vec::new(),
         failed: None,
+        links: [None; 3],
+        device_power: Default::default(),
     };
     let mut blobs = Vec::new();
     let prepared = prepare(bytes, input_shapes);
@@ -68,51 +74,45 @@ pub fn plan_model(
         })
         .collect();
 
+    let frontier = match frontier::frontier(&model, &analysis, base, tiers, privacy, settings) {
+        Ok(f) => f,
+        Err(e) => {
+            record.failed = Some(e.to_string());
+            return PlannedSet { record, blobs };
+        }
+    };
+    record.notes = frontier.notes.clone();
+    record.links = frontier.links;
+    record.device_power = frontier.power;
     let mut seen_blobs = HashSet::new();
-    for (label, level, keep) in variants(tiers) {
-        let cluster = match restrict(base, &keep) {
-            Ok(c) => c,
-            Err(e) => {
-                record.notes.push(format!("{label}: {e}"));
-                continue;
-            }
+    for fp in &frontier.plans {
+        let Some((_, problem)) = &frontier.variants[fp.variant].1 else {
+            continue;
         };
-        for objective in [Objective::Latency, Objective::Energy] {
-            let options = PlanOptions {
-                privacy: level,
-                objective,
-                latency_budget_ms: None,
-            };
-            let planned =
-                match plan::plan_analysed(name, &model, &analysis, &cluster, None, &options, 0.0) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let note = format!("no {label} plan: {e}");
-                        if !record.notes.contains(&note) {
-                            record.notes.push(note);
-                        }
-                        continue;
-                    }
-                };
-            let plan = to_record(
-                &model,
-                &analysis,
-                &planned,
-                objective,
-                &mut blobs,
-                &mut seen_blobs,
-            );
-            if !plan.satisfies.contains(&privacy) {
-                continue;
-            }
-            match record.plans.iter_mut().find(|p| p.id == plan.id) {
-                Some(existing) => {
-                    if !existing.objectives.contains(&objective) {
-                        existing.objectives.push(objective);
-                    }
+        let stages =
+            match plan::placement_stages(&model, &analysis, problem, &fp.tier, &fp.memory_bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    record
+                        .notes
+                        .push(format!("a plan could not be extracted: {e}"));
+                    continue;
                 }
-                None => record.plans.push(plan),
-            }
+            };
+        let plan = to_record(
+            &model,
+            &analysis,
+            &stages,
+            fp,
+            &frontier,
+            &mut blobs,
+            &mut seen_blobs,
+        );
+        if !plan.satisfies.contains(&privacy) {
+            continue;
+        }
+        if !record.plans.iter().any(|p| p.id == plan.id) {
+            record.plans.push(plan);
         }
     }
     if record.plans.is_empty() {
@@ -161,73 +161,18 @@ fn prepare(bytes: &[u8], input_shapes: &[String]) -> Result<(Model, Analysis), C
     Ok((model, analysis))
 }
 
-/// The privacy combinations to plan for: a label, the planner's privacy level and the tiers to keep.
-fn variants(tiers: &BTreeSet<Tier>) -> Vec<(&'static str, Privacy, BTreeSet<Tier>)> {
-    let no_cloud: BTreeSet<Tier> = tiers
-        .iter()
-        .copied()
-        .filter(|&t| t != Tier::Cloud)
-        .collect();
-    let device: BTreeSet<Tier> = [Tier::Device].into_iter().collect();
-    let mut out = vec![
-        ("open", Privacy::Open, tiers.clone()),
-        ("features", Privacy::Features, tiers.clone()),
-    ];
-    if tiers.contains(&Tier::Cloud) && no_cloud.len() > 1 {
-        out.push(("edge", Privacy::Open, no_cloud.clone()));
-        out.push(("edge+features", Privacy::Features, no_cloud));
-    }
-    if tiers.len() > 1 {
-        out.push(("device", Privacy::Open, device));
-    }
-    out
-}
-
-/// The cluster with only `keep`'s tiers. A device–cloud link missing once the edge is gone becomes the relay
-/// through the edge, as the planner would have used it.
-pub fn restrict(base: &Cluster, keep: &BTreeSet<Tier>) -> Result<Cluster, String> {
-    let mut cluster = base.clone();
-    cluster.tiers.retain(|t, _| keep.contains(t));
-    cluster
-        .links
-        .retain(|l| keep.contains(&l.from) && keep.contains(&l.to));
-    let has_direct = cluster
-        .links
-        .iter()
-        .any(|l| l.from == Tier::Device && l.to == Tier::Cloud);
-    if keep.contains(&Tier::Cloud)
-        && !keep.contains(&Tier::Edge)
-        && !has_direct
-        && let Some(hop) = base.hop(Tier::Device, Tier::Cloud)
-    {
-        cluster.links.push(LinkSpec {
-            from: Tier::Device,
-            to: Tier::Cloud,
-            up_mbps: 8.0 / (hop.up_ms_per_byte * 1e3),
-            down_mbps: Some(8.0 / (hop.down_ms_per_byte * 1e3)),
-            rtt_ms: hop.rtt_ms,
-        });
-    }
-    for t in keep {
-        if !cluster.tiers.contains_key(t) {
-            return Err(format!("the cluster profile has no [tiers.{t}]"));
-        }
-    }
-    cluster.validate().map_err(|e| e.to_string())?;
-    Ok(cluster)
-}
-
 fn to_record(
     model: &Model,
     analysis: &Analysis,
-    planned: &PlannedModel,
-    objective: Objective,
+    (infos, protos): &(Vec<StageInfo>, Vec<ModelProto>),
+    fp: &FrontierPlan,
+    frontier: &Frontier,
     blobs: &mut Vec<(Digest, Vec<u8>)>,
     seen: &mut HashSet<Digest>,
 ) -> PlanRecord {
     use prost::Message;
     let mut stages = Vec::new();
-    for (info, proto) in planned.plan.stages.iter().zip(&planned.stage_models) {
+    for (info, proto) in infos.iter().zip(protos) {
         let bytes = proto.encode_to_vec();
         let digest = Digest::of(&bytes);
         let size_bytes = bytes.len() as u64;
@@ -243,6 +188,7 @@ fn to_record(
             outputs: info.outputs.clone(),
             memory_bytes: info.memory_bytes,
             predicted_ms: info.predicted_ms.unwrap_or(0.0),
+            flops: info.flops,
         });
     }
     let mut split = Vec::new();
@@ -251,15 +197,18 @@ fn to_record(
         split.extend_from_slice(s.digest.as_str().as_bytes());
     }
     let id = Digest::of(&split).as_str()[..12].to_string();
-    let predicted = planned.plan.predicted.clone();
+    let predicted = fp
+        .cost
+        .predict(&Conditions::nominal(frontier.links), &frontier.power);
     PlanRecord {
         id,
         satisfies: satisfies(model, &stages),
-        objectives: vec![objective],
-        latency_ms: predicted.as_ref().map_or(0.0, |p| p.latency_ms),
-        device_energy_mj: predicted.as_ref().map_or(0.0, |p| p.device_energy_mj),
+        objectives: fp.objectives.clone(),
+        latency_ms: predicted.latency_ms,
+        device_energy_mj: predicted.energy_mj,
         device_bytes_sent: device_bytes_sent(model, analysis, &stages),
         stages,
+        transfers: fp.cost.transfers.clone(),
     }
 }
 

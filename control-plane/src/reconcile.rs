@@ -261,6 +261,7 @@ async fn replan(
         model.privacy,
     );
     let (cluster, tiers_owned) = (plane.settings.cluster.clone(), tiers.clone());
+    let frontier = plane.settings.frontier.clone();
     let started = std::time::Instant::now();
     let planned = tokio::task::spawn_blocking(move || {
         plan_model(
@@ -271,6 +272,7 @@ async fn replan(
             privacy,
             &cluster,
             &tiers_owned,
+            &frontier,
         )
     })
     .await
@@ -507,6 +509,7 @@ mod tests {
             outputs: vec![],
             memory_bytes: 0,
             predicted_ms: 1.0,
+            flops: 0.0,
         }
     }
 
@@ -532,10 +535,13 @@ mod tests {
                         .enumerate()
                         .map(|(k, (t, d))| stage(k as u32, *t, &digest(*d)))
                         .collect(),
+                    transfers: vec![],
                 })
                 .collect(),
             notes: vec![],
             failed: None,
+            links: [None; 3],
+            device_power: Default::default(),
         }
     }
 

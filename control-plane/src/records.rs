@@ -1,6 +1,7 @@
 //! What the control plane keeps in the store, as plain serde types (JSON values, see [`crate::keys`]).
 
 use serde::{Deserialize, Serialize};
+use strata_core::recost::{DevicePower, LinkState, Transfer};
 use strata_core::{Digest, Privacy, Tier};
 use strata_planner::partition::Objective;
 
@@ -85,6 +86,9 @@ pub struct StageRecord {
     pub memory_bytes: u64,
     /// Predicted compute time on its tier, ms.
     pub predicted_ms: f64,
+    /// Floating-point operations of one run (0 in records written before this field existed).
+    #[serde(default)]
+    pub flops: f64,
 }
 
 /// One plan of a model.
@@ -107,6 +111,10 @@ pub struct PlanRecord {
     pub device_bytes_sent: u64,
     /// Stages in order.
     pub stages: Vec<StageRecord>,
+    /// Bytes per hop of the plan's chain (empty for device-only plans, and in records written before this
+    /// field existed).
+    #[serde(default)]
+    pub transfers: Vec<Transfer>,
 }
 
 /// A model's plans for the tiers present when it was planned.
@@ -128,6 +136,12 @@ pub struct PlansRecord {
     pub notes: Vec<String>,
     /// Set when no plan at all could be made.
     pub failed: Option<String>,
+    /// The links the plans were costed with, by `Link::index` (devices start their estimates here).
+    #[serde(default)]
+    pub links: [Option<LinkState>; 3],
+    /// The device power the plans were costed with.
+    #[serde(default)]
+    pub device_power: DevicePower,
 }
 
 /// Counts the corrupt records this replica found, and logs each where it was found: a record that cannot

@@ -121,10 +121,14 @@ async fn unreferenced_blobs_go_after_the_grace_period_on_every_replica_and_refer
                 outputs: vec![],
                 memory_bytes: 0,
                 predicted_ms: 1.0,
+                flops: 0.0,
             }],
+            transfers: vec![],
         }],
         notes: vec![],
         failed: None,
+        links: [None; 3],
+        device_power: Default::default(),
     };
     store
         .put(

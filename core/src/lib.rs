@@ -7,6 +7,7 @@
 
 pub mod digest;
 pub mod privacy;
+pub mod recost;
 pub mod tensor;
 pub mod tier;
 

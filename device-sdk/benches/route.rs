@@ -1,6 +1,8 @@
-//! The device SDK's per-request route decision (issue 3, target ≤ 2 µs p99): `route::choose` and `route::rank`
-//! on a realistic table — 8 plans × 3 stages (device, edge, cloud), 2 edge and 2 cloud agents — with the
-//! balancer's `is_down` as the liveness check, exactly as `Client::infer` and `Client::choose` call them.
+//! The device SDK's per-request route decision (issue 9, target ≤ 5 µs p99 for 16 plans): `route::choose`
+//! re-costing every plan under live estimates, on a realistic table — 16 plans × 3 stages (device, edge,
+//! cloud) with their transfers, 2 edge and 2 cloud agents — with the balancer's `is_down` as the liveness
+//! check, exactly as `Client::choose` calls it; also with the estimates blended first (what a request pays
+//! in all), and `route::explain` (the ranked list `Client::infer` keeps for fallbacks and `-v`).
 //!
 //! Criterion gives the mean with its confidence interval; a second pass times every call on its own and
 //! prints p50/p99 (the clock's own cost, timed the same way, is printed alongside).
@@ -11,9 +13,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use strata_core::recost::{Conditions, DevicePower, Link, LinkState};
 use strata_device_sdk::Privacy;
-use strata_device_sdk::route::{self, Constraints};
+use strata_device_sdk::estimate::Estimator;
+use strata_device_sdk::route::{self, Constraints, Situation};
 use strata_proto::balance::Balancer;
+use strata_proto::convert;
 use strata_proto::v1;
 
 fn digest(i: usize) -> String {
@@ -70,6 +75,7 @@ fn table() -> v1::RouteTable {
     ];
     let plans = shapes
         .iter()
+        .chain(shapes.iter())
         .enumerate()
         .map(|(i, (tiers, satisfies, latency_ms, energy_mj))| v1::Plan {
             id: format!("{:012x}", 0x5eed_0000 + i),
@@ -82,6 +88,18 @@ fn table() -> v1::RouteTable {
             latency_ms: *latency_ms,
             device_energy_mj: *energy_mj,
             device_bytes_sent: 200_704,
+            transfers: vec![
+                v1::Transfer {
+                    link: v1::Link::DeviceEdge as i32,
+                    up_bytes: 200_704 + i as u64 * 1000,
+                    down_bytes: 4000,
+                },
+                v1::Transfer {
+                    link: v1::Link::EdgeCloud as i32,
+                    up_bytes: 50_000,
+                    down_bytes: 4000,
+                },
+            ],
             stages: tiers
                 .iter()
                 .enumerate()
@@ -94,6 +112,7 @@ fn table() -> v1::RouteTable {
                     outputs: vec![format!("t{}", s + 1)],
                     memory_bytes: 4_000_000,
                     predicted_ms: latency_ms / 3.0,
+                    flops: 1e8,
                     nodes: match tier {
                         T::Edge => edge_nodes.clone(),
                         T::Cloud => cloud_nodes.clone(),
@@ -129,7 +148,38 @@ fn table() -> v1::RouteTable {
             .collect(),
         deleted: false,
         notes: vec![],
+        links: convert::link_profiles_to_wire(&links()),
+        device_power: Some(
+            DevicePower {
+                active_w: 1.0,
+                idle_w: 0.15,
+                tx_nj_per_byte: 1000.0,
+                rx_nj_per_byte: 350.0,
+            }
+            .into(),
+        ),
     }
+}
+
+fn links() -> [Option<LinkState>; 3] {
+    let l = |rtt_ms, mbps| {
+        Some(LinkState {
+            rtt_ms,
+            up_mbps: mbps,
+            down_mbps: mbps,
+        })
+    };
+    [l(4.0, 40.0), l(50.0, 13.0), l(54.0, 10.0)]
+}
+
+/// An estimator that has seen traffic on every link.
+fn estimator() -> Estimator {
+    let mut e = Estimator::default();
+    let now = Instant::now();
+    for l in Link::ALL {
+        e.link_sample(l, links()[l.index()], 90.0, 2e5, 4e3, now);
+    }
+    e
 }
 
 /// The request kinds a device sends.
@@ -149,6 +199,7 @@ fn cases() -> Vec<(&'static str, Constraints)> {
                 latency_ms: Some(45.0),
                 energy_mj: Some(15.0),
                 privacy: Some(Privacy::Features),
+                ..Constraints::default()
             },
         ),
     ]
@@ -164,26 +215,60 @@ fn balancer() -> Balancer {
 fn criterion_benches(c: &mut Criterion) {
     let table = table();
     let balancer = balancer();
+    let estimator = estimator();
+    let conditions = estimator.conditions(&links(), Instant::now());
+    let power = convert::device_power(&table);
+    let situation = Situation {
+        conditions: &conditions,
+        power: &power,
+        state: Default::default(),
+    };
     let mut group = c.benchmark_group("route");
     for (label, constraints) in cases() {
         group.bench_function(format!("choose, {label}"), |b| {
             b.iter(|| {
-                route::choose(black_box(&table), black_box(&constraints), |n| {
-                    balancer.is_down(n)
-                })
-                .map(|p| p.id.len())
+                route::choose(
+                    black_box(&table),
+                    black_box(&constraints),
+                    &situation,
+                    |n| balancer.is_down(n),
+                )
+                .map(|(p, _)| p.id.len())
             })
         });
-        group.bench_function(format!("rank, {label}"), |b| {
+        group.bench_function(format!("explain, {label}"), |b| {
             b.iter(|| {
-                route::rank(black_box(&table), black_box(&constraints), |n| {
-                    balancer.is_down(n)
-                })
+                route::explain(
+                    black_box(&table),
+                    black_box(&constraints),
+                    &situation,
+                    |n| balancer.is_down(n),
+                )
+                .ranked
                 .len()
             })
         });
     }
     group.finish();
+}
+
+/// What `Client::choose` does per request: blend the estimates with the table's profile, then choose.
+fn situation_and_choose(
+    table: &v1::RouteTable,
+    estimator: &Estimator,
+    constraints: &Constraints,
+    balancer: &Balancer,
+) -> usize {
+    let conditions: Conditions =
+        estimator.conditions(&convert::link_profiles(table), Instant::now());
+    let power = convert::device_power(table);
+    let situation = Situation {
+        conditions: &conditions,
+        power: &power,
+        state: Default::default(),
+    };
+    route::choose(table, constraints, &situation, |n| balancer.is_down(n))
+        .map_or(0, |(p, _)| p.id.len())
 }
 
 fn percentile(sorted_ns: &[u64], q: f64) -> u64 {
@@ -228,32 +313,52 @@ fn percentiles(iterations: usize) {
         );
     };
     row("(clock only)", "—", &per_call(iterations, || 0));
+    let estimator = estimator();
+    let conditions = estimator.conditions(&links(), Instant::now());
+    let power = convert::device_power(&table);
+    let situation = Situation {
+        conditions: &conditions,
+        power: &power,
+        state: Default::default(),
+    };
     // The same decision without the balancer's liveness check (a mutex, a hash lookup and a clock read per
     // candidate node): what the check itself costs.
     let ns = per_call(iterations, || {
         route::choose(
             black_box(&table),
             black_box(&Constraints::default()),
+            &situation,
             |_| false,
         )
-        .map_or(0, |p| p.id.len())
+        .map_or(0, |(p, _)| p.id.len())
     });
     row("`choose`, no liveness check", "no budget", &ns);
     for (label, constraints) in cases() {
         let ns = per_call(iterations, || {
-            route::choose(black_box(&table), black_box(&constraints), |n| {
-                balancer.is_down(n)
-            })
-            .map_or(0, |p| p.id.len())
+            route::choose(
+                black_box(&table),
+                black_box(&constraints),
+                &situation,
+                |n| balancer.is_down(n),
+            )
+            .map_or(0, |(p, _)| p.id.len())
         });
         row("`choose`", label, &ns);
         let ns = per_call(iterations, || {
-            route::rank(black_box(&table), black_box(&constraints), |n| {
-                balancer.is_down(n)
-            })
+            situation_and_choose(black_box(&table), &estimator, &constraints, &balancer)
+        });
+        row("estimates + `choose`", label, &ns);
+        let ns = per_call(iterations, || {
+            route::explain(
+                black_box(&table),
+                black_box(&constraints),
+                &situation,
+                |n| balancer.is_down(n),
+            )
+            .ranked
             .len()
         });
-        row("`rank`", label, &ns);
+        row("`explain`", label, &ns);
     }
 }
 

@@ -178,7 +178,7 @@ async fn round(
         // The SDK takes its inputs by value; the clone is made before the clock starts.
         let request = inputs.clone();
         let started = Instant::now();
-        let result = client.infer(model, request, constraints).await;
+        let result = client.infer(model, request, constraints.clone()).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match result {
             Ok(inference) => {
@@ -268,7 +268,7 @@ fn run() -> Result<()> {
         &client,
         &args.model,
         &inputs,
-        args.constraints,
+        args.constraints.clone(),
         args.warmup,
     ));
     if warm.errors > 0 && warm.latencies_ms.is_empty() && args.warmup > 0 {
@@ -306,7 +306,13 @@ fn run() -> Result<()> {
                 .map_err(|e| format!("round {label}: N {w}: {e}"))?,
             None => args.n,
         };
-        let r = runtime.block_on(round(&client, &args.model, &inputs, args.constraints, n));
+        let r = runtime.block_on(round(
+            &client,
+            &args.model,
+            &inputs,
+            args.constraints.clone(),
+            n,
+        ));
         writeln!(stdout, "{}", report(label, &r))?;
         stdout.flush()?;
     }

@@ -110,6 +110,9 @@ typedef struct {
     double energy_mj;
     /** One of STRATA_PRIVACY_*. */
     int32_t privacy;
+    /** What to minimise: 0 = the default policy (energy under a latency budget or on low battery, latency
+     *  otherwise), 1 = latency, 2 = device energy. */
+    int32_t objective;
 } strata_constraints;
 
 /**
@@ -128,6 +131,12 @@ int strata_client_new(const char *endpoints, strata_client **out);
 
 /** Frees a client and its caches. NULL is a no-op. No other thread may be using it. */
 void strata_client_free(strata_client *client);
+
+/**
+ * Reports the device's power state: battery_pct in 0..100 (negative: unknown), charging non-zero on external
+ * power. Requests without an objective save energy when the battery is below 20 % and not charging.
+ */
+int strata_set_power_state(strata_client *client, double battery_pct, int charging);
 
 /**
  * Fetches and loads the device stages of every plan of model, so that the model keeps working on the device

@@ -18,7 +18,9 @@ use strata_runtime::{Backend, LoadedStage, TractBackend};
 use tonic::transport::Channel;
 
 use crate::error::SdkError;
-use crate::route::{self, Constraints};
+use crate::estimate::{Estimator, EstimatorConfig};
+use crate::route::{self, Constraints, Decision, PowerState, Situation};
+use strata_core::recost::{Link, Prediction};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ClientConfig {
     pub max_response_bytes: u64,
     /// How long an agent that failed a request is avoided.
     pub retry: RetryPolicy,
+    /// How live estimates are smoothed and aged.
+    pub estimator: EstimatorConfig,
 }
 
 impl ClientConfig {
@@ -44,6 +48,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_response_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
             retry: RetryPolicy::default(),
+            estimator: EstimatorConfig::default(),
         }
     }
 }
@@ -61,6 +66,23 @@ pub struct StageTiming {
     pub queue_ms: f64,
     /// Computing, ms.
     pub compute_ms: f64,
+    /// Compute predicted for it at the profiled speed, ms.
+    pub predicted_ms: f64,
+}
+
+/// One network hop of a finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HopTiming {
+    /// The link.
+    pub link: Link,
+    /// Tensor bytes sent up.
+    pub up_bytes: u64,
+    /// Tensor bytes that came back.
+    pub down_bytes: u64,
+    /// Network time predicted for it when the plan was chosen, ms.
+    pub predicted_ms: f64,
+    /// Network time measured (the caller's wall time less what the callee reported), ms.
+    pub measured_ms: f64,
 }
 
 /// A finished request.
@@ -70,10 +92,16 @@ pub struct Inference {
     pub outputs: Vec<(String, TensorData)>,
     /// The plan that ran.
     pub plan_id: String,
-    /// Its predicted latency, ms.
+    /// Its predicted latency under the conditions when it was chosen, ms.
     pub predicted_ms: f64,
+    /// Its full prediction then (latency, device energy, the network's share).
+    pub predicted: Prediction,
     /// Per stage, in order.
     pub stages: Vec<StageTiming>,
+    /// Per network hop, in order.
+    pub hops: Vec<HopTiming>,
+    /// How the plan was chosen: the policy, the estimates, every allowed plan ranked.
+    pub decision: Decision,
     /// Plans tried before this one succeeded (0: the first choice worked).
     pub fallbacks: u32,
     /// End to end, ms.
@@ -90,6 +118,10 @@ struct Inner {
     watching: AtomicBool,
     /// Why it is not, while it is not.
     watch_error: Mutex<String>,
+    /// What requests taught about the network, the tiers' speed and their queues.
+    estimator: Mutex<Estimator>,
+    /// The device's power state, as the app last reported it.
+    power: Mutex<PowerState>,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
@@ -108,6 +140,7 @@ impl Client {
             return Err(SdkError::InvalidArgument("no endpoint given".into()));
         }
         let channels = call::Channels::new(config.connect_timeout);
+        let config_estimator = config.estimator;
         for e in &config.endpoints {
             channels
                 .get(e)
@@ -121,6 +154,8 @@ impl Client {
             balancer: Balancer::new(),
             watching: AtomicBool::new(false),
             watch_error: Mutex::new("not connected yet".to_string()),
+            estimator: Mutex::new(Estimator::new(config_estimator)),
+            power: Mutex::new(PowerState::default()),
         });
         let watch = AbortOnDrop::spawn(watch_routes(Arc::downgrade(&inner)));
         Ok(Client {
@@ -175,14 +210,56 @@ impl Client {
         )))
     }
 
-    /// The plan a request would get now (no network).
-    pub fn choose(&self, model: &str, constraints: &Constraints) -> Result<v1::Plan, SdkError> {
+    /// The plan a request would get now, with its prediction (no network).
+    pub fn choose(
+        &self,
+        model: &str,
+        constraints: &Constraints,
+    ) -> Result<(v1::Plan, Prediction), SdkError> {
         let table = self.route_table(model).ok_or_else(|| {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
-        route::choose(&table, constraints, |n| self.inner.balancer.is_down(n))
-            .cloned()
-            .ok_or_else(|| no_plan(&table, constraints))
+        let (conditions, power, state) = self.inner.situation(&table);
+        let situation = Situation {
+            conditions: &conditions,
+            power: &power,
+            state,
+        };
+        route::choose(&table, constraints, &situation, |n| {
+            self.inner.balancer.is_down(n)
+        })
+        .map(|(p, prediction)| (p.clone(), prediction))
+        .ok_or_else(|| no_plan(&table, constraints))
+    }
+
+    /// Why a request would get the plan it would get now: the estimates, the policy, every allowed plan
+    /// ranked with its prediction (no network).
+    pub fn explain(&self, model: &str, constraints: &Constraints) -> Result<Decision, SdkError> {
+        let table = self.route_table(model).ok_or_else(|| {
+            SdkError::Unavailable(format!("no route table cached for \"{model}\""))
+        })?;
+        let (conditions, power, state) = self.inner.situation(&table);
+        Ok(route::explain(
+            &table,
+            constraints,
+            &Situation {
+                conditions: &conditions,
+                power: &power,
+                state,
+            },
+            |n| self.inner.balancer.is_down(n),
+        ))
+    }
+
+    /// Reports the device's power state (battery level, charging); requests without an objective save
+    /// energy on low battery (see [`route::PowerState::low`]).
+    pub fn set_power_state(&self, state: PowerState) {
+        *self.inner.power.lock() = state;
+    }
+
+    /// What the client has learnt so far (RTT and goodput per link, tier speeds and queues).
+    pub fn estimates(&self) -> Estimator {
+        self.inner.estimator.lock().clone()
     }
 
     /// Fetches and loads every device stage of a model's plans, so the model keeps working offline.
@@ -215,30 +292,84 @@ impl Client {
         let deadline = started + self.inner.config.request_timeout;
         let table = self.routes(model).await?;
         check_inputs(&table, &inputs)?;
-        let plans = route::rank(&table, &constraints, |n| self.inner.balancer.is_down(n));
-        if plans.is_empty() {
+        let (conditions, power, state) = self.inner.situation(&table);
+        let situation = Situation {
+            conditions: &conditions,
+            power: &power,
+            state,
+        };
+        let decision = route::explain(&table, &constraints, &situation, |n| {
+            self.inner.balancer.is_down(n)
+        });
+        let order: Vec<(&v1::Plan, Prediction)> = match &constraints.plan {
+            Some(id) => {
+                let Some(plan) = table.plans.iter().find(|p| &p.id == id) else {
+                    return Err(SdkError::InvalidArgument(format!(
+                        "model \"{model}\" has no plan \"{id}\" (its plans: {})",
+                        table
+                            .plans
+                            .iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                };
+                let Some(c) = decision.ranked.iter().find(|c| &c.plan_id == id) else {
+                    return Err(SdkError::NoPlan(format!(
+                        "plan \"{id}\" of model \"{model}\" does not satisfy the privacy of the model or the request"
+                    )));
+                };
+                vec![(plan, c.predicted)]
+            }
+            None => decision
+                .ranked
+                .iter()
+                .filter_map(|c| {
+                    table
+                        .plans
+                        .iter()
+                        .find(|p| p.id == c.plan_id)
+                        .map(|p| (p, c.predicted))
+                })
+                .collect(),
+        };
+        if order.is_empty() {
             return Err(no_plan(&table, &constraints));
         }
         let request_id = next_request_id();
         let mut errors = Vec::new();
-        for (attempt, plan) in plans.iter().enumerate() {
+        for (attempt, (plan, predicted)) in order.iter().enumerate() {
             match self
                 .inner
                 .run_plan(&table, plan, &inputs, &constraints, &request_id, deadline)
                 .await
             {
-                Ok((outputs, stages)) => {
+                Ok((outputs, stages, hops)) => {
                     let outputs = order_outputs(&table, outputs)?;
+                    let hops = hops
+                        .into_iter()
+                        .map(|mut h: HopTiming| {
+                            h.predicted_ms = conditions.link(h.link).map_or(f64::INFINITY, |l| {
+                                l.transfer_ms(h.up_bytes as f64, h.down_bytes as f64)
+                            });
+                            h
+                        })
+                        .collect();
                     return Ok(Inference {
                         outputs,
                         plan_id: plan.id.clone(),
-                        predicted_ms: plan.latency_ms,
+                        predicted_ms: predicted.latency_ms,
+                        predicted: *predicted,
                         stages,
+                        hops,
+                        decision,
                         fallbacks: attempt as u32,
                         total_ms: started.elapsed().as_secs_f64() * 1e3,
                     });
                 }
-                Err(e) if e.retryable() && Instant::now() < deadline => {
+                Err(e)
+                    if e.retryable() && Instant::now() < deadline && constraints.plan.is_none() =>
+                {
                     tracing::warn!(plan = %plan.id, error = %e, "plan failed; falling back to the next");
                     errors.push(format!("plan {}: {e}", plan.id));
                 }
@@ -343,6 +474,98 @@ fn order_outputs(
 }
 
 impl Inner {
+    /// The conditions, power figures and power state to cost `table`'s plans with now.
+    fn situation(
+        &self,
+        table: &v1::RouteTable,
+    ) -> (
+        strata_core::recost::Conditions,
+        strata_core::recost::DevicePower,
+        PowerState,
+    ) {
+        let profile = convert::link_profiles(table);
+        let conditions = self.estimator.lock().conditions(&profile, Instant::now());
+        (conditions, convert::device_power(table), *self.power.lock())
+    }
+
+    /// Learns from a finished remote hop: the device's link from the caller's wall time, each later link
+    /// from the agents' forward reports, and each tier's speed and queue.
+    fn learn(
+        &self,
+        table: &v1::RouteTable,
+        plan: &v1::Plan,
+        first: Tier,
+        up: u64,
+        down: u64,
+        hop: &call::HopResult,
+    ) -> Vec<HopTiming> {
+        let profile = convert::link_profiles(table);
+        let now = Instant::now();
+        let mut reports: Vec<&v1::StageReport> = hop.reports.iter().collect();
+        reports.sort_by_key(|r| r.stage);
+        let spent = |r: &v1::StageReport| r.queue_ms + r.compute_ms + r.forward_ms;
+        let mut hops = Vec::new();
+        let mut estimator = self.estimator.lock();
+        if let (Some(link), Some(r0)) = (Link::between(Tier::Device, first), reports.first()) {
+            let net = hop.elapsed_ms - spent(r0);
+            estimator.link_sample(
+                link,
+                profile[link.index()],
+                net,
+                up as f64,
+                down as f64,
+                now,
+            );
+            hops.push(HopTiming {
+                link,
+                up_bytes: up,
+                down_bytes: down,
+                predicted_ms: 0.0,
+                measured_ms: net,
+            });
+        }
+        for pair in reports.windows(2) {
+            let (r, next) = (pair[0], pair[1]);
+            let (Ok(a), Ok(b)) = (
+                convert::tier(r.tier, "report.tier"),
+                convert::tier(next.tier, "report.tier"),
+            ) else {
+                continue;
+            };
+            if r.forward_ms <= 0.0 {
+                continue;
+            }
+            if let Some(link) = Link::between(a, b) {
+                let net = r.forward_ms - spent(next);
+                estimator.link_sample(
+                    link,
+                    profile[link.index()],
+                    net,
+                    r.forward_up_bytes as f64,
+                    r.forward_down_bytes as f64,
+                    now,
+                );
+                hops.push(HopTiming {
+                    link,
+                    up_bytes: r.forward_up_bytes,
+                    down_bytes: r.forward_down_bytes,
+                    predicted_ms: 0.0,
+                    measured_ms: net,
+                });
+            }
+        }
+        for r in &reports {
+            let Ok(tier) = convert::tier(r.tier, "report.tier") else {
+                continue;
+            };
+            if let Some(stage) = plan.stages.get(r.stage as usize) {
+                estimator.compute_sample(tier, r.compute_ms, stage.predicted_ms, now);
+            }
+            estimator.queue_sample(tier, r.queue_ms, now);
+        }
+        hops
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, SdkError> {
         self.channels
             .get(address)
@@ -411,7 +634,14 @@ impl Inner {
         constraints: &Constraints,
         request_id: &str,
         deadline: Instant,
-    ) -> Result<(HashMap<String, TensorData>, Vec<StageTiming>), SdkError> {
+    ) -> Result<
+        (
+            HashMap<String, TensorData>,
+            Vec<StageTiming>,
+            Vec<HopTiming>,
+        ),
+        SdkError,
+    > {
         let mut values: HashMap<String, TensorData> = inputs.clone();
         let mut timings = Vec::new();
         let mut outputs = HashMap::new();
@@ -434,12 +664,20 @@ impl Inner {
                 .await
                 .map_err(|e| SdkError::Local(format!("stage task failed: {e}")))?
                 .map_err(|e| SdkError::Local(format!("device stage {}: {e}", stage.index)))?;
+            let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+            self.estimator.lock().compute_sample(
+                Tier::Device,
+                compute_ms,
+                stage.predicted_ms,
+                Instant::now(),
+            );
             timings.push(StageTiming {
                 index: stage.index,
                 tier: "device",
                 node: None,
                 queue_ms: 0.0,
-                compute_ms: started.elapsed().as_secs_f64() * 1e3,
+                compute_ms,
+                predicted_ms: stage.predicted_ms,
             });
             for (name, t) in produced {
                 if table.outputs.contains(&name) {
@@ -450,7 +688,7 @@ impl Inner {
             next += 1;
         }
         let Some(first_remote) = plan.stages.get(next) else {
-            return Ok((outputs, timings));
+            return Ok((outputs, timings, Vec::new()));
         };
         let later: BTreeSet<&String> = plan.stages[next..].iter().flat_map(|s| &s.inputs).collect();
         let carry: Vec<(String, TensorData)> = values
@@ -458,6 +696,7 @@ impl Inner {
             .filter(|(n, _)| later.contains(n))
             .collect();
         self.check_privacy(table, plan, constraints, &carry)?;
+        let up_bytes: u64 = carry.iter().map(|(_, t)| t.data.len() as u64).sum();
         let header = v1::InferHeader {
             model: table.model.clone(),
             version: table.version,
@@ -477,17 +716,27 @@ impl Inner {
             .await
         {
             Ok(hop) => {
+                let down_bytes: u64 = hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+                let first_tier =
+                    convert::tier(first_remote.tier, "stage.tier").unwrap_or(Tier::Edge);
+                let hops = self.learn(table, plan, first_tier, up_bytes, down_bytes, &hop);
                 let mut reports = hop.reports;
                 reports.sort_by_key(|r| r.stage);
-                timings.extend(reports.into_iter().map(|r| StageTiming {
-                    index: r.stage,
-                    tier: convert::tier_name(r.tier),
-                    node: Some(r.node_id),
-                    queue_ms: r.queue_ms,
-                    compute_ms: r.compute_ms,
+                timings.extend(reports.into_iter().map(|r| {
+                    StageTiming {
+                        index: r.stage,
+                        tier: convert::tier_name(r.tier),
+                        node: Some(r.node_id),
+                        queue_ms: r.queue_ms,
+                        compute_ms: r.compute_ms,
+                        predicted_ms: plan
+                            .stages
+                            .get(r.stage as usize)
+                            .map_or(0.0, |s| s.predicted_ms),
+                    }
                 }));
                 outputs.extend(hop.tensors);
-                Ok((outputs, timings))
+                Ok((outputs, timings, hops))
             }
             Err(HopError::Refused { status, .. }) => Err(SdkError::from_status(status)),
             Err(HopError::Exhausted {

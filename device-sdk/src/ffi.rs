@@ -17,7 +17,10 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
-use crate::{ClientConfig, Constraints, DType, Privacy, SdkError, TensorData, blocking};
+use crate::{
+    ClientConfig, Constraints, DType, Objective, PowerState, Privacy, SdkError, TensorData,
+    blocking,
+};
 
 /// Success.
 pub const STRATA_OK: c_int = 0;
@@ -76,6 +79,8 @@ pub struct StrataConstraints {
     pub energy_mj: f64,
     /// One of the `STRATA_PRIVACY_*` codes.
     pub privacy: i32,
+    /// What to minimise: 0 = the default policy, 1 = latency, 2 = device energy.
+    pub objective: i32,
 }
 
 /// An opaque client handle (`strata_client`).
@@ -271,10 +276,22 @@ fn constraints_from_c(c: Option<&StrataConstraints>) -> Outcome<Constraints> {
             )));
         }
     };
+    let objective = match c.objective {
+        0 => None,
+        1 => Some(Objective::Latency),
+        2 => Some(Objective::Energy),
+        other => {
+            return Err(invalid(format!(
+                "unknown objective code {other} (expected 0 = default, 1 = latency, 2 = energy)"
+            )));
+        }
+    };
     Ok(Constraints {
         latency_ms: budget(c.latency_ms),
         energy_mj: budget(c.energy_mj),
         privacy,
+        objective,
+        plan: None,
     })
 }
 
@@ -330,6 +347,27 @@ pub unsafe extern "C" fn strata_client_free(client: *mut StrataClient) {
         let client = unsafe { Box::from_raw(client) };
         quietly((), move || drop(client));
     }
+}
+
+/// Reports the device's power state: `battery_pct` in 0–100 (negative: unknown), `charging` non-zero when on
+/// external power. Requests without an objective save energy on low battery.
+///
+/// # Safety
+/// `client` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_set_power_state(
+    client: *const StrataClient,
+    battery_pct: f64,
+    charging: c_int,
+) -> c_int {
+    status(|| {
+        // SAFETY: the caller's contract.
+        let client = unsafe { deref(client, "client")? };
+        let battery = (battery_pct >= 0.0).then_some(battery_pct);
+        let state = PowerState::new(battery, charging != 0).map_err(|e| invalid(e.to_string()))?;
+        client.inner.as_async().set_power_state(state);
+        Ok(())
+    })
 }
 
 /// Fetches and loads the device stages of every plan of `model`, so that it keeps working offline.

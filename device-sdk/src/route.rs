@@ -1,12 +1,33 @@
-//! The per-request route decision: which of a model's plans to run, from the route table alone (no network
-//! round trip, no allocation beyond the result). Plans that violate a privacy level are never candidates;
-//! the rest are ranked by the request's budgets.
+//! The per-request route decision: which of a model's plans to run, from the route table and the client's
+//! live estimates alone (no network round trip, no allocation in [`choose`]). Plans that violate a privacy
+//! level are never candidates; the rest are re-costed under the conditions of the moment
+//! (`strata_core::recost`) and ranked by the request's budgets and objective.
 
+use strata_core::recost::{self, Conditions, DevicePower, Link, Prediction, StageCost, Transfer};
 use strata_core::{Privacy, Tier};
 use strata_proto::{convert, v1};
 
+/// What a request minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// End-to-end latency.
+    Latency,
+    /// Device energy (within the latency budget, if any).
+    Energy,
+}
+
+impl Objective {
+    /// `latency` or `energy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Latency => "latency",
+            Objective::Energy => "energy",
+        }
+    }
+}
+
 /// What one request asks for.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Constraints {
     /// End-to-end latency budget, ms.
     pub latency_ms: Option<f64>,
@@ -14,11 +35,130 @@ pub struct Constraints {
     pub energy_mj: Option<f64>,
     /// Privacy level (tightens the model's own level; `None` keeps it).
     pub privacy: Option<Privacy>,
+    /// What to minimise; `None`: device energy when there is a latency budget or the battery is low (see
+    /// [`PowerState`]), latency otherwise.
+    pub objective: Option<Objective>,
+    /// Run this plan (by id) and no other (debugging, measurements). Privacy still holds.
+    pub plan: Option<String>,
+}
+
+/// Below this battery level, not charging, requests without an objective save energy.
+pub const LOW_BATTERY_PCT: f64 = 20.0;
+
+/// On low battery without a latency budget, the energy-saving choice may be this much slower than the
+/// fastest plan.
+pub const LOW_BATTERY_SLOWDOWN: f64 = 1.25;
+
+/// The device's power state, as the app reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PowerState {
+    /// Battery charge, percent (`None`: unknown, or no battery).
+    pub battery_pct: Option<f64>,
+    /// On external power.
+    pub charging: bool,
+}
+
+/// A power state that cannot be.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("battery level {0} % is impossible: it must be between 0 and 100")]
+pub struct BadBattery(pub f64);
+
+impl PowerState {
+    /// A checked power state.
+    pub fn new(battery_pct: Option<f64>, charging: bool) -> Result<PowerState, BadBattery> {
+        if let Some(p) = battery_pct
+            && !(0.0..=100.0).contains(&p)
+        {
+            return Err(BadBattery(p));
+        }
+        Ok(PowerState {
+            battery_pct,
+            charging,
+        })
+    }
+
+    /// Low battery and not charging: the default policy saves energy.
+    pub fn low(&self) -> bool {
+        !self.charging && self.battery_pct.is_some_and(|p| p < LOW_BATTERY_PCT)
+    }
 }
 
 /// Whether `plan` satisfies `level`.
 pub fn satisfies(plan: &v1::Plan, level: Privacy) -> bool {
     plan.satisfies.contains(&(v1::Privacy::from(level) as i32))
+}
+
+/// The model's own privacy level, as its route table states it: `open` when unspecified, the strictest
+/// (`device`) when the code is not a level at all.
+pub fn model_level(table: &v1::RouteTable) -> Privacy {
+    match convert::privacy(table.privacy, "table.privacy") {
+        Ok(Some(level)) => level,
+        Ok(None) => Privacy::Open,
+        Err(_) => Privacy::Device,
+    }
+}
+
+/// Whether the plan satisfies the model's and the request's privacy.
+fn allowed(plan: &v1::Plan, model: Privacy, constraints: &Constraints) -> bool {
+    satisfies(plan, model) && constraints.privacy.is_none_or(|r| satisfies(plan, r))
+}
+
+/// A plan's prediction under `conditions`. A plan from a table without transfers (an older control plane)
+/// keeps its static prediction; a plan with a code that does not decode is `None`.
+pub fn predict(
+    plan: &v1::Plan,
+    conditions: &Conditions,
+    power: &DevicePower,
+) -> Option<Prediction> {
+    let remote = plan
+        .stages
+        .iter()
+        .any(|s| !convert::is_tier(s.tier, Tier::Device));
+    if remote && plan.transfers.is_empty() {
+        return Some(Prediction {
+            latency_ms: plan.latency_ms,
+            energy_mj: plan.device_energy_mj,
+            device_ms: 0.0,
+            network_ms: 0.0,
+        });
+    }
+    let valid = plan
+        .stages
+        .iter()
+        .all(|s| convert::tier(s.tier, "stage.tier").is_ok())
+        && plan
+            .transfers
+            .iter()
+            .all(|x| convert::link(x.link, "transfer.link").is_ok());
+    if !valid {
+        return None;
+    }
+    // Codes checked above: the fallbacks below are never taken.
+    let p = recost::predict(
+        plan.stages.iter().map(|s| StageCost {
+            tier: convert::tier(s.tier, "stage.tier").unwrap_or(Tier::Cloud),
+            ms: s.predicted_ms,
+        }),
+        plan.transfers.iter().map(|x| Transfer {
+            link: convert::link(x.link, "transfer.link").unwrap_or(Link::DeviceCloud),
+            up_bytes: x.up_bytes as f64,
+            down_bytes: x.down_bytes as f64,
+        }),
+        conditions,
+        power,
+    );
+    Some(p)
+}
+
+/// Everything a decision is made from, besides the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation<'a> {
+    /// The conditions of the moment.
+    pub conditions: &'a Conditions,
+    /// The device's power figures.
+    pub power: &'a DevicePower,
+    /// Its power state.
+    pub state: PowerState,
 }
 
 /// A plan's rank: unreachable last, then budget-missing, then by how far it misses, then the objective.
@@ -39,79 +179,164 @@ impl Rank {
     }
 }
 
-/// `None` when the plan violates the model's or the request's privacy.
+/// The objective a request gets and the latency budget it is held to: its own; energy under a latency
+/// budget; on low battery, energy within its budget or [`LOW_BATTERY_SLOWDOWN`] × the fastest plan.
+fn policy(
+    table: &v1::RouteTable,
+    constraints: &Constraints,
+    situation: &Situation<'_>,
+    node_down: &impl Fn(&str) -> bool,
+) -> (Objective, Option<f64>) {
+    let objective = constraints.objective.unwrap_or(
+        if constraints.latency_ms.is_some() || situation.state.low() {
+            Objective::Energy
+        } else {
+            Objective::Latency
+        },
+    );
+    let mut budget = constraints.latency_ms;
+    if objective == Objective::Energy && budget.is_none() && situation.state.low() {
+        let level = model_level(table);
+        let fastest = table
+            .plans
+            .iter()
+            .filter(|p| allowed(p, level, constraints) && reachable(p, node_down))
+            .filter_map(|p| predict(p, situation.conditions, situation.power))
+            .map(|p| p.latency_ms)
+            .fold(f64::INFINITY, f64::min);
+        if fastest.is_finite() {
+            budget = Some(fastest * LOW_BATTERY_SLOWDOWN);
+        }
+    }
+    (objective, budget)
+}
+
+fn reachable(plan: &v1::Plan, node_down: &impl Fn(&str) -> bool) -> bool {
+    plan.stages
+        .iter()
+        .all(|s| convert::is_tier(s.tier, Tier::Device) || s.nodes.iter().any(|n| !node_down(n)))
+}
+
 fn rank_of(
     plan: &v1::Plan,
-    model_level: Privacy,
+    prediction: &Prediction,
     constraints: &Constraints,
+    objective: Objective,
+    budget: Option<f64>,
     node_down: &impl Fn(&str) -> bool,
-) -> Option<Rank> {
-    if !satisfies(plan, model_level) || !constraints.privacy.is_none_or(|r| satisfies(plan, r)) {
-        return None;
-    }
-    let reachable = plan
-        .stages
-        .iter()
-        .all(|s| convert::is_tier(s.tier, Tier::Device) || s.nodes.iter().any(|n| !node_down(n)));
+) -> Rank {
     let over = |value: f64, budget: Option<f64>| budget.map_or(0.0, |b| (value / b - 1.0).max(0.0));
-    let miss = over(plan.latency_ms, constraints.latency_ms)
-        + over(plan.device_energy_mj, constraints.energy_mj);
-    Some(Rank {
-        unreachable: !reachable,
+    let miss =
+        over(prediction.latency_ms, budget) + over(prediction.energy_mj, constraints.energy_mj);
+    Rank {
+        unreachable: !reachable(plan, node_down),
         misses_budget: miss > 0.0,
         miss,
-        objective: if constraints.latency_ms.is_some() {
-            plan.device_energy_mj
-        } else {
-            plan.latency_ms
+        objective: match objective {
+            Objective::Latency => prediction.latency_ms,
+            Objective::Energy => prediction.energy_mj,
         },
-    })
-}
-
-/// The model's own privacy level, as its route table states it: `open` when unspecified, the strictest
-/// (`device`) when the code is not a level at all.
-pub fn model_level(table: &v1::RouteTable) -> Privacy {
-    match convert::privacy(table.privacy, "table.privacy") {
-        Ok(Some(level)) => level,
-        Ok(None) => Privacy::Open,
-        Err(_) => Privacy::Device,
     }
 }
 
-/// Plans of `table` that satisfy the model's and the request's privacy, best first: plans meeting every budget,
-/// then the rest by how far they miss. With a latency budget the least device energy wins (the budget is what
-/// matters, the battery is what is saved); otherwise the lowest latency. A plan with a remote stage that has no
-/// live node (`node_down` true for all its nodes, or none listed) goes last.
-pub fn rank<'t>(
-    table: &'t v1::RouteTable,
-    constraints: &Constraints,
-    node_down: impl Fn(&str) -> bool,
-) -> Vec<&'t v1::Plan> {
-    let level = model_level(table);
-    let mut plans: Vec<(&v1::Plan, Rank)> = table
-        .plans
-        .iter()
-        .filter_map(|p| rank_of(p, level, constraints, &node_down).map(|r| (p, r)))
-        .collect();
-    plans.sort_by(|a, b| a.1.cmp(&b.1));
-    plans.into_iter().map(|(p, _)| p).collect()
-}
-
-/// The best plan for a request (the head of [`rank`], without sorting or allocating), or `None` when no plan
-/// satisfies its privacy.
+/// The best plan for a request now, with its prediction, or `None` when no plan satisfies its privacy:
+/// plans meeting every budget first, then the rest by how far they miss; among them the least of the
+/// objective. A plan with a remote stage that has no live node goes last. No allocation.
 pub fn choose<'t>(
     table: &'t v1::RouteTable,
     constraints: &Constraints,
+    situation: &Situation<'_>,
     node_down: impl Fn(&str) -> bool,
-) -> Option<&'t v1::Plan> {
+) -> Option<(&'t v1::Plan, Prediction)> {
     let level = model_level(table);
-    let mut best: Option<(&v1::Plan, Rank)> = None;
+    let (objective, budget) = policy(table, constraints, situation, &node_down);
+    let mut best: Option<(&v1::Plan, Prediction, Rank)> = None;
     for p in &table.plans {
-        if let Some(r) = rank_of(p, level, constraints, &node_down)
-            && best.as_ref().is_none_or(|(_, b)| r.cmp(b).is_lt())
-        {
-            best = Some((p, r));
+        if !allowed(p, level, constraints) {
+            continue;
+        }
+        let Some(prediction) = predict(p, situation.conditions, situation.power) else {
+            continue;
+        };
+        let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
+        if best.as_ref().is_none_or(|(_, _, b)| r.cmp(b).is_lt()) {
+            best = Some((p, prediction, r));
         }
     }
-    best.map(|(p, _)| p)
+    best.map(|(p, prediction, _)| (p, prediction))
+}
+
+/// One plan as a decision saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Plan id.
+    pub plan_id: String,
+    /// Its stages' tiers, in order.
+    pub tiers: Vec<&'static str>,
+    /// Predicted now.
+    pub predicted: Prediction,
+    /// Predicted at the profiled conditions (the route table's figure).
+    pub profiled_ms: f64,
+    /// Meets the request's budgets.
+    pub meets_budgets: bool,
+    /// Every remote stage has a live agent.
+    pub reachable: bool,
+}
+
+/// Why a request got its plan: the policy, the conditions, and every allowed plan, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What was minimised.
+    pub objective: Objective,
+    /// The latency budget held to (the request's, or the low-battery policy's).
+    pub latency_budget_ms: Option<f64>,
+    /// The conditions plans were costed under.
+    pub conditions: Conditions,
+    /// The power state.
+    pub state: PowerState,
+    /// Allowed plans, best first (the first is what [`choose`] picks).
+    pub ranked: Vec<Candidate>,
+}
+
+/// [`choose`]'s reasoning: every plan the request's privacy allows, ranked the same way, with predictions.
+pub fn explain(
+    table: &v1::RouteTable,
+    constraints: &Constraints,
+    situation: &Situation<'_>,
+    node_down: impl Fn(&str) -> bool,
+) -> Decision {
+    let level = model_level(table);
+    let (objective, budget) = policy(table, constraints, situation, &node_down);
+    let mut ranked: Vec<(Candidate, Rank)> = table
+        .plans
+        .iter()
+        .filter(|p| allowed(p, level, constraints))
+        .filter_map(|p| {
+            let prediction = predict(p, situation.conditions, situation.power)?;
+            let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
+            Some((
+                Candidate {
+                    plan_id: p.id.clone(),
+                    tiers: p
+                        .stages
+                        .iter()
+                        .map(|s| convert::tier_name(s.tier))
+                        .collect(),
+                    predicted: prediction,
+                    profiled_ms: p.latency_ms,
+                    meets_budgets: !r.misses_budget,
+                    reachable: !r.unreachable,
+                },
+                r,
+            ))
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.1.cmp(&b.1));
+    Decision {
+        objective,
+        latency_budget_ms: budget,
+        conditions: *situation.conditions,
+        state: situation.state,
+        ranked: ranked.into_iter().map(|(c, _)| c).collect(),
+    }
 }

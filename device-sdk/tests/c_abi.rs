@@ -403,6 +403,7 @@ fn bad_arguments_are_clean_errors() {
         latency_ms: 0.0,
         energy_mj: 0.0,
         privacy: 9,
+        objective: 0,
     };
     assert_eq!(
         infer_status(client, &[ok], Some(&privacy)),
@@ -412,6 +413,33 @@ fn bad_arguments_are_clean_errors() {
         last_error().contains("unknown privacy code 9"),
         "{}",
         last_error()
+    );
+    let objective = StrataConstraints {
+        objective: 7,
+        privacy: 0,
+        ..privacy
+    };
+    assert_eq!(
+        infer_status(client, &[ok], Some(&objective)),
+        STRATA_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("unknown objective code 7"),
+        "{}",
+        last_error()
+    );
+    // SAFETY: a live client.
+    let battery = unsafe { strata_set_power_state(client, 140.0, 0) };
+    assert_eq!(battery, STRATA_ERR_INVALID_ARGUMENT);
+    assert!(
+        last_error().contains("battery level 140 % is impossible"),
+        "{}",
+        last_error()
+    );
+    // SAFETY: a live client.
+    assert_eq!(
+        unsafe { strata_set_power_state(client, 15.0, 1) },
+        STRATA_OK
     );
     assert_eq!(
         infer_status(std::ptr::null_mut(), &[ok], None),

@@ -1,10 +1,13 @@
-//! Property tests of the per-request decision (`route::choose` and `route::rank`) against a brute-force
-//! argmin written from the specification: privacy is never violated, a reachable plan meeting every budget
-//! always beats one that misses, and ties go to the earlier plan of the table (deterministically).
+//! Property tests of the per-request decision (`route::choose` and `route::explain`) against a brute-force
+//! argmin written from the specification, under random live conditions (links, tier speeds, queues) and
+//! power states: every plan is re-costed exactly as a recomputation from the formula gives, privacy is
+//! never violated whatever the estimates, a reachable plan meeting every budget always beats one that
+//! misses, and ties go to the earlier plan of the table (deterministically).
 
 use proptest::prelude::*;
+use strata_core::recost::{Conditions, DevicePower, LinkState};
 use strata_device_sdk::Privacy;
-use strata_device_sdk::route::{self, Constraints};
+use strata_device_sdk::route::{self, Constraints, Objective, PowerState, Situation};
 use strata_proto::v1;
 
 const LEVELS: [Privacy; 4] = [
@@ -22,45 +25,146 @@ fn tier(t: usize) -> i32 {
     [v1::Tier::Device, v1::Tier::Edge, v1::Tier::Cloud][t] as i32
 }
 
-/// A random plan: which levels it satisfies, its predictions (small integers, so ties happen), and per remote
-/// stage the nodes that hold it (drawn from n0..n3).
+/// A random plan: which levels it satisfies, its stages (tier, compute ms, nodes drawn from n0..n3; small
+/// integers, so ties happen), and per hop of its chain the bytes each way.
 fn plan() -> impl Strategy<Value = v1::Plan> {
     (
         proptest::collection::vec(any::<bool>(), 4),
-        0u32..6,
-        0u32..6,
         proptest::collection::vec(
-            (0usize..3, proptest::collection::vec(0usize..4, 0..3)),
+            (
+                0usize..3,
+                0u32..20,
+                proptest::collection::vec(0usize..4, 0..3),
+            ),
             1..4,
         ),
+        proptest::collection::vec((0u64..5, 0u64..3), 2),
     )
-        .prop_map(|(levels, latency, energy, stages)| v1::Plan {
-            id: String::new(),
-            satisfies: LEVELS
-                .iter()
-                .zip(&levels)
-                .filter(|(_, on)| **on)
-                .map(|(&l, _)| wire(l))
-                .collect(),
-            objectives: vec![],
-            latency_ms: f64::from(latency) * 10.0,
-            device_energy_mj: f64::from(energy) * 5.0,
-            device_bytes_sent: 0,
-            stages: stages
-                .into_iter()
-                .enumerate()
-                .map(|(i, (t, nodes))| v1::Stage {
-                    index: i as u32,
-                    tier: tier(t),
-                    nodes: if t == 0 {
-                        vec![]
-                    } else {
-                        nodes.into_iter().map(|n| format!("n{n}")).collect()
-                    },
-                    ..Default::default()
-                })
-                .collect(),
+        .prop_map(|(levels, stages, bytes)| {
+            let mut used = [true, false, false];
+            for (t, _, _) in &stages {
+                used[*t] = true;
+            }
+            let chain: Vec<usize> = (0..3).filter(|&t| used[t]).collect();
+            let links = |a: usize, b: usize| match (a, b) {
+                (0, 1) => v1::Link::DeviceEdge,
+                (1, 2) => v1::Link::EdgeCloud,
+                _ => v1::Link::DeviceCloud,
+            };
+            v1::Plan {
+                id: String::new(),
+                satisfies: LEVELS
+                    .iter()
+                    .zip(&levels)
+                    .filter(|(_, on)| **on)
+                    .map(|(&l, _)| wire(l))
+                    .collect(),
+                transfers: chain
+                    .windows(2)
+                    .zip(&bytes)
+                    .map(|(w, (up, down))| v1::Transfer {
+                        link: links(w[0], w[1]) as i32,
+                        up_bytes: up * 100_000,
+                        down_bytes: down * 4_000,
+                    })
+                    .collect(),
+                stages: stages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (t, ms, nodes))| v1::Stage {
+                        index: i as u32,
+                        tier: tier(t),
+                        predicted_ms: f64::from(ms),
+                        nodes: if t == 0 {
+                            vec![]
+                        } else {
+                            nodes.into_iter().map(|n| format!("n{n}")).collect()
+                        },
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
         })
+}
+
+/// Random live conditions: per link RTT and goodput, per tier speed and queue.
+fn conditions() -> impl Strategy<Value = Conditions> {
+    let link = (
+        0u32..40,
+        prop_oneof![Just(1.0), Just(8.0), Just(80.0)],
+        prop_oneof![Just(1.0), Just(8.0)],
+    )
+        .prop_map(|(rtt, up, down)| {
+            Some(LinkState {
+                rtt_ms: f64::from(rtt),
+                up_mbps: up,
+                down_mbps: down,
+            })
+        });
+    let speed = prop_oneof![Just(0.5), Just(1.0), Just(2.0)];
+    let queue = prop_oneof![Just(0.0), Just(5.0)];
+    (
+        [link.clone(), link.clone(), link],
+        [speed.clone(), speed.clone(), speed],
+        [queue.clone(), queue.clone(), queue],
+    )
+        .prop_map(|(links, speed, queue_ms)| Conditions {
+            links,
+            speed,
+            queue_ms,
+        })
+}
+
+fn power_state() -> impl Strategy<Value = PowerState> {
+    (proptest::option::of(0u32..=100), any::<bool>()).prop_map(|(pct, charging)| {
+        PowerState::new(pct.map(f64::from), charging).expect("0..=100 is a battery level")
+    })
+}
+
+const POWER: DevicePower = DevicePower {
+    active_w: 1.0,
+    idle_w: 0.15,
+    tx_nj_per_byte: 1000.0,
+    rx_nj_per_byte: 350.0,
+};
+
+/// The formula, recomputed from the specification (latency ms, energy mJ).
+fn brute(plan: &v1::Plan, c: &Conditions) -> (f64, f64) {
+    let index = |code: i32| (0..3).find(|&t| tier(t) == code).expect("a tier");
+    let mut latency = 0.0;
+    let mut device = 0.0;
+    let mut remote = [false; 3];
+    for s in &plan.stages {
+        let t = index(s.tier);
+        latency += s.predicted_ms * c.speed[t];
+        if t == 0 {
+            device += s.predicted_ms * c.speed[t];
+        } else {
+            remote[t] = true;
+        }
+    }
+    for (t, used) in remote.iter().enumerate() {
+        if *used {
+            latency += c.queue_ms[t];
+        }
+    }
+    let (mut sent, mut received) = (0.0, 0.0);
+    for x in &plan.transfers {
+        let i = x.link as usize - 1;
+        let l = c.links[i].expect("every link is known");
+        latency += l.rtt_ms
+            + x.up_bytes as f64 * 8.0 / (l.up_mbps * 1e3)
+            + x.down_bytes as f64 * 8.0 / (l.down_mbps * 1e3);
+        if x.link != v1::Link::EdgeCloud as i32 {
+            sent += x.up_bytes as f64;
+            received += x.down_bytes as f64;
+        }
+    }
+    let energy = device * POWER.active_w
+        + (latency - device) * POWER.idle_w
+        + (sent * POWER.tx_nj_per_byte + received * POWER.rx_nj_per_byte) * 1e-6;
+    (latency, energy)
 }
 
 fn table() -> impl Strategy<Value = v1::RouteTable> {
@@ -87,11 +191,20 @@ fn constraints() -> impl Strategy<Value = Constraints> {
         proptest::option::of(1u32..60),
         proptest::option::of(1u32..30),
         proptest::option::of(0usize..4),
+        proptest::option::of(any::<bool>()),
     )
-        .prop_map(|(latency, energy, privacy)| Constraints {
-            latency_ms: latency.map(f64::from),
-            energy_mj: energy.map(f64::from),
+        .prop_map(|(latency, energy, privacy, objective)| Constraints {
+            latency_ms: latency.map(|l| f64::from(l) * 5.0),
+            energy_mj: energy.map(|e| f64::from(e) * 2.0),
             privacy: privacy.map(|i| LEVELS[i]),
+            objective: objective.map(|e| {
+                if e {
+                    Objective::Energy
+                } else {
+                    Objective::Latency
+                }
+            }),
+            plan: None,
         })
 }
 
@@ -110,24 +223,58 @@ fn reachable(plan: &v1::Plan, down: &[bool; 4]) -> bool {
     })
 }
 
-fn miss(plan: &v1::Plan, c: &Constraints) -> f64 {
-    let over = |v: f64, b: Option<f64>| b.map_or(0.0, |b| (v / b - 1.0).max(0.0));
-    over(plan.latency_ms, c.latency_ms) + over(plan.device_energy_mj, c.energy_mj)
+/// The objective and latency budget the specification gives a request.
+fn policy(
+    table: &v1::RouteTable,
+    c: &Constraints,
+    cond: &Conditions,
+    state: &PowerState,
+    down: &[bool; 4],
+) -> (Objective, Option<f64>) {
+    let low = !state.charging && state.battery_pct.is_some_and(|p| p < 20.0);
+    let objective = c.objective.unwrap_or(if c.latency_ms.is_some() || low {
+        Objective::Energy
+    } else {
+        Objective::Latency
+    });
+    let mut budget = c.latency_ms;
+    if objective == Objective::Energy && budget.is_none() && low {
+        let fastest = table
+            .plans
+            .iter()
+            .filter(|p| allowed(table, p, c) && reachable(p, down))
+            .map(|p| brute(p, cond).0)
+            .fold(f64::INFINITY, f64::min);
+        if fastest.is_finite() {
+            budget = Some(fastest * 1.25);
+        }
+    }
+    (objective, budget)
 }
+
+type Key = (bool, bool, f64, f64);
 
 /// The specification's order: reachable first, then plans meeting every budget, then by how far a plan
-/// misses, then the objective (device energy under a latency budget, latency otherwise).
-fn key(plan: &v1::Plan, c: &Constraints, down: &[bool; 4]) -> (bool, bool, f64, f64) {
-    let m = miss(plan, c);
-    let objective = if c.latency_ms.is_some() {
-        plan.device_energy_mj
-    } else {
-        plan.latency_ms
+/// misses, then the objective.
+fn key(plan: &v1::Plan, c: &Constraints, s: &Spec) -> Key {
+    let (latency, energy) = brute(plan, &s.cond);
+    let over = |v: f64, b: Option<f64>| b.map_or(0.0, |b| (v / b - 1.0).max(0.0));
+    let m = over(latency, s.budget) + over(energy, c.energy_mj);
+    let objective = match s.objective {
+        Objective::Energy => energy,
+        Objective::Latency => latency,
     };
-    (!reachable(plan, down), m > 0.0, m, objective)
+    (!reachable(plan, &s.down), m > 0.0, m, objective)
 }
 
-fn less(a: &(bool, bool, f64, f64), b: &(bool, bool, f64, f64)) -> bool {
+struct Spec {
+    cond: Conditions,
+    down: [bool; 4],
+    objective: Objective,
+    budget: Option<f64>,
+}
+
+fn less(a: &Key, b: &Key) -> bool {
     (a.0, a.1)
         .cmp(&(b.0, b.1))
         .then(a.2.total_cmp(&b.2))
@@ -136,11 +283,7 @@ fn less(a: &(bool, bool, f64, f64), b: &(bool, bool, f64, f64)) -> bool {
 }
 
 /// Brute force: the first allowed plan whose key no other allowed plan beats.
-fn oracle<'t>(
-    table: &'t v1::RouteTable,
-    c: &Constraints,
-    down: &[bool; 4],
-) -> Option<&'t v1::Plan> {
+fn oracle<'t>(table: &'t v1::RouteTable, c: &Constraints, s: &Spec) -> Option<&'t v1::Plan> {
     let candidates: Vec<&v1::Plan> = table
         .plans
         .iter()
@@ -149,41 +292,71 @@ fn oracle<'t>(
     candidates
         .iter()
         .find(|p| {
-            let k = key(p, c, down);
-            candidates.iter().all(|q| !less(&key(q, c, down), &k))
+            let k = key(p, c, s);
+            candidates.iter().all(|q| !less(&key(q, c, s), &k))
         })
         .copied()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn choose_is_the_brute_force_argmin_and_the_head_of_rank(
+    fn choose_is_the_brute_force_argmin_and_the_head_of_explain(
         table in table(),
         c in constraints(),
+        cond in conditions(),
+        state in power_state(),
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let chosen = route::choose(&table, &c, is_down).map(|p| p.id.clone());
-        prop_assert_eq!(&chosen, &oracle(&table, &c, &down).map(|p| p.id.clone()));
-        let ranked = route::rank(&table, &c, is_down);
-        prop_assert_eq!(&chosen, &ranked.first().map(|p| p.id.clone()));
+        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let (objective, budget) = policy(&table, &c, &cond, &state, &down);
+        let spec = Spec { cond, down, objective, budget };
+        let chosen = route::choose(&table, &c, &situation, is_down);
         prop_assert_eq!(
-            route::choose(&table, &c, is_down).map(|p| p.id.clone()),
-            chosen,
+            chosen.map(|(p, _)| p.id.clone()),
+            oracle(&table, &c, &spec).map(|p| p.id.clone())
+        );
+        if let Some((p, prediction)) = chosen {
+            let (latency, energy) = brute(p, &cond);
+            prop_assert!(close(prediction.latency_ms, latency), "{} vs {}", prediction.latency_ms, latency);
+            prop_assert!(close(prediction.energy_mj, energy), "{} vs {}", prediction.energy_mj, energy);
+        }
+        let decision = route::explain(&table, &c, &situation, is_down);
+        prop_assert_eq!(decision.objective, objective);
+        prop_assert_eq!(
+            chosen.map(|(p, _)| p.id.clone()),
+            decision.ranked.first().map(|c| c.plan_id.clone())
+        );
+        prop_assert_eq!(
+            route::choose(&table, &c, &situation, is_down).map(|(p, _)| p.id.clone()),
+            chosen.map(|(p, _)| p.id.clone()),
             "deterministic"
         );
     }
 
     #[test]
-    fn rank_holds_exactly_the_allowed_plans_in_the_specified_order(
+    fn explain_ranks_exactly_the_allowed_plans_in_the_specified_order(
         table in table(),
         c in constraints(),
+        cond in conditions(),
+        state in power_state(),
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let ranked = route::rank(&table, &c, is_down);
+        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let (objective, budget) = policy(&table, &c, &cond, &state, &down);
+        let spec = Spec { cond, down, objective, budget };
+        let ranked: Vec<&v1::Plan> = route::explain(&table, &c, &situation, is_down)
+            .ranked
+            .iter()
+            .map(|r| table.plans.iter().find(|p| p.id == r.plan_id).expect("a plan of the table"))
+            .collect();
         let mut want: Vec<&str> = table
             .plans
             .iter()
@@ -195,7 +368,7 @@ proptest! {
             prop_assert!(allowed(&table, p, &c), "plan {} violates a privacy level", p.id);
         }
         for pair in ranked.windows(2) {
-            let (a, b) = (key(pair[0], &c, &down), key(pair[1], &c, &down));
+            let (a, b) = (key(pair[0], &c, &spec), key(pair[1], &c, &spec));
             prop_assert!(!less(&b, &a), "{} ranked before {}", pair[0].id, pair[1].id);
             if !less(&a, &b) {
                 // Equal keys keep the table's order.
@@ -212,16 +385,54 @@ proptest! {
     fn a_plan_meeting_every_budget_beats_any_that_misses(
         table in table(),
         c in constraints(),
+        cond in conditions(),
     ) {
         let all_up = [false; 4];
-        let meets = |p: &v1::Plan| reachable(p, &all_up) && miss(p, &c) == 0.0;
+        let state = PowerState::default();
+        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let (objective, budget) = policy(&table, &c, &cond, &state, &all_up);
+        let spec = Spec { cond, down: all_up, objective, budget };
+        let meets = |p: &v1::Plan| {
+            let k = key(p, &c, &spec);
+            !k.0 && !k.1
+        };
         let any_meets = table.plans.iter().any(|p| allowed(&table, p, &c) && meets(p));
-        if let Some(chosen) = route::choose(&table, &c, |_| false) {
+        if let Some((chosen, _)) = route::choose(&table, &c, &situation, |_| false) {
             if any_meets {
                 prop_assert!(meets(chosen), "{} misses a budget while another plan meets them all", chosen.id);
             }
         } else {
             prop_assert!(table.plans.iter().all(|p| !allowed(&table, p, &c)), "a plan was allowed but none chosen");
+        }
+    }
+
+    #[test]
+    fn low_battery_saves_energy_within_a_quarter_more_latency(
+        table in table(),
+        cond in conditions(),
+        pct in 0u32..20,
+    ) {
+        let state = PowerState::new(Some(f64::from(pct)), false).expect("a level");
+        let c = Constraints::default();
+        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let Some((chosen, prediction)) = route::choose(&table, &c, &situation, |_| false) else {
+            return Ok(());
+        };
+        let allowed_plans: Vec<&v1::Plan> = table
+            .plans
+            .iter()
+            .filter(|p| allowed(&table, p, &c) && reachable(p, &[false; 4]))
+            .collect();
+        if allowed_plans.is_empty() {
+            return Ok(());
+        }
+        let fastest = allowed_plans.iter().map(|p| brute(p, &cond).0).fold(f64::INFINITY, f64::min);
+        prop_assert!(prediction.latency_ms <= fastest * 1.25 + 1e-9, "{} is more than 1.25 × {fastest}", chosen.id);
+        for p in allowed_plans {
+            let (latency, energy) = brute(p, &cond);
+            if latency <= fastest * 1.25 {
+                prop_assert!(prediction.energy_mj <= energy + 1e-9, "{} saves more energy than {}", p.id, chosen.id);
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use strata_control_plane::{ControlPlane, Settings, server};
-use strata_device_sdk::route::{self, Constraints};
+use strata_device_sdk::route::Constraints;
 use strata_device_sdk::{Client, ClientConfig};
 use strata_edge_agent::{Agent, AgentConfig};
 use strata_planner::cluster::Cluster;
@@ -135,7 +135,7 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(table) = self.client.routes(model).await
-                && let Some(plan) = route::choose(&table, &Constraints::default(), |_| false)
+                && let Ok((plan, _)) = self.client.choose(model, &Constraints::default())
                 && plan.stages.len() == 1
                 && plan.stages[0].tier == v1::Tier::Edge as i32
                 && !plan.stages[0].nodes.is_empty()

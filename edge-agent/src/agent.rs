@@ -164,7 +164,7 @@ impl SessionError {
 #[derive(Debug, Clone)]
 pub(crate) enum RouteEvent {
     /// One table changed (a deleted model's has `deleted` set).
-    Table(v1::RouteTable),
+    Table(Box<v1::RouteTable>),
     /// The agent took a new snapshot from a control plane: watchers start over from a fresh one.
     Resync,
 }
@@ -307,7 +307,7 @@ impl Agent {
             }
         }
         if announce {
-            let _ = self.route_updates.send(RouteEvent::Table(table));
+            let _ = self.route_updates.send(RouteEvent::Table(Box::new(table)));
         }
     }
 

@@ -250,6 +250,7 @@ impl AgentService {
         }
         values.extend(outputs);
 
+        let mut forward = (0.0, 0u64, 0u64);
         if let Some(next) = plan.stages.get(header.stage as usize + 1) {
             let later: BTreeSet<&String> = plan.stages[header.stage as usize + 1..]
                 .iter()
@@ -263,9 +264,13 @@ impl AgentService {
                 stage: next.index,
                 ..header.clone()
             };
+            let up_bytes: u64 = carry.iter().map(|(_, t)| t.data.len() as u64).sum();
+            let sent_at = Instant::now();
             let hop = self
                 .forward(&table, next, next_header, chunks_of(carry), deadline)
                 .await?;
+            let down_bytes: u64 = hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+            forward = (sent_at.elapsed().as_secs_f64() * 1e3, up_bytes, down_bytes);
             for (name, t) in hop.tensors {
                 for chunk in tensor_chunks(&name, t) {
                     response.push(v1::InferResponse {
@@ -287,6 +292,9 @@ impl AgentService {
                 queue_ms,
                 compute_ms,
                 load: Some(agent.load()),
+                forward_ms: forward.0,
+                forward_up_bytes: forward.1,
+                forward_down_bytes: forward.2,
             })),
         });
         agent.served.fetch_add(1, Ordering::Relaxed);
@@ -444,7 +452,7 @@ impl Routes for AgentService {
                 loop {
                     match updates.recv().await {
                         Ok(RouteEvent::Table(t)) if wanted(&t) => {
-                            if tx.send(Ok(v1::RouteUpdate::change(t))).await.is_err() {
+                            if tx.send(Ok(v1::RouteUpdate::change(*t))).await.is_err() {
                                 return;
                             }
                         }

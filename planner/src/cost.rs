@@ -10,6 +10,7 @@ use crate::model::{Model, Origin};
 use crate::partition::{CostLayer, HopCost, Problem, TIER_COUNT, Tensor};
 use strata_core::Privacy;
 use strata_core::Tier;
+use strata_core::recost::{DevicePower, Link, LinkState, ms_per_byte};
 
 /// Per-node times measured by `strata profile` on one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,11 +147,8 @@ pub fn build_problem(
             };
     }
 
-    let device = cluster.tier(Tier::Device);
-    let active_w = device.map_or(0.0, |d| d.active_w);
-    let idle_w = device.map_or(0.0, |d| d.idle_w);
-    let tx_mj_per_byte = device.map_or(0.0, |d| d.tx_nj_per_byte * 1e-6);
-    let rx_mj_per_byte = device.map_or(0.0, |d| d.rx_nj_per_byte * 1e-6);
+    let power = device_power(cluster);
+    let (active_w, idle_w) = (power.active_w, power.idle_w);
 
     let mut latency_nodes = ms.clone();
     let mut energy_nodes: Vec<[f64; TIER_COUNT]> = ms
@@ -177,34 +175,6 @@ pub fn build_problem(
         }
     }
 
-    let mut latency_hop = [[HopCost::default(); TIER_COUNT]; TIER_COUNT];
-    let mut energy_hop = [[HopCost::default(); TIER_COUNT]; TIER_COUNT];
-    for a in 0..TIER_COUNT {
-        for b in a + 1..TIER_COUNT {
-            let (Some(ta), Some(tb)) = (Tier::from_index(a), Tier::from_index(b)) else {
-                continue;
-            };
-            let Some(hop) = cluster.hop(ta, tb) else {
-                continue;
-            };
-            latency_hop[a][b] = HopCost {
-                fixed: hop.rtt_ms,
-                up_per_byte: hop.up_ms_per_byte,
-                down_per_byte: hop.down_ms_per_byte,
-            };
-            let (tx, rx) = if a == 0 {
-                (tx_mj_per_byte, rx_mj_per_byte)
-            } else {
-                (0.0, 0.0)
-            };
-            energy_hop[a][b] = HopCost {
-                fixed: hop.rtt_ms * idle_w,
-                up_per_byte: hop.up_ms_per_byte * idle_w + tx,
-                down_per_byte: hop.down_ms_per_byte * idle_w + rx,
-            };
-        }
-    }
-
     let mut tensors = Vec::new();
     let mut names: Vec<&String> = model.consumers.keys().chain(model.outputs.iter()).collect();
     names.sort();
@@ -228,7 +198,7 @@ pub fn build_problem(
         });
     }
 
-    Ok(Problem {
+    let mut problem = Problem {
         node_count: model.nodes.len(),
         tensors,
         param_bytes: analysis
@@ -239,11 +209,74 @@ pub fn build_problem(
         tier_present,
         latency: CostLayer {
             node_cost: latency_nodes,
-            hop: latency_hop,
+            hop: Default::default(),
         },
         energy: CostLayer {
             node_cost: energy_nodes,
-            hop: energy_hop,
+            hop: Default::default(),
         },
-    })
+    };
+    set_links(&mut problem, &links(cluster), &power);
+    Ok(problem)
+}
+
+/// The cluster's device power figures (zeros without a device spec).
+pub fn device_power(cluster: &Cluster) -> DevicePower {
+    cluster
+        .tier(Tier::Device)
+        .map_or(DevicePower::default(), |d| DevicePower {
+            active_w: d.active_w,
+            idle_w: d.idle_w,
+            tx_nj_per_byte: d.tx_nj_per_byte,
+            rx_nj_per_byte: d.rx_nj_per_byte,
+        })
+}
+
+/// The cluster's effective links ([`Cluster::hop`]) by [`Link::index`]: what plans are costed with.
+pub fn links(cluster: &Cluster) -> [Option<LinkState>; 3] {
+    let mut out = [None; 3];
+    for link in Link::ALL {
+        let (a, b) = link.tiers();
+        out[link.index()] = cluster.hop(a, b).map(|h| LinkState {
+            rtt_ms: h.rtt_ms,
+            up_mbps: 8.0 / (h.up_ms_per_byte * 1e3),
+            down_mbps: 8.0 / (h.down_ms_per_byte * 1e3),
+        });
+    }
+    out
+}
+
+/// Sets the problem's hop costs for these link states: the latency layer pays RTT and bytes over goodput; the
+/// device-energy layer pays the device's idle power for that time, plus radio energy per byte on hops from
+/// the device. Hops over absent links cost nothing (the tiers are absent too). Used by [`build_problem`] and
+/// to re-solve a problem under other network conditions.
+pub fn set_links(problem: &mut Problem, links: &[Option<LinkState>; 3], power: &DevicePower) {
+    let tx_mj_per_byte = power.tx_nj_per_byte * 1e-6;
+    let rx_mj_per_byte = power.rx_nj_per_byte * 1e-6;
+    problem.latency.hop = [[HopCost::default(); TIER_COUNT]; TIER_COUNT];
+    problem.energy.hop = [[HopCost::default(); TIER_COUNT]; TIER_COUNT];
+    for link in Link::ALL {
+        let (ta, tb) = link.tiers();
+        let (a, b) = (ta.index(), tb.index());
+        let Some(state) = links[link.index()] else {
+            continue;
+        };
+        let up = ms_per_byte(state.up_mbps);
+        let down = ms_per_byte(state.down_mbps);
+        problem.latency.hop[a][b] = HopCost {
+            fixed: state.rtt_ms,
+            up_per_byte: up,
+            down_per_byte: down,
+        };
+        let (tx, rx) = if a == 0 {
+            (tx_mj_per_byte, rx_mj_per_byte)
+        } else {
+            (0.0, 0.0)
+        };
+        problem.energy.hop[a][b] = HopCost {
+            fixed: state.rtt_ms * power.idle_w,
+            up_per_byte: up * power.idle_w + tx,
+            down_per_byte: down * power.idle_w + rx,
+        };
+    }
 }

@@ -7,6 +7,7 @@ pub mod analyse;
 pub mod cluster;
 pub mod cost;
 pub mod extract;
+pub mod frontier;
 pub mod model;
 pub mod onnx;
 pub mod partition;

@@ -244,6 +244,66 @@ pub fn evaluate(problem: &Problem, tier: &[u8]) -> Evaluation {
     Evaluator::default().eval(problem, tier)
 }
 
+/// The bytes one hop of a placement's chain carries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HopBytes {
+    /// Lower tier of the hop.
+    pub from: usize,
+    /// Higher tier of the hop.
+    pub to: usize,
+    /// Bytes going up (every tensor produced at or below `from` and read at or above `to`).
+    pub up: f64,
+    /// Bytes coming down (model outputs produced at or above `to`).
+    pub down: f64,
+}
+
+/// Per hop of a valid placement's chain (the device, then its used tiers), the bytes it carries, exactly as
+/// [`evaluate`] charges them: the plan's latency is its node costs plus, per hop, `fixed + up × up_per_byte +
+/// down × down_per_byte`. Empty for a device-only placement or a malformed one.
+pub fn transfers(problem: &Problem, tier: &[u8]) -> Vec<HopBytes> {
+    let n = problem.node_count;
+    if tier.len() != n || tier.iter().any(|&t| usize::from(t) >= TIER_COUNT) {
+        return Vec::new();
+    }
+    let mut used = [false; TIER_COUNT];
+    used[0] = true;
+    for &t in tier {
+        used[usize::from(t)] = true;
+    }
+    let chain: Vec<usize> = (0..TIER_COUNT).filter(|&t| used[t]).collect();
+    let mut hops: Vec<HopBytes> = chain
+        .windows(2)
+        .map(|w| HopBytes {
+            from: w[0],
+            to: w[1],
+            up: 0.0,
+            down: 0.0,
+        })
+        .collect();
+    for tensor in &problem.tensors {
+        let producer_tier = match tensor.producer {
+            Some(u) if u < n => usize::from(tier[u]),
+            Some(_) => return Vec::new(),
+            None => 0,
+        };
+        let max_consumer = tensor
+            .consumers
+            .iter()
+            .filter(|&&c| c < n)
+            .map(|&c| usize::from(tier[c]))
+            .max();
+        for hop in &mut hops {
+            if max_consumer.is_some_and(|q| producer_tier <= hop.from && hop.to <= q) {
+                hop.up += tensor.bytes;
+            }
+            if tensor.is_model_output && hop.to <= producer_tier {
+                hop.down += tensor.bytes;
+            }
+        }
+    }
+    hops
+}
+
 /// Per-node and per-tensor data derived once from a validated problem.
 #[derive(Debug)]
 pub(crate) struct Prepared {

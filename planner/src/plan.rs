@@ -272,6 +272,23 @@ pub fn build_stages(
     Ok((infos, protos))
 }
 
+/// The stages of a placement (`tier[v]` per node, as the partitioner returns it), extracted, with each stage's
+/// predicted compute time from `problem`'s latency layer and its tier's memory from `memory_bytes`.
+pub fn placement_stages(
+    model: &Model,
+    analysis: &Analysis,
+    problem: &partition::Problem,
+    tier: &[u8],
+    memory_bytes: &[f64; TIER_COUNT],
+) -> Result<(Vec<StageInfo>, Vec<ModelProto>), PlanError> {
+    let stage_of: Vec<usize> = tier.iter().map(|&t| t as usize).collect();
+    let specs = stages_from_assignment(model, analysis, &stage_of, &Tier::ALL)?;
+    let node_ms: Vec<f64> = (0..model.nodes.len())
+        .map(|v| problem.latency.node_cost[v][stage_of[v]])
+        .collect();
+    build_stages(model, analysis, &specs, Some(&node_ms), Some(memory_bytes))
+}
+
 /// Plans a model for a cluster: analysis, optimal constrained placement, stages.
 #[tracing::instrument(skip_all, fields(model = model_name, privacy = %options.privacy))]
 #[allow(clippy::too_many_arguments)]
@@ -335,17 +352,12 @@ pub fn plan_analysed(
     let plan_ms = ms_since(started);
 
     let started = Instant::now();
-    let stage_of: Vec<usize> = placement.tier.iter().map(|&t| t as usize).collect();
-    let specs = stages_from_assignment(model, analysis, &stage_of, &Tier::ALL)?;
-    let node_ms: Vec<f64> = (0..model.nodes.len())
-        .map(|v| problem.latency.node_cost[v][stage_of[v]])
-        .collect();
-    let (stages, stage_models) = build_stages(
+    let (stages, stage_models) = placement_stages(
         model,
         analysis,
-        &specs,
-        Some(&node_ms),
-        Some(&placement.memory_bytes),
+        &problem,
+        &placement.tier,
+        &placement.memory_bytes,
     )?;
     let extract_ms = ms_since(started);
 

@@ -26,6 +26,8 @@ pub struct HopResult {
     pub tensors: Vec<(String, TensorData)>,
     /// One report per stage run, innermost first.
     pub reports: Vec<StageReport>,
+    /// Wall time of the call that succeeded, from sending to the last byte of the answer, ms.
+    pub elapsed_ms: f64,
 }
 
 /// Splits tensors into chunks once, so retries re-send them without copying.
@@ -105,6 +107,7 @@ pub async fn infer(
     timeout: Option<Duration>,
     max_bytes: u64,
 ) -> Result<HopResult, Status> {
+    let started = Instant::now();
     let frames: Vec<InferRequest> = std::iter::once(InferRequest {
         frame: Some(infer_request::Frame::Header(header)),
     })
@@ -134,7 +137,11 @@ pub async fn infer(
     let tensors = assembler
         .finish()
         .map_err(|e| Status::internal(format!("malformed response: {e}")))?;
-    Ok(HopResult { tensors, reports })
+    Ok(HopResult {
+        tensors,
+        reports,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
 }
 
 /// Whether a failed hop may succeed on another agent (or locally): the agent is gone, overloaded, or failed

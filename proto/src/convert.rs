@@ -2,6 +2,7 @@
 //! [`Digest`] to and from the `strata.v1` enums and strings. Decoding never guesses: an unspecified or
 //! unknown code is a [`WireError`] naming the field, so a peer that sends garbage gets a clear refusal.
 
+use strata_core::recost::{DevicePower, Link, LinkState, PlanCost, StageCost, Transfer};
 use strata_core::{DType, Digest, Privacy, Tier};
 
 use crate::v1;
@@ -125,6 +126,122 @@ pub fn dtype(code: i32, field: &'static str) -> Result<DType, WireError> {
 pub fn digest(s: &str, field: &'static str) -> Result<Digest, WireError> {
     s.parse()
         .map_err(|source| WireError::BadDigest { field, source })
+}
+
+impl From<Link> for v1::Link {
+    fn from(l: Link) -> v1::Link {
+        match l {
+            Link::DeviceEdge => v1::Link::DeviceEdge,
+            Link::EdgeCloud => v1::Link::EdgeCloud,
+            Link::DeviceCloud => v1::Link::DeviceCloud,
+        }
+    }
+}
+
+/// A wire link (`field` names it in the error).
+pub fn link(code: i32, field: &'static str) -> Result<Link, WireError> {
+    match v1::Link::try_from(code) {
+        Ok(v1::Link::DeviceEdge) => Ok(Link::DeviceEdge),
+        Ok(v1::Link::EdgeCloud) => Ok(Link::EdgeCloud),
+        Ok(v1::Link::DeviceCloud) => Ok(Link::DeviceCloud),
+        Ok(v1::Link::Unspecified) | Err(_) => Err(WireError::BadEnum {
+            field,
+            kind: "link",
+            code,
+        }),
+    }
+}
+
+/// What re-costing needs of a wire plan: its stages' tiers and compute times, and its transfers.
+pub fn plan_cost(plan: &v1::Plan) -> Result<PlanCost, WireError> {
+    Ok(PlanCost {
+        stages: plan
+            .stages
+            .iter()
+            .map(|s| {
+                Ok(StageCost {
+                    tier: tier(s.tier, "stage.tier")?,
+                    ms: s.predicted_ms,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+        transfers: plan
+            .transfers
+            .iter()
+            .map(|x| {
+                Ok(Transfer {
+                    link: link(x.link, "transfer.link")?,
+                    up_bytes: x.up_bytes as f64,
+                    down_bytes: x.down_bytes as f64,
+                })
+            })
+            .collect::<Result<_, WireError>>()?,
+    })
+}
+
+/// A plan's transfers on the wire.
+pub fn transfers_to_wire(transfers: &[Transfer]) -> Vec<v1::Transfer> {
+    transfers
+        .iter()
+        .map(|x| v1::Transfer {
+            link: v1::Link::from(x.link) as i32,
+            up_bytes: x.up_bytes.round() as u64,
+            down_bytes: x.down_bytes.round() as u64,
+        })
+        .collect()
+}
+
+/// The profiled links of a route table, by [`Link::index`] (links with a bad code are left out).
+pub fn link_profiles(table: &v1::RouteTable) -> [Option<LinkState>; 3] {
+    let mut out = [None; 3];
+    for p in &table.links {
+        if let Ok(l) = link(p.link, "link") {
+            out[l.index()] = Some(LinkState {
+                rtt_ms: p.rtt_ms,
+                up_mbps: p.up_mbps,
+                down_mbps: p.down_mbps,
+            });
+        }
+    }
+    out
+}
+
+/// Profiled links on the wire.
+pub fn link_profiles_to_wire(links: &[Option<LinkState>; 3]) -> Vec<v1::LinkProfile> {
+    Link::ALL
+        .iter()
+        .filter_map(|&l| {
+            links[l.index()].map(|s| v1::LinkProfile {
+                link: v1::Link::from(l) as i32,
+                rtt_ms: s.rtt_ms,
+                up_mbps: s.up_mbps,
+                down_mbps: s.down_mbps,
+            })
+        })
+        .collect()
+}
+
+/// The device power figures of a route table (zeros when absent).
+pub fn device_power(table: &v1::RouteTable) -> DevicePower {
+    table
+        .device_power
+        .map_or(DevicePower::default(), |p| DevicePower {
+            active_w: p.active_w,
+            idle_w: p.idle_w,
+            tx_nj_per_byte: p.tx_nj_per_byte,
+            rx_nj_per_byte: p.rx_nj_per_byte,
+        })
+}
+
+impl From<DevicePower> for v1::DevicePower {
+    fn from(p: DevicePower) -> v1::DevicePower {
+        v1::DevicePower {
+            active_w: p.active_w,
+            idle_w: p.idle_w,
+            tx_nj_per_byte: p.tx_nj_per_byte,
+            rx_nj_per_byte: p.rx_nj_per_byte,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -584,7 +584,10 @@ impl Stream {
             };
             while !stopped.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                match client.infer(model, want.inputs.clone(), constraints).await {
+                match client
+                    .infer(model, want.inputs.clone(), constraints.clone())
+                    .await
+                {
                     Ok(r) => {
                         assert_outputs_match(&r.outputs, &want.outputs, model);
                         ok += 1;

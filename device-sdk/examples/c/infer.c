@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     }
     const char *endpoint = argv[1], *model = argv[2], *input_name = argv[3];
     const char *input_file = argv[4], *shape_text = argv[5], *output_file = argv[6];
-    strata_constraints constraints = {0.0, 0.0, STRATA_PRIVACY_MODEL};
+    strata_constraints constraints = {0.0, 0.0, STRATA_PRIVACY_MODEL, 0};
     if (argc == 8) {
         char *end = NULL;
         long privacy = strtol(argv[7], &end, 10);
