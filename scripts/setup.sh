@@ -17,13 +17,15 @@ for arg in "$@"; do
 done
 
 # System packages: protoc (etcd-client's build), etcd (the store tests), gcc (the C ABI test), openssl (test
-# certificates), procps (`kill` in the cluster tests), python3-venv (the venv below).
+# certificates), procps (`kill` in the cluster tests), python3-venv (the venv below), iproute2 (`ip` and `tc`
+# for the network testbed).
 missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v kill >/dev/null || missing+=(procps)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)
+{ command -v ip >/dev/null && command -v tc >/dev/null; } || missing+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

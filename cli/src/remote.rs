@@ -254,6 +254,7 @@ pub fn routes(
         conditions: &conditions,
         power: &power,
         state: Default::default(),
+        measured: &|_| None,
     };
     let chosen =
         route::choose(&table, constraints, &situation, |_| false).map(|(p, _)| p.id.clone());

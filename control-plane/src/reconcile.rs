@@ -320,8 +320,10 @@ pub fn assign(
     let mut records: Vec<&PlansRecord> = plans.values().collect();
     records.sort_by(|a, b| a.model.cmp(&b.model));
     let mut wanted: Vec<(Tier, v1::StageAssignment)> = Vec::new();
+    // By digest and tier: one stage file can run on two tiers (the whole model is both the device-only and
+    // the edge-only plan's one stage), and a device stage listed first must not hide the edge's.
     let mut add = |model: &str, version: u64, digest: &str, size_bytes: u64, tier: Tier| {
-        if !wanted.iter().any(|(_, s)| s.digest == digest) {
+        if !wanted.iter().any(|(t, s)| s.digest == digest && *t == tier) {
             wanted.push((
                 tier,
                 v1::StageAssignment {
@@ -581,6 +583,16 @@ mod tests {
             !all.contains(&&digest(1).to_string()),
             "device stages are never assigned"
         );
+    }
+
+    #[test]
+    fn a_stage_file_on_the_device_in_one_plan_is_still_assigned_to_the_edge_of_another() {
+        // The whole model is the one stage of both the device-only and the edge-only plan (one digest), and
+        // the device-only plan comes first.
+        let p = plans("m", 1, &[&[(Tier::Device, 7)], &[(Tier::Edge, 7)]]);
+        let nodes = [node("e1", Tier::Edge, &["tract"], &[])];
+        let map = assign(&nodes, &HashMap::from([("m".to_string(), p)]), &[]);
+        assert_eq!(digests(&map, "e1"), vec![digest(7).to_string()]);
     }
 
     #[test]

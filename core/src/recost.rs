@@ -141,8 +141,10 @@ impl Conditions {
 pub struct StageCost {
     /// Where it runs.
     pub tier: Tier,
-    /// Compute time at the profiled speed, ms.
+    /// Compute time, ms: at the profiled speed, or measured on this very device (`measured`).
     pub ms: f64,
+    /// `ms` was measured where the plan will run: the tier's speed factor does not apply to it.
+    pub measured: bool,
 }
 
 /// The bytes a plan moves over one hop of its chain of tiers.
@@ -191,7 +193,11 @@ pub fn predict(
     let mut queued = [false; 3];
     for s in stages {
         let t = s.tier.index();
-        let ms = s.ms * conditions.speed[t];
+        let ms = if s.measured {
+            s.ms
+        } else {
+            s.ms * conditions.speed[t]
+        };
         compute += ms;
         if s.tier == Tier::Device {
             device_ms += ms;
@@ -268,10 +274,12 @@ mod tests {
                 StageCost {
                     tier: Tier::Device,
                     ms: 10.0,
+                    measured: false,
                 },
                 StageCost {
                     tier: Tier::Edge,
                     ms: 4.0,
+                    measured: false,
                 },
             ],
             transfers: vec![Transfer {

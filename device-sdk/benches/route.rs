@@ -222,6 +222,7 @@ fn criterion_benches(c: &mut Criterion) {
         conditions: &conditions,
         power: &power,
         state: Default::default(),
+        measured: &|_| None,
     };
     let mut group = c.benchmark_group("route");
     for (label, constraints) in cases() {
@@ -266,6 +267,7 @@ fn situation_and_choose(
         conditions: &conditions,
         power: &power,
         state: Default::default(),
+        measured: &|_| None,
     };
     route::choose(table, constraints, &situation, |n| balancer.is_down(n))
         .map_or(0, |(p, _)| p.id.len())
@@ -320,6 +322,7 @@ fn percentiles(iterations: usize) {
         conditions: &conditions,
         power: &power,
         state: Default::default(),
+        measured: &|_| None,
     };
     // The same decision without the balancer's liveness check (a mutex, a hash lookup and a clock read per
     // candidate node): what the check itself costs.

@@ -220,10 +220,13 @@ impl Client {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
         let (conditions, power, state) = self.inner.situation(&table);
+        let estimator = self.inner.estimator.lock();
+        let measured = |d: &str| estimator.device_stage_ms(d);
         let situation = Situation {
             conditions: &conditions,
             power: &power,
             state,
+            measured: &measured,
         };
         route::choose(&table, constraints, &situation, |n| {
             self.inner.balancer.is_down(n)
@@ -239,6 +242,8 @@ impl Client {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
         let (conditions, power, state) = self.inner.situation(&table);
+        let estimator = self.inner.estimator.lock();
+        let measured = |d: &str| estimator.device_stage_ms(d);
         Ok(route::explain(
             &table,
             constraints,
@@ -246,6 +251,7 @@ impl Client {
                 conditions: &conditions,
                 power: &power,
                 state,
+                measured: &measured,
             },
             |n| self.inner.balancer.is_down(n),
         ))
@@ -257,12 +263,29 @@ impl Client {
         *self.inner.power.lock() = state;
     }
 
+    /// Takes the device stages `other` has loaded (shared, not copied), so this client need not fetch them
+    /// again: for an app (or a measurement driver) that keeps several clients.
+    pub fn share_device_stages(&self, other: &Client) {
+        let theirs: Vec<(Digest, Arc<dyn LoadedStage>)> = other
+            .inner
+            .stages
+            .lock()
+            .iter()
+            .map(|(d, s)| (d.clone(), s.clone()))
+            .collect();
+        self.inner.stages.lock().extend(theirs);
+    }
+
     /// What the client has learnt so far (RTT and goodput per link, tier speeds and queues).
     pub fn estimates(&self) -> Estimator {
         self.inner.estimator.lock().clone()
     }
 
-    /// Fetches and loads every device stage of a model's plans, so the model keeps working offline.
+    /// Fetches and loads every device stage of a model's plans, so the model keeps working offline, and
+    /// calibrates the device: each plan's first device stage (its inputs are model inputs, whose shapes the
+    /// table gives) runs twice on zeros, cheapest first, within [`CALIBRATION_BUDGET`]; the second run's
+    /// time is that stage's measured time and a sample of the device's speed. Without it, a plan would be
+    /// costed at the profile's device speed until it ran, and might never run.
     pub async fn prepare(&self, model: &str) -> Result<(), SdkError> {
         let table = self.routes(model).await?;
         let digests: BTreeSet<&String> = table
@@ -276,6 +299,46 @@ impl Client {
             let d = convert::digest(d, "stage.digest")
                 .map_err(|e| SdkError::Unavailable(format!("route table of \"{model}\": {e}")))?;
             self.inner.device_stage(&d).await?;
+        }
+        self.calibrate_device(&table).await
+    }
+
+    async fn calibrate_device(&self, table: &v1::RouteTable) -> Result<(), SdkError> {
+        // Cheapest first: the budget goes as far as it can.
+        let mut firsts: Vec<&v1::Stage> = table
+            .plans
+            .iter()
+            .filter_map(|p| p.stages.first())
+            .filter(|s| convert::is_tier(s.tier, Tier::Device) && s.predicted_ms > 0.0)
+            .collect();
+        firsts.sort_by(|a, b| a.predicted_ms.total_cmp(&b.predicted_ms));
+        firsts.dedup_by(|a, b| a.digest == b.digest);
+        let budget = Instant::now() + CALIBRATION_BUDGET;
+        for stage in firsts {
+            if Instant::now() >= budget {
+                break;
+            }
+            let Some(feed) = zero_inputs(table, &stage.inputs)? else {
+                continue;
+            };
+            let digest = convert::digest(&stage.digest, "stage.digest").map_err(|e| {
+                SdkError::Unavailable(format!("route table of \"{}\": {e}", table.model))
+            })?;
+            let loaded = self.inner.device_stage(&digest).await?;
+            let measured = tokio::task::spawn_blocking(move || {
+                let _ = loaded.run(&feed);
+                let started = Instant::now();
+                loaded
+                    .run(&feed)
+                    .map(|_| started.elapsed().as_secs_f64() * 1e3)
+            })
+            .await
+            .map_err(|e| SdkError::Local(format!("calibration task failed: {e}")))?;
+            if let Ok(ms) = measured {
+                let mut estimator = self.inner.estimator.lock();
+                estimator.compute_sample(Tier::Device, ms, stage.predicted_ms, Instant::now());
+                estimator.device_stage_sample(&stage.digest, ms, Instant::now());
+            }
         }
         Ok(())
     }
@@ -293,14 +356,19 @@ impl Client {
         let table = self.routes(model).await?;
         check_inputs(&table, &inputs)?;
         let (conditions, power, state) = self.inner.situation(&table);
-        let situation = Situation {
-            conditions: &conditions,
-            power: &power,
-            state,
+        let decision = {
+            let estimator = self.inner.estimator.lock();
+            let measured = |d: &str| estimator.device_stage_ms(d);
+            let situation = Situation {
+                conditions: &conditions,
+                power: &power,
+                state,
+                measured: &measured,
+            };
+            route::explain(&table, &constraints, &situation, |n| {
+                self.inner.balancer.is_down(n)
+            })
         };
-        let decision = route::explain(&table, &constraints, &situation, |n| {
-            self.inner.balancer.is_down(n)
-        });
         let order: Vec<(&v1::Plan, Prediction)> = match &constraints.plan {
             Some(id) => {
                 let Some(plan) = table.plans.iter().find(|p| &p.id == id) else {
@@ -381,6 +449,32 @@ impl Client {
             errors.join("; ")
         )))
     }
+}
+
+/// How long [`Client::prepare`] spends calibrating device stages at most (a stage started before the
+/// budget ran out finishes).
+pub const CALIBRATION_BUDGET: Duration = Duration::from_secs(3);
+
+/// Zeros for `names`, if they are all model inputs (their shapes are in the table).
+fn zero_inputs(
+    table: &v1::RouteTable,
+    names: &[String],
+) -> Result<Option<HashMap<String, TensorData>>, SdkError> {
+    let mut feed = HashMap::new();
+    for name in names {
+        let Some(spec) = table.inputs.iter().find(|i| &i.name == name) else {
+            return Ok(None);
+        };
+        let Some(dtype) = DType::from_onnx_code(spec.dtype) else {
+            return Ok(None);
+        };
+        let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        let zeros = TensorData::new(dtype, shape, vec![0; bytes])
+            .map_err(|e| SdkError::Local(format!("calibration input {name}: {e}")))?;
+        feed.insert(name.clone(), zeros);
+    }
+    Ok(Some(feed))
 }
 
 /// `<process id>-<sequence>`: unique per process, readable in agent logs.
@@ -665,12 +759,16 @@ impl Inner {
                 .map_err(|e| SdkError::Local(format!("stage task failed: {e}")))?
                 .map_err(|e| SdkError::Local(format!("device stage {}: {e}", stage.index)))?;
             let compute_ms = started.elapsed().as_secs_f64() * 1e3;
-            self.estimator.lock().compute_sample(
-                Tier::Device,
-                compute_ms,
-                stage.predicted_ms,
-                Instant::now(),
-            );
+            {
+                let mut estimator = self.estimator.lock();
+                estimator.compute_sample(
+                    Tier::Device,
+                    compute_ms,
+                    stage.predicted_ms,
+                    Instant::now(),
+                );
+                estimator.device_stage_sample(&stage.digest, compute_ms, Instant::now());
+            }
             timings.push(StageTiming {
                 index: stage.index,
                 tier: "device",

@@ -15,6 +15,7 @@
 //! - **Staleness.** An estimate's weight against the profile halves every [`EstimatorConfig::half_life`]
 //!   since its last sample, so a link not used for a while is costed at its profile again (and a plan
 //!   over it gets tried again if that makes it the best: bounded exploration, one request per period).
+//!   Goodputs blend as time per byte (a slow link measured stays costed as slow until its estimate is old).
 
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,20 @@ impl Smoothed {
         }
     }
 
+    /// Like [`Smoothed::blended`], for a rate: the blend is of its inverse (time per unit), because time is
+    /// what plans are costed in. A link measured at 1 Mbit/s against a 100 Mbit/s profile stays costed near
+    /// 1 Mbit/s until its estimate is old, instead of jumping to tens of Mbit/s at the first decay.
+    pub fn blended_rate(&self, prior: f64, now: Instant, config: &EstimatorConfig) -> f64 {
+        match (self.value, self.last) {
+            (Some(v), Some(at)) if v > 0.0 && prior > 0.0 => {
+                let age = now.saturating_duration_since(at).as_secs_f64();
+                let w = 0.5f64.powf(age / config.half_life.as_secs_f64().max(1e-3));
+                1.0 / (w / v + (1.0 - w) / prior)
+            }
+            _ => self.blended(prior, now, config),
+        }
+    }
+
     /// The raw estimate, if any sample came.
     pub fn value(&self) -> Option<f64> {
         self.value
@@ -138,6 +153,10 @@ pub struct Estimator {
     pub speed: [Smoothed; 3],
     /// Per tier: queue wait at its agents, ms.
     pub queue_ms: [Smoothed; 3],
+    /// Device stages' compute times on this device, by stage digest: a plan's device stage is costed at
+    /// its own measured time once it ran (or was calibrated), since one speed factor for all stages is off
+    /// by their fixed costs.
+    pub device_stages: std::collections::HashMap<String, Smoothed>,
 }
 
 impl Estimator {
@@ -158,8 +177,8 @@ impl Estimator {
             let e = &self.links[i];
             links[i] = profile[i].map(|p| LinkState {
                 rtt_ms: e.rtt_ms.blended(p.rtt_ms, now, c),
-                up_mbps: e.up_mbps.blended(p.up_mbps, now, c),
-                down_mbps: e.down_mbps.blended(p.down_mbps, now, c),
+                up_mbps: e.up_mbps.blended_rate(p.up_mbps, now, c),
+                down_mbps: e.down_mbps.blended_rate(p.down_mbps, now, c),
             });
         }
         Conditions {
@@ -226,8 +245,8 @@ impl Estimator {
         })?;
         Some(LinkState {
             rtt_ms: e.rtt_ms.blended(p.rtt_ms, now, c),
-            up_mbps: e.up_mbps.blended(p.up_mbps, now, c),
-            down_mbps: e.down_mbps.blended(p.down_mbps, now, c),
+            up_mbps: e.up_mbps.blended_rate(p.up_mbps, now, c),
+            down_mbps: e.down_mbps.blended_rate(p.down_mbps, now, c),
         })
     }
 
@@ -243,6 +262,20 @@ impl Estimator {
             let config = self.config;
             self.speed[tier.index()].update(measured_ms / predicted_ms, now, &config);
         }
+    }
+
+    /// Device stage `digest` computed in `ms` here.
+    pub fn device_stage_sample(&mut self, digest: &str, ms: f64, now: Instant) {
+        let config = self.config;
+        self.device_stages
+            .entry(digest.to_string())
+            .or_default()
+            .update(ms, now, &config);
+    }
+
+    /// The measured compute time of device stage `digest`, if it ran here.
+    pub fn device_stage_ms(&self, digest: &str) -> Option<f64> {
+        self.device_stages.get(digest).and_then(Smoothed::value)
     }
 
     /// A stage on `tier` waited `queue_ms` for a compute slot.
@@ -382,9 +415,9 @@ mod tests {
                 .unwrap_or_default()
         };
         assert!(at(0) < 2.5);
-        // One half-life: halfway back; ten: the profile.
-        assert!((at(20) - 21.0).abs() < 1.0, "{}", at(20));
-        assert!((at(200) - 40.0).abs() < 0.1, "{}", at(200));
+        // One half-life: halfway back in time per byte (1 / (½/2 + ½/40) = 3.8 Mbit/s); twenty: the profile.
+        assert!((at(20) - 3.81).abs() < 0.1, "{}", at(20));
+        assert!((at(400) - 40.0).abs() < 0.1, "{}", at(400));
     }
 
     #[test]

@@ -83,6 +83,16 @@ impl PowerState {
     }
 }
 
+impl std::fmt::Debug for Situation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Situation")
+            .field("conditions", self.conditions)
+            .field("power", self.power)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether `plan` satisfies `level`.
 pub fn satisfies(plan: &v1::Plan, level: Privacy) -> bool {
     plan.satisfies.contains(&(v1::Privacy::from(level) as i32))
@@ -103,12 +113,14 @@ fn allowed(plan: &v1::Plan, model: Privacy, constraints: &Constraints) -> bool {
     satisfies(plan, model) && constraints.privacy.is_none_or(|r| satisfies(plan, r))
 }
 
-/// A plan's prediction under `conditions`. A plan from a table without transfers (an older control plane)
+/// A plan's prediction under `conditions`, with each device stage's time as measured on this device where
+/// `measured` (by stage digest) knows it. A plan from a table without transfers (an older control plane)
 /// keeps its static prediction; a plan with a code that does not decode is `None`.
 pub fn predict(
     plan: &v1::Plan,
     conditions: &Conditions,
     power: &DevicePower,
+    measured: &dyn Fn(&str) -> Option<f64>,
 ) -> Option<Prediction> {
     let remote = plan
         .stages
@@ -135,9 +147,18 @@ pub fn predict(
     }
     // Codes checked above: the fallbacks below are never taken.
     let p = recost::predict(
-        plan.stages.iter().map(|s| StageCost {
-            tier: convert::tier(s.tier, "stage.tier").unwrap_or(Tier::Cloud),
-            ms: s.predicted_ms,
+        plan.stages.iter().map(|s| {
+            let tier = convert::tier(s.tier, "stage.tier").unwrap_or(Tier::Cloud);
+            let measured = if tier == Tier::Device {
+                measured(&s.digest)
+            } else {
+                None
+            };
+            StageCost {
+                tier,
+                ms: measured.unwrap_or(s.predicted_ms),
+                measured: measured.is_some(),
+            }
         }),
         plan.transfers.iter().map(|x| Transfer {
             link: convert::link(x.link, "transfer.link").unwrap_or(Link::DeviceCloud),
@@ -151,7 +172,7 @@ pub fn predict(
 }
 
 /// Everything a decision is made from, besides the table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Situation<'a> {
     /// The conditions of the moment.
     pub conditions: &'a Conditions,
@@ -159,6 +180,8 @@ pub struct Situation<'a> {
     pub power: &'a DevicePower,
     /// Its power state.
     pub state: PowerState,
+    /// Device stages' times as measured on this device, by digest (`None`: not measured yet).
+    pub measured: &'a dyn Fn(&str) -> Option<f64>,
 }
 
 /// A plan's rank: unreachable last, then budget-missing, then by how far it misses, then the objective.
@@ -201,7 +224,7 @@ fn policy(
             .plans
             .iter()
             .filter(|p| allowed(p, level, constraints) && reachable(p, node_down))
-            .filter_map(|p| predict(p, situation.conditions, situation.power))
+            .filter_map(|p| predict(p, situation.conditions, situation.power, situation.measured))
             .map(|p| p.latency_ms)
             .fold(f64::INFINITY, f64::min);
         if fastest.is_finite() {
@@ -255,7 +278,9 @@ pub fn choose<'t>(
         if !allowed(p, level, constraints) {
             continue;
         }
-        let Some(prediction) = predict(p, situation.conditions, situation.power) else {
+        let Some(prediction) =
+            predict(p, situation.conditions, situation.power, situation.measured)
+        else {
             continue;
         };
         let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
@@ -312,7 +337,7 @@ pub fn explain(
         .iter()
         .filter(|p| allowed(p, level, constraints))
         .filter_map(|p| {
-            let prediction = predict(p, situation.conditions, situation.power)?;
+            let prediction = predict(p, situation.conditions, situation.power, situation.measured)?;
             let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
             Some((
                 Candidate {

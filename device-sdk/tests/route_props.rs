@@ -314,7 +314,7 @@ proptest! {
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
         let (objective, budget) = policy(&table, &c, &cond, &state, &down);
         let spec = Spec { cond, down, objective, budget };
         let chosen = route::choose(&table, &c, &situation, is_down);
@@ -349,7 +349,7 @@ proptest! {
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
         let (objective, budget) = policy(&table, &c, &cond, &state, &down);
         let spec = Spec { cond, down, objective, budget };
         let ranked: Vec<&v1::Plan> = route::explain(&table, &c, &situation, is_down)
@@ -389,7 +389,7 @@ proptest! {
     ) {
         let all_up = [false; 4];
         let state = PowerState::default();
-        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
         let (objective, budget) = policy(&table, &c, &cond, &state, &all_up);
         let spec = Spec { cond, down: all_up, objective, budget };
         let meets = |p: &v1::Plan| {
@@ -414,7 +414,7 @@ proptest! {
     ) {
         let state = PowerState::new(Some(f64::from(pct)), false).expect("a level");
         let c = Constraints::default();
-        let situation = Situation { conditions: &cond, power: &POWER, state };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
         let Some((chosen, prediction)) = route::choose(&table, &c, &situation, |_| false) else {
             return Ok(());
         };

@@ -232,6 +232,7 @@ pub fn plan_cost(problem: &Problem, tier: &[u8]) -> PlanCost {
             .map(|&t| StageCost {
                 tier: t,
                 ms: ms[t.index()],
+                measured: false,
             })
             .collect(),
         transfers: partition::transfers(problem, tier)

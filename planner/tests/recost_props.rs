@@ -152,6 +152,7 @@ fn plan_cost(case: &Case, tier: &[u8]) -> PlanCost {
             stages.push(StageCost {
                 tier: t,
                 ms: nodes.iter().map(|&v| case.ms[v][t.index()]).sum(),
+                measured: false,
             });
         }
     }

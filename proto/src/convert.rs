@@ -162,6 +162,7 @@ pub fn plan_cost(plan: &v1::Plan) -> Result<PlanCost, WireError> {
                 Ok(StageCost {
                     tier: tier(s.tier, "stage.tier")?,
                     ms: s.predicted_ms,
+                    measured: false,
                 })
             })
             .collect::<Result<_, WireError>>()?,

@@ -1,0 +1,280 @@
+//! A device for measured runs: one warm SDK client per role, requests on a model with inputs generated
+//! from its route table, one JSON line per request on stdout.
+//!
+//! - `strata-drive plans` prints the model's plans (id, tiers, profiled prediction) as one JSON array.
+//! - `strata-drive run` runs rounds: every plan once, forced (each on a client of its own, so the adaptive
+//!   client learns only from its own traffic and every connection idles alike between rounds), then one adaptive request; or, with `--adaptive-only`, adaptive
+//!   requests only, for `--seconds`. Each request's line: `{t_s, kind, plan, ok, latency_ms, predicted_ms,
+//!   energy_mj, error}`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use strata_core::{DType, Privacy, TensorData};
+use strata_device_sdk::{Client, ClientConfig, Constraints};
+use strata_proto::v1;
+
+#[derive(Parser)]
+#[command(about = "Measured requests through the Strata device SDK")]
+struct Args {
+    /// Control plane or agent addresses.
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    /// Model name.
+    #[arg(long)]
+    model: String,
+    /// Privacy level of the requests.
+    #[arg(long)]
+    privacy: Option<Privacy>,
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The model's plans, as JSON.
+    Plans,
+    /// Measured requests.
+    Run {
+        /// Rounds (each: every plan forced once, then one adaptive request).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Adaptive requests only, for this many seconds.
+        #[arg(long)]
+        adaptive_only: bool,
+        /// Duration of an adaptive-only run, s.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Pause between adaptive-only requests, ms.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Per-request deadline, ms.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+        /// After preparing, print `{"kind":"prepared"}` and wait for a line on stdin before measuring.
+        #[arg(long)]
+        wait_for_go: bool,
+    },
+}
+
+/// Deterministic inputs of the table's shapes and types.
+fn inputs(table: &v1::RouteTable) -> Result<HashMap<String, TensorData>> {
+    let mut out = HashMap::new();
+    let mut x: u32 = 0x1234_5678;
+    for i in &table.inputs {
+        let dtype = DType::from_onnx_code(i.dtype)
+            .with_context(|| format!("input {}: unsupported type {}", i.name, i.dtype))?;
+        let shape: Vec<usize> = i.shape.iter().map(|&d| d as usize).collect();
+        let n: usize = shape.iter().product();
+        let data: Vec<u8> = match dtype {
+            DType::F32 => (0..n)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    ((x % 2000) as f32 / 1000.0 - 1.0).to_le_bytes()
+                })
+                .collect(),
+            other => vec![0u8; n * other.size()],
+        };
+        out.insert(i.name.clone(), TensorData::new(dtype, shape, data)?);
+    }
+    Ok(out)
+}
+
+fn client(endpoints: &[String], timeout_ms: u64) -> Result<Client> {
+    let mut config = ClientConfig::new(endpoints.to_vec());
+    config.request_timeout = Duration::from_millis(timeout_ms);
+    Ok(Client::new(config)?)
+}
+
+async fn one(
+    client: &Client,
+    model: &str,
+    inputs: &HashMap<String, TensorData>,
+    constraints: Constraints,
+    kind: &str,
+    started: Instant,
+) -> serde_json::Value {
+    let t_s = started.elapsed().as_secs_f64();
+    let sent = Instant::now();
+    match client
+        .infer(model, inputs.clone(), constraints.clone())
+        .await
+    {
+        Ok(r) => json!({
+            "t_s": t_s, "kind": kind, "plan": r.plan_id, "ok": true,
+            "latency_ms": sent.elapsed().as_secs_f64() * 1e3,
+            "predicted_ms": r.predicted.latency_ms, "energy_mj": r.predicted.energy_mj,
+            "forced": constraints.plan,
+        }),
+        Err(e) => json!({
+            "t_s": t_s, "kind": kind, "plan": constraints.plan, "ok": false,
+            "latency_ms": sent.elapsed().as_secs_f64() * 1e3, "error": e.to_string(),
+        }),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let (rounds, adaptive_only, seconds, interval_ms, timeout_ms, wait_for_go) = match args.command
+    {
+        Mode::Plans => (0, false, 0.0, 0, 60_000, false),
+        Mode::Run {
+            rounds,
+            adaptive_only,
+            seconds,
+            interval_ms,
+            timeout_ms,
+            wait_for_go,
+        } => (
+            rounds,
+            adaptive_only,
+            seconds,
+            interval_ms,
+            timeout_ms,
+            wait_for_go,
+        ),
+    };
+    let adaptive = client(&args.endpoints, timeout_ms)?;
+    let table = adaptive
+        .routes(&args.model)
+        .await
+        .with_context(|| format!("route table of {}", args.model))?;
+    let base = Constraints {
+        privacy: args.privacy,
+        ..Constraints::default()
+    };
+    let allowed: Vec<&v1::Plan> = adaptive
+        .explain(&args.model, &base)?
+        .ranked
+        .iter()
+        .filter_map(|c| table.plans.iter().find(|p| p.id == c.plan_id))
+        .collect();
+    if rounds == 0 && !adaptive_only {
+        let plans: Vec<serde_json::Value> = allowed
+            .iter()
+            .map(|p| {
+                json!({
+                    "id": p.id,
+                    "tiers": p.stages.iter().map(|s| strata_proto::convert::tier_name(s.tier)).collect::<Vec<_>>(),
+                    "profiled_ms": p.latency_ms,
+                    "profiled_energy_mj": p.device_energy_mj,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&plans)?);
+        return Ok(());
+    }
+    if allowed.is_empty() {
+        bail!("no plan of {} satisfies the privacy asked", args.model);
+    }
+    let inputs = inputs(&table)?;
+    adaptive.prepare(&args.model).await?;
+    // One client per plan: each plan's connection idles between rounds like the adaptive client's does (a
+    // shared one would stay warm and unfairly fast: TCP restarts slow start after an idle period).
+    let mut forced = Vec::new();
+    for _ in &allowed {
+        let c = client(&args.endpoints, timeout_ms)?;
+        // The stages come from the adaptive client (fetching them again over a slow link takes minutes);
+        // prepare then only calibrates.
+        c.share_device_stages(&adaptive);
+        c.prepare(&args.model).await?;
+        forced.push(c);
+    }
+    // Prepared (stages fetched and calibrated): say so, and wait for the go (a line on stdin) when asked to,
+    // so the testbed can fetch the stages over a fast link and then set the scenario's (an app's stages are
+    // prefetched, not fetched on its first request).
+    println!("{}", json!({"kind": "prepared"}));
+    if wait_for_go {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
+    // Warm-up: every plan once (connections, stage caches), the adaptive client twice; printed with kind
+    // "warmup" (the adaptive client's first choices show what it believed before it measured anything).
+    let started = Instant::now();
+    for (p, f) in allowed.iter().zip(&forced) {
+        let c = Constraints {
+            plan: Some(p.id.clone()),
+            ..base.clone()
+        };
+        println!(
+            "{}",
+            one(f, &args.model, &inputs, c, "warmup", started).await
+        );
+    }
+    for _ in 0..2 {
+        println!(
+            "{}",
+            one(
+                &adaptive,
+                &args.model,
+                &inputs,
+                base.clone(),
+                "warmup-adaptive",
+                started
+            )
+            .await
+        );
+    }
+    let started = Instant::now();
+    if adaptive_only {
+        while started.elapsed().as_secs_f64() < seconds {
+            let line = one(
+                &adaptive,
+                &args.model,
+                &inputs,
+                base.clone(),
+                "adaptive",
+                started,
+            )
+            .await;
+            println!("{line}");
+            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        }
+        return Ok(());
+    }
+    for _ in 0..rounds {
+        for (p, f) in allowed.iter().zip(&forced) {
+            let c = Constraints {
+                plan: Some(p.id.clone()),
+                ..base.clone()
+            };
+            println!(
+                "{}",
+                one(f, &args.model, &inputs, c, "forced", started).await
+            );
+        }
+        println!(
+            "{}",
+            one(
+                &adaptive,
+                &args.model,
+                &inputs,
+                base.clone(),
+                "adaptive",
+                started
+            )
+            .await
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
