@@ -818,10 +818,17 @@ fn with_every_agent_and_the_control_plane_gone_the_device_runs_the_whole_model()
         .expect("offline inference falls back to the device");
     assert_outputs_match(&r.outputs, &want.outputs, "offline");
     assert!(r.stages.iter().all(|s| s.node.is_none()), "{r:?}");
-    assert!(
-        r.fallbacks >= 1,
-        "the first choice was the split plan: {r:?}"
-    );
+    // The client calibrated its device stages in `prepare` and may rank the device-only plan first by
+    // itself (this machine is far faster than the profile's device); when it ranked a split first, that
+    // split failed and the device took over.
+    let first = r.decision.ranked.first().expect("a ranked plan");
+    if first.tiers.iter().any(|t| *t != "device") {
+        assert!(
+            r.fallbacks >= 1,
+            "the split plan {} came first: {r:?}",
+            first.plan_id
+        );
+    }
 }
 
 /// The digests of a table's edge and cloud stages.

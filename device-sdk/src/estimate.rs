@@ -6,9 +6,10 @@
 //!   the hop (the caller's wall time minus what the callee reports it spent queueing, computing and
 //!   forwarding) with the bytes sent and received. Agents report their own forward calls, so the device
 //!   learns the edge→cloud link from the edge's report without asking anyone.
-//! - **RTT or goodput.** A sample whose payload, at the current goodput estimate, would take less than a
-//!   quarter of the current RTT estimate measures the RTT; otherwise it measures goodput, after the current RTT estimate
-//!   is taken off (the transfer time is shared between the two directions by their predicted times).
+//! - **RTT or goodput.** A sample whose payload is at most [`RTT_PAYLOAD_BYTES`] measures the RTT; any
+//!   other measures goodput, after the current RTT estimate is taken off (the transfer time is shared
+//!   between the two directions by their predicted times). An estimate two half-lives old restarts from
+//!   its next sample.
 //! - **Smoothing.** Exponentially weighted (α = 0.3). A sample more than 4× away from the estimate is an
 //!   outlier and moves it by α = 0.05 only, unless the previous sample was an outlier on the same side: two
 //!   in a row are a change (the network really got worse or better): the estimate restarts from it (α = 1).
@@ -21,6 +22,11 @@ use std::time::{Duration, Instant};
 
 use strata_core::Tier;
 use strata_core::recost::{Conditions, Link, LinkState, ms_per_byte};
+
+/// A hop that moves at most this many tensor bytes measures the RTT (a couple of packets: on any link
+/// slower than a few Mbit/s they still cost a little, which the RTT then carries). Judging by the current
+/// goodput estimate instead would let a wrong estimate classify ever larger payloads as RTT samples.
+pub const RTT_PAYLOAD_BYTES: f64 = 2048.0;
 
 /// How estimates are smoothed and aged.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +73,12 @@ impl Smoothed {
             return;
         }
         self.samples += 1;
-        let Some(v) = self.value else {
+        // An estimate two half-lives old is mostly the profile by now: a new sample restarts it rather than
+        // being judged an outlier against what it no longer stands for.
+        let stale = self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) > 2 * config.half_life);
+        let Some(v) = self.value.filter(|_| !stale) else {
             self.value = Some(sample);
             self.last = Some(now);
             return;
@@ -209,7 +220,7 @@ impl Estimator {
         let t_down = down * ms_per_byte(current.down_mbps);
         let config = self.config;
         let e = &mut self.links[link.index()];
-        if t_up + t_down < 0.25 * current.rtt_ms {
+        if up + down <= RTT_PAYLOAD_BYTES {
             e.rtt_ms
                 .update((net_ms - t_up - t_down).max(0.0), now, &config);
             return;
@@ -418,6 +429,17 @@ mod tests {
         // One half-life: halfway back in time per byte (1 / (½/2 + ½/40) = 3.8 Mbit/s); twenty: the profile.
         assert!((at(20) - 3.81).abs() < 0.1, "{}", at(20));
         assert!((at(400) - 40.0).abs() < 0.1, "{}", at(400));
+    }
+
+    #[test]
+    fn a_sample_after_a_long_silence_restarts_the_estimate() {
+        let config = EstimatorConfig::default();
+        let then = Instant::now();
+        let mut s = Smoothed::default();
+        s.update(1.0, then, &config);
+        // Ten half-lives later the link is fast again: not an outlier against a stale 1 Mbit/s.
+        s.update(100.0, then + 10 * config.half_life, &config);
+        assert_eq!(s.value(), Some(100.0));
     }
 
     #[test]

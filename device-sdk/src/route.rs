@@ -251,8 +251,11 @@ fn rank_of(
     let over = |value: f64, budget: Option<f64>| budget.map_or(0.0, |b| (value / b - 1.0).max(0.0));
     let miss =
         over(prediction.latency_ms, budget) + over(prediction.energy_mj, constraints.energy_mj);
+    // A plan over a link the profile does not know costs infinity (or NaN energy): never a candidate
+    // before a costed one.
+    let costed = prediction.latency_ms.is_finite() && prediction.energy_mj.is_finite();
     Rank {
-        unreachable: !reachable(plan, node_down),
+        unreachable: !reachable(plan, node_down) || !costed,
         misses_budget: miss > 0.0,
         miss,
         objective: match objective {

@@ -265,12 +265,12 @@ impl AgentService {
                 ..header.clone()
             };
             let up_bytes: u64 = carry.iter().map(|(_, t)| t.data.len() as u64).sum();
-            let sent_at = Instant::now();
             let hop = self
                 .forward(&table, next, next_header, chunks_of(carry), deadline)
                 .await?;
             let down_bytes: u64 = hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
-            forward = (sent_at.elapsed().as_secs_f64() * 1e3, up_bytes, down_bytes);
+            // The call that succeeded only: failed attempts on other agents are not network time.
+            forward = (hop.elapsed_ms, up_bytes, down_bytes);
             for (name, t) in hop.tensors {
                 for chunk in tensor_chunks(&name, t) {
                     response.push(v1::InferResponse {

@@ -63,7 +63,7 @@ fn no_leftovers() {
         .output()
         .expect("ip");
     let ns = String::from_utf8_lossy(&ns.stdout);
-    for name in ["dev", "edge", "cloud"] {
+    for name in ["stb-dev", "stb-edge", "stb-cloud"] {
         assert!(
             !ns.split_whitespace().any(|n| n == name),
             "namespace {name} left behind: {ns}"

@@ -220,6 +220,7 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     let started = Instant::now();
+    println!("{}", json!({"kind": "started"}));
     if adaptive_only {
         while started.elapsed().as_secs_f64() < seconds {
             let line = one(

@@ -7,7 +7,7 @@
 //! the OS timer (tens of µs), not an async runtime's 1 ms wheel.
 //!
 //! Settings change at run time: each stdin line `ab_delay_ms=D ba_delay_ms=D ab_loss_pct=P ba_loss_pct=P`
-//! (any subset) applies at once.
+//! (any subset) applies at once. When stdin closes (whoever started it is gone), it exits.
 //!
 //! ```sh
 //! strata-netem --a dev:tdev0 --b edge:tedge0 --ab-delay-ms 10 --ba-delay-ms 10
@@ -182,8 +182,7 @@ fn main() -> Result<()> {
             eprintln!("strata-netem: {e:#}");
         }
     }
-    for t in threads {
-        let _ = t.join();
-    }
+    // Stdin closed: the orchestrator is gone (or never meant to steer): stop bridging.
+    drop(threads);
     Ok(())
 }
