@@ -256,8 +256,13 @@ fn value(p: &strata_core::recost::Prediction, objective: Objective) -> f64 {
     }
 }
 
+/// A grid coordinate that keeps a link's profiled goodput (a link the variant does not sweep: the edge→cloud
+/// link behind a device→cloud relay when no edge agent runs, say).
+pub const PROFILED: f64 = f64::NAN;
+
 /// The base cluster with its links set to a grid point: links from the device get goodput `g_device`, the
-/// edge→cloud link `g_cloud` (each keeping its profiled down/up ratio), every RTT × `rtt_scale`.
+/// edge→cloud link `g_cloud` (each keeping its profiled down/up ratio; [`PROFILED`] keeps the profile's),
+/// every RTT × `rtt_scale`.
 fn at_point(base: &Cluster, g_device: f64, g_cloud: f64, rtt_scale: f64) -> Cluster {
     let mut c = base.clone();
     for l in &mut c.links {
@@ -266,10 +271,13 @@ fn at_point(base: &Cluster, g_device: f64, g_cloud: f64, rtt_scale: f64) -> Clus
         } else {
             g_cloud
         };
+        l.rtt_ms *= rtt_scale;
+        if g.is_nan() {
+            continue;
+        }
         let ratio = l.down_mbps.unwrap_or(l.up_mbps) / l.up_mbps;
         l.up_mbps = g;
         l.down_mbps = Some(g * ratio);
-        l.rtt_ms *= rtt_scale;
     }
     c
 }
@@ -373,7 +381,13 @@ pub fn frontier(
             continue;
         }
         // The grid over the links this variant uses, RTT × 1 first (the budget may cut the rest).
-        let sweep = |used: bool| -> Vec<f64> { if used { goodputs.clone() } else { vec![1.0] } };
+        let sweep = |used: bool| -> Vec<f64> {
+            if used {
+                goodputs.clone()
+            } else {
+                vec![PROFILED]
+            }
+        };
         let g_device = sweep(cluster.links.iter().any(|l| l.from == Tier::Device));
         let g_cloud = sweep(cluster.links.iter().any(|l| l.from == Tier::Edge));
         let mut scales = rtt_scales.clone();
@@ -711,4 +725,31 @@ impl Frontier {
 /// The base cluster at arbitrary goodputs and RTT scale (see the module docs): for experiments and tests.
 pub fn cluster_at(base: &Cluster, g_device: f64, g_cloud: f64, rtt_scale: f64) -> Cluster {
     at_point(base, g_device, g_cloud, rtt_scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_the_grid_does_not_sweep_keeps_its_profiled_goodput() {
+        let base = Cluster::from_toml(
+            "[tiers.device]\ngflops = 10\nmemory_mib = 256\n\
+             [tiers.edge]\ngflops = 100\nmemory_mib = 2048\n\
+             [tiers.cloud]\ngflops = 1000\nmemory_mib = 8192\n\
+             [[links]]\nfrom = \"device\"\nto = \"edge\"\nup_mbps = 40\nrtt_ms = 4\n\
+             [[links]]\nfrom = \"edge\"\nto = \"cloud\"\nup_mbps = 13\nrtt_ms = 50\n",
+        )
+        .expect("cluster");
+        // No edge agents: the device reaches the cloud through the relay; only the device side is swept.
+        let tiers: BTreeSet<Tier> = [Tier::Device, Tier::Cloud].into_iter().collect();
+        let at = restrict(&at_point(&base, 100.0, PROFILED, 1.0), &tiers).expect("restricted");
+        let relay = cost::links(&at)[Link::DeviceCloud.index()].expect("a device-cloud link");
+        // 100 Mbit/s then 13 Mbit/s in series: 11.5 Mbit/s, not the 1 Mbit/s a pinned coordinate gave.
+        assert!(
+            (relay.up_mbps - 1.0 / (1.0 / 100.0 + 1.0 / 13.0)).abs() < 1e-6,
+            "{relay:?}"
+        );
+        assert!((relay.rtt_ms - 54.0).abs() < 1e-9);
+    }
 }
