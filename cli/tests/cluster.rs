@@ -247,22 +247,8 @@ fn inference_through_an_agent_keeps_working_while_the_control_plane_is_down() {
     let edge = sandbox.agents[0].address.clone();
     let input = corpus("squeezenet.inputs/data_0.npy");
     let out = sandbox.dir.path().join("out");
-    let infer = || {
-        std::process::Command::new(sandbox::strata_bin())
-            .args([
-                "infer",
-                "squeezenet",
-                "--endpoint",
-                &edge,
-                "--output-dir",
-                &out.to_string_lossy(),
-            ])
-            .arg("--input")
-            .arg(format!("data_0={}", input.display()))
-            .env("STRATA_LOG", "off")
-            .output()
-            .expect("strata infer runs")
-    };
+    let input = format!("data_0={}", input.display());
+    let infer = || sandbox::infer(&edge, "squeezenet", &input, &out, &[]);
     let first = infer();
     assert!(
         first.status.success(),
@@ -360,23 +346,9 @@ fn requests_are_costed_on_live_estimates_explained_and_forceable() {
 
     let input = corpus("squeezenet.inputs/data_0.npy");
     let out = sandbox.dir.path().join("out");
-    let infer = |extra: &[&str]| {
-        std::process::Command::new(sandbox::strata_bin())
-            .args([
-                "infer",
-                "squeezenet",
-                "--endpoint",
-                &sandbox.cp_address,
-                "--output-dir",
-                &out.to_string_lossy(),
-            ])
-            .arg("--input")
-            .arg(format!("data_0={}", input.display()))
-            .args(extra)
-            .env("STRATA_LOG", "off")
-            .output()
-            .expect("strata infer runs")
-    };
+    let input = format!("data_0={}", input.display());
+    let infer =
+        |extra: &[&str]| sandbox::infer(&sandbox.cp_address, "squeezenet", &input, &out, extra);
     let explained = infer(&["-v"]);
     let stdout = String::from_utf8_lossy(&explained.stdout);
     assert!(

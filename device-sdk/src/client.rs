@@ -219,20 +219,13 @@ impl Client {
         let table = self.route_table(model).ok_or_else(|| {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
-        let (conditions, power, state) = self.inner.situation(&table);
-        let estimator = self.inner.estimator.lock();
-        let measured = |d: &str| estimator.device_stage_ms(d);
-        let situation = Situation {
-            conditions: &conditions,
-            power: &power,
-            state,
-            measured: &measured,
-        };
-        route::choose(&table, constraints, &situation, |n| {
-            self.inner.balancer.is_down(n)
+        self.inner.with_situation(&table, |situation| {
+            route::choose(&table, constraints, situation, |n| {
+                self.inner.balancer.is_down(n)
+            })
+            .map(|(p, prediction)| (p.clone(), prediction))
+            .ok_or_else(|| no_plan(&table, constraints))
         })
-        .map(|(p, prediction)| (p.clone(), prediction))
-        .ok_or_else(|| no_plan(&table, constraints))
     }
 
     /// Why a request would get the plan it would get now: the estimates, the policy, every allowed plan
@@ -241,20 +234,11 @@ impl Client {
         let table = self.route_table(model).ok_or_else(|| {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
-        let (conditions, power, state) = self.inner.situation(&table);
-        let estimator = self.inner.estimator.lock();
-        let measured = |d: &str| estimator.device_stage_ms(d);
-        Ok(route::explain(
-            &table,
-            constraints,
-            &Situation {
-                conditions: &conditions,
-                power: &power,
-                state,
-                measured: &measured,
-            },
-            |n| self.inner.balancer.is_down(n),
-        ))
+        Ok(self.inner.with_situation(&table, |situation| {
+            route::explain(&table, constraints, situation, |n| {
+                self.inner.balancer.is_down(n)
+            })
+        }))
     }
 
     /// Reports the device's power state (battery level, charging); requests without an objective save
@@ -355,20 +339,12 @@ impl Client {
         let deadline = started + self.inner.config.request_timeout;
         let table = self.routes(model).await?;
         check_inputs(&table, &inputs)?;
-        let (conditions, power, state) = self.inner.situation(&table);
-        let decision = {
-            let estimator = self.inner.estimator.lock();
-            let measured = |d: &str| estimator.device_stage_ms(d);
-            let situation = Situation {
-                conditions: &conditions,
-                power: &power,
-                state,
-                measured: &measured,
-            };
-            route::explain(&table, &constraints, &situation, |n| {
+        let (decision, conditions) = self.inner.with_situation(&table, |situation| {
+            let decision = route::explain(&table, &constraints, situation, |n| {
                 self.inner.balancer.is_down(n)
-            })
-        };
+            });
+            (decision, *situation.conditions)
+        });
         let order: Vec<(&v1::Plan, Prediction)> = match &constraints.plan {
             Some(id) => {
                 let Some(plan) = table.plans.iter().find(|p| &p.id == id) else {
@@ -568,18 +544,21 @@ fn order_outputs(
 }
 
 impl Inner {
-    /// The conditions, power figures and power state to cost `table`'s plans with now.
-    fn situation(
-        &self,
-        table: &v1::RouteTable,
-    ) -> (
-        strata_core::recost::Conditions,
-        strata_core::recost::DevicePower,
-        PowerState,
-    ) {
+    /// Runs `f` with the situation to cost `table`'s plans in now: the estimator's conditions over the
+    /// table's profile, the table's power figures, the app's power state and the measured device stages.
+    fn with_situation<R>(&self, table: &v1::RouteTable, f: impl FnOnce(&Situation) -> R) -> R {
         let profile = convert::link_profiles(table);
-        let conditions = self.estimator.lock().conditions(&profile, Instant::now());
-        (conditions, convert::device_power(table), *self.power.lock())
+        let power = convert::device_power(table);
+        let state = *self.power.lock();
+        let estimator = self.estimator.lock();
+        let conditions = estimator.conditions(&profile, Instant::now());
+        let measured = |d: &str| estimator.device_stage_ms(d);
+        f(&Situation {
+            conditions: &conditions,
+            power: &power,
+            state,
+            measured: &measured,
+        })
     }
 
     /// Learns from a finished remote hop: the device's link from the caller's wall time, each later link

@@ -182,18 +182,8 @@ impl Estimator {
     /// The conditions to cost plans under now: each estimate blended with `profile` by its age.
     pub fn conditions(&self, profile: &[Option<LinkState>; 3], now: Instant) -> Conditions {
         let c = &self.config;
-        let mut links = [None; 3];
-        for l in Link::ALL {
-            let i = l.index();
-            let e = &self.links[i];
-            links[i] = profile[i].map(|p| LinkState {
-                rtt_ms: e.rtt_ms.blended(p.rtt_ms, now, c),
-                up_mbps: e.up_mbps.blended_rate(p.up_mbps, now, c),
-                down_mbps: e.down_mbps.blended_rate(p.down_mbps, now, c),
-            });
-        }
         Conditions {
-            links,
+            links: Link::ALL.map(|l| profile[l.index()].map(|p| self.blend(l, p, now))),
             speed: [0, 1, 2].map(|t| self.speed[t].blended(1.0, now, c)),
             queue_ms: [0, 1, 2].map(|t| self.queue_ms[t].blended(0.0, now, c)),
         }
@@ -245,7 +235,6 @@ impl Estimator {
         profile: Option<LinkState>,
         now: Instant,
     ) -> Option<LinkState> {
-        let c = &self.config;
         let e = &self.links[link.index()];
         let p = profile.or_else(|| {
             Some(LinkState {
@@ -254,11 +243,17 @@ impl Estimator {
                 down_mbps: e.down_mbps.value()?,
             })
         })?;
-        Some(LinkState {
-            rtt_ms: e.rtt_ms.blended(p.rtt_ms, now, c),
-            up_mbps: e.up_mbps.blended_rate(p.up_mbps, now, c),
-            down_mbps: e.down_mbps.blended_rate(p.down_mbps, now, c),
-        })
+        Some(self.blend(link, p, now))
+    }
+
+    /// `link`'s estimates blended with `profile` by their freshness.
+    fn blend(&self, link: Link, profile: LinkState, now: Instant) -> LinkState {
+        let (c, e) = (&self.config, &self.links[link.index()]);
+        LinkState {
+            rtt_ms: e.rtt_ms.blended(profile.rtt_ms, now, c),
+            up_mbps: e.up_mbps.blended_rate(profile.up_mbps, now, c),
+            down_mbps: e.down_mbps.blended_rate(profile.down_mbps, now, c),
+        }
     }
 
     /// A stage on `tier` computed in `measured_ms` where `predicted_ms` was predicted.

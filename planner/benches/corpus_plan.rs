@@ -6,53 +6,32 @@ use std::path::Path;
 
 use criterion::Criterion;
 use strata_core::Privacy;
-use strata_planner::analyse::{self, InputShape};
 use strata_planner::cluster::Cluster;
 use strata_planner::cost;
-use strata_planner::model::Model;
 use strata_planner::partition::{self, Constraints, Objective, TIER_COUNT};
 
-#[derive(serde::Deserialize)]
-struct Entry {
-    name: String,
-    file: String,
-    inputs: Vec<InputEntry>,
-}
-
-#[derive(serde::Deserialize)]
-struct InputEntry {
-    name: String,
-    shape: Vec<usize>,
-}
+#[path = "../examples/support/corpus.rs"]
+mod corpus;
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let manifest = std::fs::read_to_string(root.join("corpus/models/manifest.json"))
-        .expect("corpus/models/manifest.json: run `python3 corpus/fetch.py` first");
-    let entries: Vec<Entry> = serde_json::from_str(&manifest).expect("manifest parses");
     let cluster_text =
         std::fs::read_to_string(root.join("examples/clusters/glasses-phone-cloud.toml"))
             .expect("cluster file");
     let cluster = Cluster::from_toml(&cluster_text).expect("cluster parses");
     let mut group = c.benchmark_group("corpus_plan");
-    for e in entries {
-        let bytes = std::fs::read(root.join("corpus/models").join(&e.file)).expect("model file");
-        let model = Model::from_bytes(&bytes).expect("model");
-        let shapes: Vec<InputShape> = e
-            .inputs
-            .iter()
-            .map(|i| InputShape {
-                name: i.name.clone(),
-                dims: i.shape.clone(),
-            })
-            .collect();
-        let analysis = analyse::analyse(&model, &bytes, &shapes).expect("analysis");
+    for corpus::CorpusModel {
+        name,
+        model,
+        analysis,
+    } in corpus::load(&root).expect("corpus")
+    {
         let constraints = Constraints {
             objective: Objective::Latency,
             latency_budget_ms: None,
             memory_cap_bytes: [None; TIER_COUNT],
         };
-        group.bench_function(format!("{} ({} nodes)", e.name, model.nodes.len()), |b| {
+        group.bench_function(format!("{name} ({} nodes)", model.nodes.len()), |b| {
             b.iter(|| {
                 let problem =
                     cost::build_problem(&model, &analysis, &cluster, Privacy::Features, None)

@@ -11,23 +11,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use strata_core::{Privacy, Tier};
-use strata_planner::analyse::{self, InputShape};
 use strata_planner::cluster::Cluster;
 use strata_planner::frontier::{self, Settings};
-use strata_planner::model::Model;
 
-#[derive(serde::Deserialize)]
-struct Entry {
-    name: String,
-    file: String,
-    inputs: Vec<InputEntry>,
-}
-
-#[derive(serde::Deserialize)]
-struct InputEntry {
-    name: String,
-    shape: Vec<usize>,
-}
+#[path = "support/corpus.rs"]
+mod corpus;
 
 /// A small deterministic generator (xorshift), so runs repeat.
 struct Rng(u64);
@@ -55,26 +43,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let samples: usize = args.get(1).map_or(Ok(200), |s| s.parse())?;
     let cluster = Cluster::from_toml(&std::fs::read_to_string(&cluster_path)?)?;
-    let manifest = std::fs::read_to_string(root.join("corpus/models/manifest.json"))?;
-    let entries: Vec<Entry> = serde_json::from_str(&manifest)?;
     let tiers: BTreeSet<Tier> = cluster.tiers.keys().copied().collect();
     println!("cluster: {cluster_path}; {samples} random conditions per model and privacy");
     println!(
         "| model | nodes | privacy | candidates | kept | grid worst loss | random worst loss | random median loss | frontier time |"
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
-    for e in entries {
-        let bytes = std::fs::read(root.join("corpus/models").join(&e.file))?;
-        let model = Model::from_bytes(&bytes)?;
-        let shapes: Vec<InputShape> = e
-            .inputs
-            .iter()
-            .map(|i| InputShape {
-                name: i.name.clone(),
-                dims: i.shape.clone(),
-            })
-            .collect();
-        let analysis = analyse::analyse(&model, &bytes, &shapes)?;
+    for corpus::CorpusModel {
+        name,
+        model,
+        analysis,
+    } in corpus::load(&root)?
+    {
         for privacy in [Privacy::Open, Privacy::Features] {
             let started = Instant::now();
             let f = frontier::frontier(
@@ -102,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let median = losses.get(losses.len() / 2).copied().unwrap_or(0.0);
             println!(
                 "| {} | {} | {} | {} | {} | {:.2} % | {:.2} % | {:.3} % | {:.0} ms |",
-                e.name,
+                name,
                 model.nodes.len(),
                 privacy,
                 f.candidates,

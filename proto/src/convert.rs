@@ -2,7 +2,7 @@
 //! [`Digest`] to and from the `strata.v1` enums and strings. Decoding never guesses: an unspecified or
 //! unknown code is a [`WireError`] naming the field, so a peer that sends garbage gets a clear refusal.
 
-use strata_core::recost::{DevicePower, Link, LinkState, PlanCost, StageCost, Transfer};
+use strata_core::recost::{DevicePower, Link, LinkState, Transfer};
 use strata_core::{DType, Digest, Privacy, Tier};
 
 use crate::v1;
@@ -150,34 +150,6 @@ pub fn link(code: i32, field: &'static str) -> Result<Link, WireError> {
             code,
         }),
     }
-}
-
-/// What re-costing needs of a wire plan: its stages' tiers and compute times, and its transfers.
-pub fn plan_cost(plan: &v1::Plan) -> Result<PlanCost, WireError> {
-    Ok(PlanCost {
-        stages: plan
-            .stages
-            .iter()
-            .map(|s| {
-                Ok(StageCost {
-                    tier: tier(s.tier, "stage.tier")?,
-                    ms: s.predicted_ms,
-                    measured: false,
-                })
-            })
-            .collect::<Result<_, WireError>>()?,
-        transfers: plan
-            .transfers
-            .iter()
-            .map(|x| {
-                Ok(Transfer {
-                    link: link(x.link, "transfer.link")?,
-                    up_bytes: x.up_bytes as f64,
-                    down_bytes: x.down_bytes as f64,
-                })
-            })
-            .collect::<Result<_, WireError>>()?,
-    })
 }
 
 /// A plan's transfers on the wire.

@@ -63,6 +63,25 @@ pub fn corpus(file: &str) -> PathBuf {
     p
 }
 
+/// Runs `strata infer MODEL` through `endpoint` with `input` (NAME=FILE.npy), outputs into `out`, and
+/// `extra` arguments.
+pub fn infer(
+    endpoint: &str,
+    model: &str,
+    input: &str,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(strata_bin())
+        .args(["infer", model, "--endpoint", endpoint, "--input", input])
+        .arg("--output-dir")
+        .arg(out)
+        .args(extra)
+        .env("STRATA_LOG", "off")
+        .output()
+        .expect("strata infer runs")
+}
+
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
 }

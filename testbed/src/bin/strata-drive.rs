@@ -195,14 +195,14 @@ async fn run(args: Args) -> Result<()> {
     // Warm-up: every plan once (connections, stage caches), the adaptive client twice; printed with kind
     // "warmup" (the adaptive client's first choices show what it believed before it measured anything).
     let started = Instant::now();
+    let force = |p: &v1::Plan| Constraints {
+        plan: Some(p.id.clone()),
+        ..base.clone()
+    };
     for (p, f) in allowed.iter().zip(&forced) {
-        let c = Constraints {
-            plan: Some(p.id.clone()),
-            ..base.clone()
-        };
         println!(
             "{}",
-            one(f, &args.model, &inputs, c, "warmup", started).await
+            one(f, &args.model, &inputs, force(p), "warmup", started).await
         );
     }
     for _ in 0..2 {
@@ -239,13 +239,9 @@ async fn run(args: Args) -> Result<()> {
     }
     for _ in 0..rounds {
         for (p, f) in allowed.iter().zip(&forced) {
-            let c = Constraints {
-                plan: Some(p.id.clone()),
-                ..base.clone()
-            };
             println!(
                 "{}",
-                one(f, &args.model, &inputs, c, "forced", started).await
+                one(f, &args.model, &inputs, force(p), "forced", started).await
             );
         }
         println!(
