@@ -315,6 +315,152 @@ impl BlobStore for DirBlobStore {
     }
 }
 
+/// A size-bounded, least-recently-used cache of blobs in a directory that several processes may use at once
+/// (the device SDK's stage cache: every app process, every one-shot `strata infer`). Same layout and checks as
+/// [`DirBlobStore`] (`root/sha256/<2 hex>/<digest>`, written through a synced temporary file and a rename, so
+/// a reader sees a whole blob or none; every read checked against the digest), without an owner lock:
+/// - a read that finds a corrupt blob deletes it and says so ([`BlobError::Corrupt`]); the caller fetches it
+///   again;
+/// - a hit refreshes the file's modification time, the LRU order every process sees;
+/// - after each store, the least recently used blobs are deleted until the cache is within its bound
+///   (concurrent evictions may delete a little more than needed, never a blob being written: it is not
+///   renamed into place yet, nor one just stored by this call). A blob larger than the whole bound is not
+///   stored.
+#[derive(Debug, Clone)]
+pub struct SharedCache {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// Temporary files older than this are a crashed writer's leftovers (a live write finishes in far less).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl SharedCache {
+    /// The cache under `root` (created if needed) holding at most `max_bytes`. Blocking.
+    pub fn open(root: impl Into<PathBuf>, max_bytes: u64) -> Result<SharedCache, BlobError> {
+        let root = root.into();
+        let fresh = !root.exists();
+        let sha = root.join("sha256");
+        std::fs::create_dir_all(&sha).map_err(io("create", &sha))?;
+        // A cache this call creates is its user's alone: what is in it is run, and route tables are read
+        // from beside it.
+        #[cfg(unix)]
+        if fresh {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("restrict", &root))?;
+        }
+        #[cfg(not(unix))]
+        let _ = fresh;
+        let cache = SharedCache { root, max_bytes };
+        // Leftovers of crashed writers; another process's write in progress is younger than this.
+        for shard in std::fs::read_dir(&sha).map_err(io("list", &sha))?.flatten() {
+            for entry in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMP);
+                if entry.file_name().to_string_lossy().starts_with('.') && stale {
+                    // Best effort: a leftover that cannot be removed is only wasted space.
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    /// The cache's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Its bound, bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        let d = digest.as_str();
+        self.root.join("sha256").join(&d[..2]).join(d)
+    }
+
+    /// The blob's bytes, checked, refreshing its place in the LRU order; `None` if absent. A corrupt blob is
+    /// deleted and reported as [`BlobError::Corrupt`]. Blocking.
+    pub fn get(&self, digest: &Digest) -> Result<Option<Bytes>, BlobError> {
+        let path = self.path(digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        if let Err(mismatch) = digest.verify(&bytes) {
+            // Another process may have replaced it with a good copy meanwhile; deleting that costs a fetch.
+            let _ = std::fs::remove_file(&path);
+            return Err(BlobError::Corrupt(mismatch));
+        }
+        // Best effort: a blob whose time cannot be refreshed is only evicted a little early.
+        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+        Ok(Some(Bytes::from(bytes)))
+    }
+
+    /// Whether the blob is cached (not checked; [`SharedCache::get`] checks).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).exists()
+    }
+
+    /// Stores `bytes` under `digest` after checking them, then evicts the least recently used blobs beyond
+    /// the bound. Whether it was stored (`false`: larger than the whole cache). Blocking.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<bool, BlobError> {
+        digest.verify(bytes)?;
+        if bytes.len() as u64 > self.max_bytes {
+            return Ok(false);
+        }
+        let path = self.path(digest);
+        write_atomically(&path, bytes)?;
+        self.evict(Some(digest))?;
+        Ok(true)
+    }
+
+    /// Every cached blob, in digest order (`stored`: last used).
+    pub fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        DirBlobStore::list_blocking(&self.root)
+    }
+
+    /// Deletes least recently used blobs (never `keep`) until the cache is within its bound; the digests
+    /// deleted.
+    pub fn evict(&self, keep: Option<&Digest>) -> Result<Vec<Digest>, BlobError> {
+        let mut blobs = self.list()?;
+        let mut total: u64 = blobs.iter().map(|b| b.size).sum();
+        blobs.sort_by_key(|b| b.stored);
+        let mut deleted = Vec::new();
+        for b in blobs {
+            if total <= self.max_bytes {
+                break;
+            }
+            if Some(&b.digest) == keep {
+                continue;
+            }
+            let path = self.path(&b.digest);
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted.push(b.digest),
+                // Another process evicted it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("delete", &path)(e)),
+            }
+            total = total.saturating_sub(b.size);
+        }
+        Ok(deleted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,5 +656,92 @@ mod tests {
             matches!(get, Err(BlobError::Corrupt(_))),
             "get of a corrupt blob: {get:?}"
         );
+    }
+
+    fn blob(n: u8, len: usize) -> (Digest, Vec<u8>) {
+        let bytes = vec![n; len];
+        (Digest::of(&bytes), bytes)
+    }
+
+    #[test]
+    fn the_shared_cache_evicts_the_least_recently_used_beyond_its_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = SharedCache::open(dir.path(), 300).expect("open");
+        let (a, b, c) = (blob(1, 100), blob(2, 100), blob(3, 100));
+        for (d, bytes) in [&a, &b, &c] {
+            assert!(cache.put(d, bytes).expect("put"));
+            // Distinct modification times, whatever the file system's resolution.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // `a` is used again, so `b` is now the least recently used.
+        assert_eq!(cache.get(&a.0).expect("get").as_deref(), Some(&a.1[..]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let d = blob(4, 100);
+        assert!(cache.put(&d.0, &d.1).expect("put"));
+        let left: Vec<Digest> = cache
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|i| i.digest)
+            .collect();
+        assert!(!left.contains(&b.0), "the least recently used goes first");
+        for kept in [&a.0, &c.0, &d.0] {
+            assert!(left.contains(kept));
+        }
+        // Larger than the whole cache: not stored, nothing evicted for it.
+        let huge = blob(5, 301);
+        assert!(!cache.put(&huge.0, &huge.1).expect("put"));
+        assert_eq!(cache.list().expect("list").len(), 3);
+        // Bytes that do not match their digest are refused.
+        assert!(matches!(
+            cache.put(&a.0, &b.1),
+            Err(BlobError::DigestMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_cached_blob_is_reported_and_deleted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = SharedCache::open(dir.path(), 1 << 20).expect("open");
+        let (d, bytes) = blob(7, 64);
+        cache.put(&d, &bytes).expect("put");
+        let path = cache.path(&d);
+        std::fs::write(&path, b"flipped bits").expect("corrupt it");
+        assert!(matches!(cache.get(&d), Err(BlobError::Corrupt(_))));
+        assert!(
+            !path.exists(),
+            "a corrupt blob is deleted, so the next get fetches it"
+        );
+        assert_eq!(cache.get(&d).expect("get"), None);
+    }
+
+    #[test]
+    fn many_writers_and_readers_at_once_see_whole_blobs_and_keep_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    // Each thread opens its own handle, like a process would.
+                    let cache = SharedCache::open(&root, 20_000).expect("open");
+                    for i in 0..40u8 {
+                        let (d, bytes) = blob(i % 24, 1000 + usize::from(i % 24) * 10);
+                        cache.put(&d, &bytes).expect("put");
+                        let (d, bytes) = blob((i + t) % 24, 1000 + usize::from((i + t) % 24) * 10);
+                        if let Some(got) = cache.get(&d).expect("a read never sees a partial blob")
+                        {
+                            assert_eq!(&got[..], &bytes[..]);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let cache = SharedCache::open(&root, 20_000).expect("open");
+        let total: u64 = cache.list().expect("list").iter().map(|b| b.size).sum();
+        assert!(total <= 20_000, "{total} bytes cached over a 20,000 bound");
     }
 }

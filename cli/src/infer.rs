@@ -1,7 +1,7 @@
 //! `strata infer`: run a model as a device would — the device stage in-process, the rest on the cluster.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -30,6 +30,21 @@ pub struct Args<'a> {
     pub charging: bool,
     /// Explain the choice.
     pub verbose: bool,
+    /// The device stage cache's directory (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The stage cache `strata infer` uses unless told otherwise: `$STRATA_CACHE_DIR`, else the platform's
+/// cache directory (`$XDG_CACHE_HOME/strata`, else `~/.cache/strata`), else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("STRATA_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("strata")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("strata")))
 }
 
 /// `strata infer`.
@@ -40,6 +55,7 @@ pub fn infer(args: &Args<'_>) -> Result<()> {
     let result = runtime.block_on(async {
         let mut config = ClientConfig::new(args.endpoints.to_vec());
         config.request_timeout = Duration::from_millis(args.timeout_ms);
+        config.cache_dir = args.cache_dir.clone();
         let client = Client::new(config)?;
         client.set_power_state(power);
         client
@@ -144,13 +160,19 @@ fn explain(result: &Inference) -> Result<()> {
     for c in &d.ranked {
         let mut note = Vec::new();
         if c.plan_id == result.plan_id {
-            note.push("ran");
+            note.push("ran".to_string());
         }
         if !c.meets_budgets {
-            note.push("misses a budget");
+            note.push("misses a budget".to_string());
         }
         if !c.reachable {
-            note.push("no live agent");
+            note.push("no live agent".to_string());
+        }
+        if c.download_bytes > 0 {
+            note.push(format!(
+                "downloads {:.2} MB of device stages first",
+                c.download_bytes as f64 / 1e6
+            ));
         }
         say!(
             "  {:<14} {:<22} {:>12.2} {:>12.2} {:>12.3}  {}",

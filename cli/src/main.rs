@@ -221,6 +221,14 @@ enum Command {
         /// stored (by every replica, from its own blob directory).
         #[arg(long, default_value_t = 600_000)]
         blob_grace_ms: u64,
+        /// Agents' measured stage times calibrate each edge and cloud tier's speed; models are planned
+        /// again when a tier's measured speed is more than this many percent off what their plans assumed
+        /// (0: never calibrate).
+        #[arg(long, default_value_t = 25.0)]
+        calibration_band_pct: f64,
+        /// How often the leader looks for a tier whose speed drifted.
+        #[arg(long, default_value_t = 5000)]
+        calibration_period_ms: u64,
     },
     /// Models on the cluster.
     Model {
@@ -284,6 +292,16 @@ enum Command {
         /// measured per stage and per hop.
         #[arg(short, long)]
         verbose: bool,
+        /// The device stage cache (default: $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else
+        /// ~/.cache/strata), shared with other processes.
+        #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+        cache_dir: Option<PathBuf>,
+        /// Keep device stages in memory only (fetch them again next time).
+        #[arg(long)]
+        no_cache: bool,
+        /// Only plans whose device stages are cached already (never wait for a download).
+        #[arg(long)]
+        local_only: bool,
     },
 }
 
@@ -394,6 +412,8 @@ fn main() -> ExitCode {
             node_ttl_ms,
             rollout_grace_ms,
             blob_grace_ms,
+            calibration_band_pct,
+            calibration_period_ms,
         } => up::control_plane(&up::ControlPlaneArgs {
             store: &store,
             blobs: blobs.as_deref(),
@@ -410,6 +430,8 @@ fn main() -> ExitCode {
             node_ttl_ms,
             rollout_grace_ms,
             blob_grace_ms,
+            calibration_band_pct,
+            calibration_period_ms,
         }),
         Command::Model { command } => match command {
             ModelCommand::Push {
@@ -450,6 +472,9 @@ fn main() -> ExitCode {
             battery,
             charging,
             verbose,
+            cache_dir,
+            no_cache,
+            local_only,
         } => {
             let constraints = strata_device_sdk::Constraints {
                 latency_ms,
@@ -460,6 +485,7 @@ fn main() -> ExitCode {
                     ObjectiveArg::Energy => strata_device_sdk::Objective::Energy,
                 }),
                 plan,
+                local_only,
             };
             infer::infer(&infer::Args {
                 endpoints: &cli.endpoint,
@@ -471,6 +497,11 @@ fn main() -> ExitCode {
                 battery,
                 charging,
                 verbose,
+                cache_dir: if no_cache {
+                    None
+                } else {
+                    cache_dir.or_else(infer::default_cache_dir)
+                },
             })
         }
     };

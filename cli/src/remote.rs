@@ -255,6 +255,9 @@ pub fn routes(
         power: &power,
         state: Default::default(),
         measured: &|_| None,
+        // As for a device that holds every stage: what one device has cached is its own (`strata infer -v`
+        // shows the downloads a choice would wait for).
+        local: &|_| true,
     };
     let chosen =
         route::choose(&table, constraints, &situation, |_| false).map(|(p, _)| p.id.clone());

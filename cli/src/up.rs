@@ -28,6 +28,9 @@ pub struct ControlPlaneArgs<'a> {
     pub node_ttl_ms: u64,
     pub rollout_grace_ms: u64,
     pub blob_grace_ms: u64,
+    /// The calibration dead band, percent (0: off).
+    pub calibration_band_pct: f64,
+    pub calibration_period_ms: u64,
 }
 
 /// TLS and authentication for etcd.
@@ -105,6 +108,11 @@ async fn bind(address: &str) -> Result<TcpListener> {
 
 /// `strata control-plane`.
 pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.calibration_band_pct.is_finite() && args.calibration_band_pct >= 0.0,
+        "--calibration-band-pct {}: expected a percentage ≥ 0 (0 turns calibration off)",
+        args.calibration_band_pct
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let stores = open_stores(args).await?;
@@ -114,6 +122,12 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
             s.rollout_grace = Duration::from_millis(args.rollout_grace_ms);
             s.blob_grace = Duration::from_millis(args.blob_grace_ms);
             s.advertise = args.advertise.map(str::to_string);
+            s.calibration = strata_control_plane::calibration::Settings {
+                enabled: args.calibration_band_pct > 0.0,
+                band: args.calibration_band_pct / 100.0,
+                period: Duration::from_millis(args.calibration_period_ms.max(100)),
+                ..s.calibration
+            };
         })?;
         let listener = bind(args.listen).await?;
         say!(

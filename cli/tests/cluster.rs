@@ -413,6 +413,295 @@ fn requests_are_costed_on_live_estimates_explained_and_forceable() {
     );
 }
 
+/// Control-plane calibration over real processes: THREE_TIER profiles the edge at 100 GFLOP/s, far faster
+/// than tract runs here; once agents report their measured stage times, the model is planned again at the
+/// measured speed, the table says which factors it was planned with, and its stage times follow them.
+#[test]
+fn tiers_are_calibrated_from_measured_stage_times_and_models_planned_again() {
+    let sandbox = Sandbox::start_with(
+        &["edge", "cloud"],
+        3000,
+        &[
+            "--calibration-band-pct",
+            "25",
+            "--calibration-period-ms",
+            "300",
+        ],
+    );
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "open");
+    let before = sandbox.wait_served("squeezenet", 1);
+    assert!(
+        before.tier_calibration.is_empty(),
+        "nothing measured yet: {:?}",
+        before.tier_calibration
+    );
+    // Every plan, run a few times, so both remote tiers' agents measure their stages.
+    let forced: Vec<String> = before.plans.iter().map(|p| p.id.clone()).collect();
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    for id in &forced {
+        for _ in 0..2 {
+            let ran = sandbox.runtime.block_on(client.infer(
+                "squeezenet",
+                want.inputs.clone(),
+                Constraints {
+                    plan: Some(id.clone()),
+                    ..Default::default()
+                },
+            ));
+            // The model may be planned again while this runs, and the forced plan be gone from it.
+            let replanned = || {
+                client
+                    .route_table("squeezenet")
+                    .is_some_and(|t| !t.tier_calibration.is_empty())
+            };
+            if let Err(e) = ran {
+                assert!(replanned(), "plan {id} failed before any replan: {e}");
+            }
+        }
+    }
+    let mut after = None;
+    sandbox.wait_until(
+        "the model planned again with its tiers calibrated",
+        Duration::from_secs(30),
+        |s| {
+            after = s
+                .routes("squeezenet")
+                .filter(|t| !t.tier_calibration.is_empty());
+            after.is_some()
+        },
+    );
+    let after = after.expect("a calibrated table");
+    assert_eq!(after.tier_calibration.len(), 3);
+    assert_eq!(
+        after.tier_calibration[0], 1.0,
+        "devices calibrate themselves"
+    );
+    assert!(
+        after.tier_calibration[1..].iter().any(|&f| f > 1.25),
+        "tract is far slower here than the profile's 100 and 50 GFLOP/s: factors {:?}",
+        after.tier_calibration
+    );
+    // A stage file planned on the same tier before and after: its time scaled by the tier's factor.
+    let mut compared = 0;
+    for stage in after.plans.iter().flat_map(|p| &p.stages) {
+        let old = before
+            .plans
+            .iter()
+            .flat_map(|p| &p.stages)
+            .find(|s| s.digest == stage.digest && s.tier == stage.tier);
+        if let Some(old) = old.filter(|_| stage.tier != v1::Tier::Device as i32) {
+            let factor = after.tier_calibration[stage.tier as usize - 1];
+            let ratio = stage.predicted_ms / old.predicted_ms;
+            assert!(
+                (ratio / factor - 1.0).abs() < 1e-6,
+                "stage {} on tier {}: time ×{ratio} for factor {factor}",
+                stage.digest,
+                stage.tier
+            );
+            compared += 1;
+        }
+    }
+    assert!(
+        compared > 0,
+        "no remote stage planned both before and after"
+    );
+    // The replanned table is served, and requests keep working.
+    sandbox.wait_served("squeezenet", 1);
+    sandbox
+        .runtime
+        .block_on(client.infer("squeezenet", want.inputs.clone(), Constraints::default()))
+        .expect("an adaptive request after the replan");
+    let bad = sandbox.strata(&["control-plane", "--calibration-band-pct=-5"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected a percentage"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+/// The device stage cache over real processes: two `strata infer` processes fill one cache at once, a
+/// corrupt cached stage is detected and fetched again, a choice says which plans would wait for a download,
+/// and with the whole cluster gone a new process still serves the model from the cache (its saved route
+/// table and the whole-model device stage).
+#[test]
+fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
+    let mut sandbox = Sandbox::start(&["edge", "cloud"], 3000);
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "open");
+    let table = sandbox.wait_served("squeezenet", 1);
+    let device_only = table
+        .plans
+        .iter()
+        .find(|p| p.stages.iter().all(|s| s.tier == v1::Tier::Device as i32))
+        .expect("a device-only plan")
+        .clone();
+    let stage: strata_core::Digest = device_only.stages[0].digest.parse().expect("a digest");
+    let input = format!(
+        "data_0={}",
+        corpus("squeezenet.inputs/data_0.npy").display()
+    );
+    let cache = sandbox.dir.path().join("device-cache");
+    let command = |out: &str, extra: &[&str]| {
+        let mut c = std::process::Command::new(sandbox::strata_bin());
+        c.args([
+            "infer",
+            "squeezenet",
+            "--endpoint",
+            &sandbox.cp_address,
+            "--input",
+            &input,
+        ])
+        .arg("--output-dir")
+        .arg(sandbox.dir.path().join(out))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(extra)
+        .env("STRATA_LOG", "off");
+        c
+    };
+    let must = |out: std::process::Output, what: &str| -> String {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // A fresh cache: the device-only plan would wait for its whole-model stage.
+    let fresh = must(
+        command("out-v", &["-v"])
+            .output()
+            .expect("strata infer runs"),
+        "explained",
+    );
+    assert!(
+        fresh
+            .lines()
+            .any(|l| l.contains(&device_only.id) && l.contains("downloads")),
+        "{fresh}"
+    );
+
+    // Two processes at once fill the cache with the device-only stage.
+    std::fs::remove_dir_all(&cache).expect("empty the cache");
+    let forced = ["--plan", device_only.id.as_str()];
+    let children: Vec<_> = ["out-a", "out-b"]
+        .into_iter()
+        .map(|o| {
+            command(o, &forced)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn strata infer")
+        })
+        .collect();
+    for child in children {
+        must(
+            child.wait_with_output().expect("strata infer ends"),
+            "concurrent",
+        );
+    }
+    let shared = strata_blob::SharedCache::open(&cache, 1 << 30).expect("the cache opens");
+    assert!(
+        shared.get(&stage).expect("an intact stage").is_some(),
+        "the whole-model stage is cached"
+    );
+
+    // Corrupted on disk: detected, fetched again, and cached intact.
+    let file = cache
+        .join("sha256")
+        .join(&stage.as_str()[..2])
+        .join(stage.as_str());
+    std::fs::write(&file, b"not an onnx file").expect("corrupt the cached stage");
+    must(
+        command("out-c", &forced)
+            .output()
+            .expect("strata infer runs"),
+        "after corruption",
+    );
+    assert!(shared.get(&stage).expect("intact again").is_some());
+
+    // An app that declares the model gets every device stage prefetched in the background, the whole-model
+    // one first; then no plan waits for a download.
+    let prefetched = sandbox.dir.path().join("prefetched");
+    let app = {
+        let _guard = sandbox.runtime.enter();
+        let mut config = strata_device_sdk::ClientConfig::new(vec![sandbox.cp_address.clone()]);
+        config.cache_dir = Some(prefetched.clone());
+        config.prefetch = vec!["squeezenet".to_string()];
+        strata_device_sdk::Client::new(config).expect("a client")
+    };
+    let device_stages: std::collections::BTreeSet<String> = table
+        .plans
+        .iter()
+        .flat_map(|p| &p.stages)
+        .filter(|s| s.tier == v1::Tier::Device as i32)
+        .map(|s| s.digest.clone())
+        .collect();
+    sandbox.wait_until(
+        "the device stages prefetched",
+        Duration::from_secs(30),
+        |_| {
+            let cached = strata_blob::SharedCache::open(&prefetched, 1 << 30)
+                .and_then(|c| c.list())
+                .map(|l| {
+                    l.into_iter()
+                        .map(|b| b.digest.to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            device_stages.iter().all(|d| cached.contains(d))
+        },
+    );
+    sandbox.wait_until(
+        "the app knows they are here",
+        Duration::from_secs(10),
+        |_| {
+            app.explain("squeezenet", &Constraints::default())
+                .is_ok_and(|d| d.ranked.iter().all(|c| c.download_bytes == 0))
+        },
+    );
+    // A one-byte budget fetches nothing and says what it left out.
+    let small = {
+        let _guard = sandbox.runtime.enter();
+        let mut config = strata_device_sdk::ClientConfig::new(vec![sandbox.cp_address.clone()]);
+        config.cache_dir = Some(sandbox.dir.path().join("small"));
+        strata_device_sdk::Client::new(config).expect("a client")
+    };
+    let done = sandbox
+        .runtime
+        .block_on(small.prefetch(&["squeezenet".to_string()], 1))
+        .expect("prefetch");
+    assert!(done.fetched.is_empty() && done.bytes == 0, "{done:?}");
+    assert_eq!(done.skipped.len(), device_stages.len(), "{done:?}");
+
+    // The cluster is gone: a new process routes from the saved table and serves from the cache.
+    sandbox.replicas[0].kill();
+    for agent in &mut sandbox.agents {
+        agent.proc.kill();
+    }
+    let offline = must(
+        command("out-offline", &["--local-only"])
+            .output()
+            .expect("strata infer runs"),
+        "offline",
+    );
+    assert!(
+        offline.contains(&format!("plan {}", device_only.id)),
+        "{offline}"
+    );
+    let got = strata_runtime::npy::decode(
+        &std::fs::read(sandbox.dir.path().join("out-offline/softmaxout_1.npy")).expect("output"),
+    )
+    .expect("npy");
+    assert_outputs_match(
+        &[("softmaxout_1".to_string(), got)],
+        &reference("squeezenet").outputs,
+        "offline, from the cache",
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     let sandbox = Sandbox::start(&["edge", "cloud"], 3000);
@@ -728,6 +1017,7 @@ fn strata_up_serves_the_demo_and_its_printed_command_works() {
         .current_dir(sandbox::root())
         .args(&args)
         .env("STRATA_LOG", "off")
+        .env("STRATA_CACHE_DIR", dir.path().join("stage-cache"))
         .output()
         .expect("strata infer runs");
     assert!(

@@ -81,6 +81,11 @@ pub fn route_table(
         notes: plans.notes.clone(),
         links: strata_proto::convert::link_profiles_to_wire(&plans.links),
         device_power: Some(plans.device_power.into()),
+        tier_calibration: if plans.calibration == crate::calibration::NONE {
+            Vec::new()
+        } else {
+            plans.calibration.to_vec()
+        },
     };
     refresh_nodes(&table, nodes, load_of)
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod calibration;
 pub mod convert;
 pub mod error;
 pub mod keys;

@@ -41,11 +41,13 @@ pub struct Settings {
     pub blob_grace: Duration,
     /// How each model's frontier of plans is searched and bounded.
     pub frontier: strata_planner::frontier::Settings,
+    /// How agents' measured stage times calibrate the tiers' speeds.
+    pub calibration: crate::calibration::Settings,
 }
 
 impl Settings {
     /// Defaults for a cluster profile: node TTL 3 s, models up to 4 GiB, rollout grace 10 s, blob grace
-    /// 10 min, the default frontier (16 plans).
+    /// 10 min, the default frontier (16 plans), calibration on (±25 %).
     pub fn new(cluster: Cluster) -> Settings {
         Settings {
             cluster,
@@ -55,6 +57,7 @@ impl Settings {
             advertise: None,
             blob_grace: Duration::from_secs(600),
             frontier: strata_planner::frontier::Settings::default(),
+            calibration: crate::calibration::Settings::default(),
         }
     }
 }
@@ -217,6 +220,15 @@ impl ControlPlane {
             .get(node_id)
             .map(|l| l.stage_ms.clone())
             .unwrap_or_default()
+    }
+
+    /// The tier and per-stage compute times (ms by digest) of every node in `nodes` connected here.
+    pub fn stage_reports(&self, nodes: &[NodeRecord]) -> Vec<(Tier, BTreeMap<String, f64>)> {
+        let live = self.live();
+        nodes
+            .iter()
+            .filter_map(|n| live.get(&n.id).map(|l| (n.tier, l.stage_ms.clone())))
+            .collect()
     }
 
     /// Milliseconds since a node's last heartbeat.

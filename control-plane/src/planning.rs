@@ -29,8 +29,9 @@ pub struct PlannedSet {
     pub blobs: Vec<(Digest, Vec<u8>)>,
 }
 
-/// Plans `bytes` (model `name`, `version`) for `base` restricted to `tiers`, keeping the plans that satisfy the
-/// model's own `privacy`.
+/// Plans `bytes` (model `name`, `version`) for `base` restricted to `tiers`, with each tier's compute times
+/// scaled by its `calibration` factor (see [`crate::calibration`]), keeping the plans that satisfy the model's
+/// own `privacy`.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_model(
     name: &str,
@@ -41,6 +42,7 @@ pub fn plan_model(
     base: &Cluster,
     tiers: &BTreeSet<Tier>,
     settings: &frontier::Settings,
+    calibration: [f64; 3],
 ) -> PlannedSet {
     let mut record = PlansRecord {
         model: name.to_string(),
@@ -53,6 +55,7 @@ pub fn plan_model(
         failed: None,
         links: [None; 3],
         device_power: Default::default(),
+        calibration,
     };
     let mut blobs = Vec::new();
     let prepared = prepare(bytes, input_shapes);
@@ -74,7 +77,8 @@ pub fn plan_model(
         })
         .collect();
 
-    let frontier = match frontier::frontier(&model, &analysis, base, tiers, privacy, settings) {
+    let cluster = crate::calibration::apply(base, calibration);
+    let frontier = match frontier::frontier(&model, &analysis, &cluster, tiers, privacy, settings) {
         Ok(f) => f,
         Err(e) => {
             record.failed = Some(e.to_string());

@@ -12,6 +12,7 @@ use strata_core::{Digest, Tier};
 use strata_proto::task::AbortOnDrop;
 use strata_proto::v1;
 
+use crate::calibration;
 use crate::convert::route_table;
 use crate::error::ControlError;
 use crate::keys;
@@ -26,6 +27,7 @@ use crate::store::{Leadership, TxnOp};
 /// assignments of the agents connected to them from the leader's plans.
 pub async fn run(plane: Arc<ControlPlane>) {
     let _store_changes = AbortOnDrop::spawn(forward_store_changes(plane.clone()));
+    let _calibration = AbortOnDrop::spawn(look_for_drift(plane.clone()));
     loop {
         let pass = match plane.leadership() {
             Some(leadership) => reconcile_once(&plane, &leadership).await,
@@ -39,6 +41,21 @@ pub async fn run(plane: Arc<ControlPlane>) {
         plane.wake.notified().await;
         // Let a burst of changes (several agents starting) settle into one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wakes the leader's loop every calibration period, so a tier whose measured speed drifted out of its band
+/// is re-planned even when nothing else changes (heartbeats do not wake the loop).
+async fn look_for_drift(plane: Arc<ControlPlane>) {
+    let settings = plane.settings.calibration;
+    if !settings.enabled {
+        return;
+    }
+    loop {
+        tokio::time::sleep(settings.period).await;
+        if plane.leadership().is_some() {
+            plane.wake.notify_one();
+        }
     }
 }
 
@@ -168,12 +185,23 @@ pub async fn reconcile_once(
             plane.wake.notify_one();
         });
     }
+    let calibration = &plane.settings.calibration;
+    // A new leader waits for every agent before it judges tiers by what the agents connected to it report.
+    let live = if calibration.enabled && settling.is_zero() {
+        calibration::live_factors(&plans, &plane.stage_reports(&nodes), calibration)
+    } else {
+        [None; 3]
+    };
     for model in &models {
         let tier_list: Vec<Tier> = tiers.iter().copied().collect();
+        let planned_with = plans
+            .get(&model.name)
+            .map_or(calibration::NONE, |p| p.calibration);
         let fresh = plans.get(&model.name).is_some_and(|p| {
             let lost_only = tier_list.iter().all(|t| p.tiers.contains(t));
             p.version == model.version
                 && (p.tiers == tier_list || (lost_only && !settling.is_zero()))
+                && !calibration::drifted(p.calibration, live, calibration)
         });
         if !fresh {
             // A model that cannot be planned now (its blob is being fetched, say) does not hold up the
@@ -190,7 +218,12 @@ pub async fn reconcile_once(
                 wake_at(plane, next);
                 continue;
             }
-            match replan(plane, leadership, model, &tiers).await {
+            let factors = if calibration.enabled {
+                calibration::to_plan_with(planned_with, live)
+            } else {
+                calibration::NONE
+            };
+            match replan(plane, leadership, model, &tiers, factors).await {
                 Ok(record) => {
                     plane.replan_backoff.lock().remove(&model.name);
                     plans.insert(model.name.clone(), record);
@@ -247,6 +280,7 @@ async fn replan(
     leadership: &Leadership,
     model: &ModelRecord,
     tiers: &BTreeSet<Tier>,
+    calibration: [f64; 3],
 ) -> Result<PlansRecord, ControlError> {
     let Some(bytes) = plane.blobs.get(&model.digest).await? else {
         return Err(ControlError::Internal(format!(
@@ -273,6 +307,7 @@ async fn replan(
             &cluster,
             &tiers_owned,
             &frontier,
+            calibration,
         )
     })
     .await
@@ -292,6 +327,7 @@ async fn replan(
         plans = record.plans.len(),
         ms = started.elapsed().as_secs_f64() * 1e3,
         failed = record.failed.as_deref().unwrap_or(""),
+        calibration = ?calibration,
         "planned"
     );
     let value = serde_json::to_vec(&record).map_err(|e| ControlError::Internal(e.to_string()))?;
@@ -544,6 +580,7 @@ mod tests {
             failed: None,
             links: [None; 3],
             device_power: Default::default(),
+            calibration: crate::calibration::NONE,
         }
     }
 

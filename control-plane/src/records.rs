@@ -142,6 +142,14 @@ pub struct PlansRecord {
     /// The device power the plans were costed with.
     #[serde(default)]
     pub device_power: DevicePower,
+    /// The compute factor (measured ÷ profiled) each tier was planned with, by `Tier::index` (see
+    /// [`crate::calibration`]).
+    #[serde(default = "no_calibration")]
+    pub calibration: [f64; 3],
+}
+
+fn no_calibration() -> [f64; 3] {
+    crate::calibration::NONE
 }
 
 /// Counts the corrupt records this replica found, and logs each where it was found: a record that cannot

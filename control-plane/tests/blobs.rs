@@ -129,6 +129,7 @@ async fn unreferenced_blobs_go_after_the_grace_period_on_every_replica_and_refer
         failed: None,
         links: [None; 3],
         device_power: Default::default(),
+        calibration: strata_control_plane::calibration::NONE,
     };
     store
         .put(

@@ -158,6 +158,7 @@ fn table() -> v1::RouteTable {
             }
             .into(),
         ),
+        tier_calibration: vec![1.0, 0.8, 1.2],
     }
 }
 
@@ -212,17 +213,30 @@ fn balancer() -> Balancer {
     b
 }
 
+/// The device stages a client holds, as it looks them up per decision (a set of digests).
+fn local_stages(table: &v1::RouteTable) -> std::collections::HashSet<String> {
+    table
+        .plans
+        .iter()
+        .flat_map(|p| &p.stages)
+        .filter(|s| s.tier == v1::Tier::Device as i32)
+        .map(|s| s.digest.clone())
+        .collect()
+}
+
 fn criterion_benches(c: &mut Criterion) {
     let table = table();
     let balancer = balancer();
     let estimator = estimator();
-    let conditions = estimator.conditions(&links(), Instant::now());
+    let conditions = estimator.conditions(&links(), &[1.0; 3], Instant::now());
     let power = convert::device_power(&table);
+    let local = local_stages(&table);
     let situation = Situation {
         conditions: &conditions,
         power: &power,
         state: Default::default(),
         measured: &|_| None,
+        local: &|d| local.contains(d),
     };
     let mut group = c.benchmark_group("route");
     for (label, constraints) in cases() {
@@ -261,13 +275,15 @@ fn situation_and_choose(
     balancer: &Balancer,
 ) -> usize {
     let conditions: Conditions =
-        estimator.conditions(&convert::link_profiles(table), Instant::now());
+        estimator.conditions(&convert::link_profiles(table), &[1.0; 3], Instant::now());
     let power = convert::device_power(table);
+    let local = local_stages(table);
     let situation = Situation {
         conditions: &conditions,
         power: &power,
         state: Default::default(),
         measured: &|_| None,
+        local: &|d| local.contains(d),
     };
     route::choose(table, constraints, &situation, |n| balancer.is_down(n))
         .map_or(0, |(p, _)| p.id.len())
@@ -316,13 +332,15 @@ fn percentiles(iterations: usize) {
     };
     row("(clock only)", "—", &per_call(iterations, || 0));
     let estimator = estimator();
-    let conditions = estimator.conditions(&links(), Instant::now());
+    let conditions = estimator.conditions(&links(), &[1.0; 3], Instant::now());
     let power = convert::device_power(&table);
+    let local = local_stages(&table);
     let situation = Situation {
         conditions: &conditions,
         power: &power,
         state: Default::default(),
         measured: &|_| None,
+        local: &|d| local.contains(d),
     };
     // The same decision without the balancer's liveness check (a mutex, a hash lookup and a clock read per
     // candidate node): what the check itself costs.

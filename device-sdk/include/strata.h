@@ -113,6 +113,10 @@ typedef struct {
     /** What to minimise: 0 = the default policy (energy under a latency budget or on low battery, latency
      *  otherwise), 1 = latency, 2 = device energy. */
     int32_t objective;
+    /** Non-zero: only plans whose device stages are here already (loaded or in the stage cache); never wait
+     *  for a download. (Added before the first release: the ABI is not frozen yet; from the first release on,
+     *  this struct only grows through a new function.) */
+    int32_t local_only;
 } strata_constraints;
 
 /**
@@ -128,6 +132,15 @@ const char *strata_last_error(void);
  * failure *out is NULL.
  */
 int strata_client_new(const char *endpoints, strata_client **out);
+
+/**
+ * strata_client_new with a device stage cache in the directory cache_dir (created if needed; shared safely by
+ * every process that names it; at most cache_max_bytes, least recently used stages evicted first; 0: 1 GiB).
+ * Stages and route tables kept there serve requests when the cluster cannot be reached. cache_dir NULL: no
+ * cache or "", as strata_client_new.
+ */
+int strata_client_new_with_cache(const char *endpoints, const char *cache_dir, uint64_t cache_max_bytes,
+                                 strata_client **out);
 
 /** Frees a client and its caches. NULL is a no-op. No other thread may be using it. */
 void strata_client_free(strata_client *client);

@@ -1,13 +1,15 @@
 //! The async client: route tables kept current by a background watch, device stages run in-process with
 //! tract, the rest sent to the least-loaded agent of the next tier, with retries and local fallback.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
+use strata_blob::{BlobError, SharedCache};
 use strata_core::{DType, Digest, Privacy, TensorData, Tier};
 use strata_proto::balance::Balancer;
 use strata_proto::call::{self, HopError, RetryPolicy, chunks_of};
@@ -37,10 +39,23 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// How live estimates are smoothed and aged.
     pub estimator: EstimatorConfig,
+    /// A directory for the device stage cache, shared by every process that names it (`None`: stages live
+    /// in memory only, and each process fetches them again). See [`strata_blob::SharedCache`].
+    pub cache_dir: Option<PathBuf>,
+    /// The stage cache's bound, bytes (least recently used stages go first).
+    pub cache_max_bytes: u64,
+    /// Models whose device stages are fetched into the stage cache in the background as soon as the client
+    /// exists (see [`Client::prefetch`]), within `prefetch_budget_bytes`; retried until it succeeds.
+    pub prefetch: Vec<String>,
+    /// The background prefetch's budget, bytes.
+    pub prefetch_budget_bytes: u64,
+    /// The background prefetch waits until the device is charging (see [`Client::set_power_state`]).
+    pub prefetch_when_charging: bool,
 }
 
 impl ClientConfig {
-    /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline, the default [`RetryPolicy`].
+    /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline, the default [`RetryPolicy`],
+    /// no stage cache (1 GiB when a directory is given).
     pub fn new(endpoints: Vec<String>) -> ClientConfig {
         ClientConfig {
             endpoints,
@@ -49,6 +64,11 @@ impl ClientConfig {
             max_response_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
             retry: RetryPolicy::default(),
             estimator: EstimatorConfig::default(),
+            cache_dir: None,
+            cache_max_bytes: 1 << 30,
+            prefetch: Vec::new(),
+            prefetch_budget_bytes: 256 << 20,
+            prefetch_when_charging: false,
         }
     }
 }
@@ -122,6 +142,15 @@ struct Inner {
     estimator: Mutex<Estimator>,
     /// The device's power state, as the app last reported it.
     power: Mutex<PowerState>,
+    /// The stage cache on disk, if configured.
+    cache: Option<SharedCache>,
+    /// Digests of the device stages here (loaded, or in the stage cache as far as this process knows), so
+    /// a decision can tell which plans must download a stage first.
+    local: RwLock<HashSet<String>>,
+    /// The revision of each model's table saved beside the stage cache.
+    saved: Mutex<HashMap<String, u64>>,
+    /// Device stages being fetched in the background.
+    fetching: Mutex<HashSet<Digest>>,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
@@ -129,6 +158,7 @@ struct Inner {
 pub struct Client {
     inner: Arc<Inner>,
     _watch: Arc<AbortOnDrop>,
+    _prefetch: Option<Arc<AbortOnDrop>>,
 }
 
 impl Client {
@@ -141,6 +171,20 @@ impl Client {
         }
         let channels = call::Channels::new(config.connect_timeout);
         let config_estimator = config.estimator;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(SharedCache::open(dir, config.cache_max_bytes).map_err(|e| {
+                SdkError::InvalidArgument(format!("stage cache {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+        let local: HashSet<String> = match &cache {
+            // Unreadable entries only make their stages look remote until used.
+            Some(c) => c
+                .list()
+                .map(|blobs| blobs.into_iter().map(|b| b.digest.to_string()).collect())
+                .unwrap_or_default(),
+            None => HashSet::new(),
+        };
         for e in &config.endpoints {
             channels
                 .get(e)
@@ -156,11 +200,26 @@ impl Client {
             watch_error: Mutex::new("not connected yet".to_string()),
             estimator: Mutex::new(Estimator::new(config_estimator)),
             power: Mutex::new(PowerState::default()),
+            cache,
+            local: RwLock::new(local),
+            saved: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashSet::new()),
         });
+        if !inner.config.prefetch.is_empty() && inner.cache.is_none() {
+            return Err(SdkError::InvalidArgument(
+                "prefetch needs a stage cache (ClientConfig::cache_dir)".into(),
+            ));
+        }
         let watch = AbortOnDrop::spawn(watch_routes(Arc::downgrade(&inner)));
+        let prefetch = (!inner.config.prefetch.is_empty()).then(|| {
+            Arc::new(AbortOnDrop::spawn(prefetch_in_background(Arc::downgrade(
+                &inner,
+            ))))
+        });
         Ok(Client {
             inner,
             _watch: Arc::new(watch),
+            _prefetch: prefetch,
         })
     }
 
@@ -179,35 +238,22 @@ impl Client {
         }
     }
 
-    /// The route table of a model: cached, or fetched from the first endpoint that answers.
+    /// The route table of a model: cached, or fetched from the first endpoint that answers, or (when none
+    /// answers) the one saved beside the stage cache.
     pub async fn routes(&self, model: &str) -> Result<Arc<v1::RouteTable>, SdkError> {
-        if let Some(t) = self.route_table(model) {
-            return Ok(t);
-        }
-        let mut last = None;
-        for endpoint in &self.inner.config.endpoints {
-            let channel = self.inner.channel(endpoint)?;
-            match RoutesClient::new(channel)
-                .get_routes(v1::GetRoutesRequest {
-                    model: model.to_string(),
-                })
-                .await
-            {
-                Ok(t) => {
-                    let t = Arc::new(t.into_inner());
-                    self.inner.store_table((*t).clone());
-                    return Ok(t);
-                }
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    return Err(SdkError::UnknownModel(s.message().to_string()));
-                }
-                Err(s) => last = Some(format!("{endpoint}: {}", s.message())),
-            }
-        }
-        Err(SdkError::Unavailable(format!(
-            "no route table for model \"{model}\": {}",
-            last.unwrap_or_default()
-        )))
+        self.inner.routes(model).await
+    }
+
+    /// Fetches the device stages of `models`' plans into the stage cache without loading them (an app's
+    /// declared models, ahead of their first request): each model's whole-model device stage first (its
+    /// offline fallback), then the others smallest first, within `budget_bytes` in all. Stages already here
+    /// cost nothing. Without a stage cache there is nowhere to keep them: an error.
+    pub async fn prefetch(
+        &self,
+        models: &[String],
+        budget_bytes: u64,
+    ) -> Result<Prefetched, SdkError> {
+        self.inner.prefetch(models, budget_bytes).await
     }
 
     /// The plan a request would get now, with its prediction (no network).
@@ -257,6 +303,10 @@ impl Client {
             .iter()
             .map(|(d, s)| (d.clone(), s.clone()))
             .collect();
+        self.inner
+            .local
+            .write()
+            .extend(theirs.iter().map(|(d, _)| d.to_string()));
         self.inner.stages.lock().extend(theirs);
     }
 
@@ -320,7 +370,12 @@ impl Client {
             .map_err(|e| SdkError::Local(format!("calibration task failed: {e}")))?;
             if let Ok(ms) = measured {
                 let mut estimator = self.inner.estimator.lock();
-                estimator.compute_sample(Tier::Device, ms, stage.predicted_ms, Instant::now());
+                estimator.compute_sample(
+                    Tier::Device,
+                    ms,
+                    profiled_ms(table, stage, Tier::Device),
+                    Instant::now(),
+                );
                 estimator.device_stage_sample(&stage.digest, ms, Instant::now());
             }
         }
@@ -345,6 +400,9 @@ impl Client {
             });
             (decision, *situation.conditions)
         });
+        if constraints.plan.is_none() {
+            self.inner.fetch_winners(&table, &decision);
+        }
         let order: Vec<(&v1::Plan, Prediction)> = match &constraints.plan {
             Some(id) => {
                 let Some(plan) = table.plans.iter().find(|p| &p.id == id) else {
@@ -360,7 +418,12 @@ impl Client {
                 };
                 let Some(c) = decision.ranked.iter().find(|c| &c.plan_id == id) else {
                     return Err(SdkError::NoPlan(format!(
-                        "plan \"{id}\" of model \"{model}\" does not satisfy the privacy of the model or the request"
+                        "plan \"{id}\" of model \"{model}\" does not satisfy the privacy of the model or the request{}",
+                        if constraints.local_only {
+                            ", or its device stages are not here (local only)"
+                        } else {
+                            ""
+                        }
                     )));
                 };
                 vec![(plan, c.predicted)]
@@ -427,9 +490,25 @@ impl Client {
     }
 }
 
+/// What [`Client::prefetch`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prefetched {
+    /// Device stages fetched into the cache.
+    pub fetched: Vec<Digest>,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Stages left out: over the budget.
+    pub skipped: Vec<Digest>,
+}
+
 /// How long [`Client::prepare`] spends calibrating device stages at most (a stage started before the
 /// budget ran out finishes).
 pub const CALIBRATION_BUDGET: Duration = Duration::from_secs(3);
+
+/// A stage's profiled time: its planned time over the factor its tier was planned with.
+fn profiled_ms(table: &v1::RouteTable, stage: &v1::Stage, tier: Tier) -> f64 {
+    stage.predicted_ms / convert::tier_calibration(table)[tier.index()]
+}
 
 /// Zeros for `names`, if they are all model inputs (their shapes are in the table).
 fn zero_inputs(
@@ -544,6 +623,139 @@ fn order_outputs(
 }
 
 impl Inner {
+    /// See [`Client::routes`].
+    async fn routes(&self, model: &str) -> Result<Arc<v1::RouteTable>, SdkError> {
+        if let Some(t) = self.routes.read().get(model).cloned() {
+            return Ok(t);
+        }
+        let mut last = None;
+        for endpoint in &self.config.endpoints {
+            let channel = self.channel(endpoint)?;
+            match RoutesClient::new(channel)
+                .get_routes(v1::GetRoutesRequest {
+                    model: model.to_string(),
+                })
+                .await
+            {
+                Ok(t) => {
+                    let t = Arc::new(t.into_inner());
+                    self.store_table((*t).clone());
+                    return Ok(t);
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    return Err(SdkError::UnknownModel(s.message().to_string()));
+                }
+                Err(s) => last = Some(format!("{endpoint}: {}", s.message())),
+            }
+        }
+        let last = last.unwrap_or_default();
+        // Offline: the table this device last saw, kept beside its stage cache.
+        if let Some(t) = self.saved_table(model) {
+            tracing::warn!(model, revision = t.revision, reason = %last, "no endpoint answers; using the route table saved with the stage cache");
+            let t = Arc::new(t);
+            self.store_table((*t).clone());
+            return Ok(t);
+        }
+        Err(SdkError::Unavailable(format!(
+            "no route table for model \"{model}\": {last}"
+        )))
+    }
+
+    /// Fetches, in the background, the device stages of every plan that would beat the chosen one were its
+    /// stages here (its prediction less their download): the request runs on what is here, and later ones
+    /// get the better plan. Each stage is fetched once at a time.
+    fn fetch_winners(self: &Arc<Self>, table: &v1::RouteTable, decision: &Decision) {
+        let Some(chosen) = decision.ranked.first() else {
+            return;
+        };
+        let value = |c: &route::Candidate| match decision.objective {
+            route::Objective::Latency => (
+                c.predicted.latency_ms - c.download.0,
+                chosen.predicted.latency_ms,
+            ),
+            route::Objective::Energy => (
+                c.predicted.energy_mj - c.download.1,
+                chosen.predicted.energy_mj,
+            ),
+        };
+        for c in decision.ranked.iter().skip(1) {
+            let (without, best) = value(c);
+            if c.download_bytes == 0 || !c.reachable || !c.meets_budgets || without >= best {
+                continue;
+            }
+            let Some(plan) = table.plans.iter().find(|p| p.id == c.plan_id) else {
+                continue;
+            };
+            for s in plan
+                .stages
+                .iter()
+                .filter(|s| convert::is_tier(s.tier, Tier::Device))
+            {
+                let Ok(digest) = convert::digest(&s.digest, "stage.digest") else {
+                    continue;
+                };
+                if self.local.read().contains(digest.as_str())
+                    || !self.fetching.lock().insert(digest.clone())
+                {
+                    continue;
+                }
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = inner.device_stage(&digest).await {
+                        tracing::warn!(%digest, error = %e, "background fetch of a device stage failed");
+                    }
+                    inner.fetching.lock().remove(&digest);
+                });
+            }
+        }
+    }
+
+    /// See [`Client::prefetch`].
+    async fn prefetch(&self, models: &[String], budget_bytes: u64) -> Result<Prefetched, SdkError> {
+        let Some(cache) = self.cache.clone() else {
+            return Err(SdkError::InvalidArgument(
+                "prefetch needs a stage cache (ClientConfig::cache_dir)".into(),
+            ));
+        };
+        let mut out = Prefetched::default();
+        let mut wanted: Vec<(bool, u64, Digest)> = Vec::new();
+        for model in models {
+            let table = self.routes(model).await?;
+            for plan in &table.plans {
+                let whole = plan.stages.len() == 1;
+                for s in plan
+                    .stages
+                    .iter()
+                    .filter(|s| convert::is_tier(s.tier, Tier::Device))
+                {
+                    let d = convert::digest(&s.digest, "stage.digest").map_err(|e| {
+                        SdkError::Unavailable(format!("route table of \"{model}\": {e}"))
+                    })?;
+                    match wanted.iter_mut().find(|w| w.2 == d) {
+                        Some(w) => w.0 |= whole,
+                        None => wanted.push((whole, s.size_bytes, d)),
+                    }
+                }
+            }
+        }
+        // Whole-model stages first, then the smallest.
+        wanted.sort_by_key(|(whole, size, _)| (!whole, *size));
+        for (_, size, digest) in wanted {
+            if cache.contains(&digest) {
+                continue;
+            }
+            if out.bytes + size > budget_bytes {
+                out.skipped.push(digest);
+                continue;
+            }
+            let bytes = self.fetch_stage(&digest).await?;
+            out.bytes += bytes.len() as u64;
+            self.cache_stage(&digest, bytes).await;
+            out.fetched.push(digest);
+        }
+        Ok(out)
+    }
+
     /// Runs `f` with the situation to cost `table`'s plans in now: the estimator's conditions over the
     /// table's profile, the table's power figures, the app's power state and the measured device stages.
     fn with_situation<R>(&self, table: &v1::RouteTable, f: impl FnOnce(&Situation) -> R) -> R {
@@ -551,13 +763,17 @@ impl Inner {
         let power = convert::device_power(table);
         let state = *self.power.lock();
         let estimator = self.estimator.lock();
-        let conditions = estimator.conditions(&profile, Instant::now());
+        let calibration = convert::tier_calibration(table);
+        let conditions = estimator.conditions(&profile, &calibration, Instant::now());
         let measured = |d: &str| estimator.device_stage_ms(d);
+        let local = self.local.read();
+        let here = |d: &str| local.contains(d);
         f(&Situation {
             conditions: &conditions,
             power: &power,
             state,
             measured: &measured,
+            local: &here,
         })
     }
 
@@ -632,7 +848,7 @@ impl Inner {
                 continue;
             };
             if let Some(stage) = plan.stages.get(r.stage as usize) {
-                estimator.compute_sample(tier, r.compute_ms, stage.predicted_ms, now);
+                estimator.compute_sample(tier, r.compute_ms, profiled_ms(table, stage, tier), now);
             }
             estimator.queue_sample(tier, r.queue_ms, now);
         }
@@ -648,12 +864,79 @@ impl Inner {
     /// Replaces every cached table with a watch's snapshot: it names every model there is, and its tables win
     /// whatever revisions were cached (the server may run on a new store).
     fn replace_tables(&self, tables: Vec<v1::RouteTable>) {
-        let fresh = tables
+        let fresh: HashMap<String, Arc<v1::RouteTable>> = tables
             .into_iter()
             .filter(|t| !t.deleted)
             .map(|t| (t.model.clone(), Arc::new(t)))
             .collect();
+        for t in fresh.values() {
+            self.save_table(t);
+        }
         *self.routes.write() = fresh;
+    }
+
+    /// Where a model's last route table is kept beside the stage cache (the name hex-encoded: any model name
+    /// is a safe file name).
+    fn table_path(&self, model: &str) -> Option<PathBuf> {
+        let hex: String = model.bytes().map(|b| format!("{b:02x}")).collect();
+        Some(
+            self.cache
+                .as_ref()?
+                .root()
+                .join("tables")
+                .join(format!("{hex}.pb")),
+        )
+    }
+
+    /// Keeps `table` beside the stage cache, so the device can still route offline (best effort, logged;
+    /// written only when its revision changed, through a temporary file and a rename).
+    fn save_table(&self, table: &v1::RouteTable) {
+        let Some(path) = self.table_path(&table.model) else {
+            return;
+        };
+        if self.saved.lock().get(&table.model) == Some(&table.revision) {
+            return;
+        }
+        let bytes = prost::Message::encode_to_vec(table);
+        let n = next_request_id();
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let temp = path.with_extension(format!("tmp-{n}"));
+                std::fs::write(&temp, &bytes).and_then(|()| std::fs::rename(&temp, &path))
+            });
+        match written {
+            Ok(()) => {
+                self.saved
+                    .lock()
+                    .insert(table.model.clone(), table.revision);
+            }
+            Err(e) => {
+                tracing::warn!(model = %table.model, error = %e, "cannot save the route table beside the stage cache")
+            }
+        }
+    }
+
+    /// The route table saved beside the stage cache for `model`, if any and decodable.
+    fn saved_table(&self, model: &str) -> Option<v1::RouteTable> {
+        let path = self.table_path(model)?;
+        let bytes = std::fs::read(&path).ok()?;
+        match <v1::RouteTable as prost::Message>::decode(bytes.as_slice()) {
+            Ok(t) if t.model == model => Some(t),
+            Ok(_) | Err(_) => {
+                tracing::warn!(model, path = %path.display(), "the saved route table does not decode; ignored");
+                None
+            }
+        }
+    }
+
+    /// Forgets a deleted model's saved table.
+    fn forget_table(&self, model: &str) {
+        if let Some(path) = self.table_path(model) {
+            let _ = std::fs::remove_file(path);
+            self.saved.lock().remove(model);
+        }
     }
 
     /// Caches one table, unless an older revision of what is cached (within one watch, revisions only grow).
@@ -661,41 +944,110 @@ impl Inner {
         let mut routes = self.routes.write();
         if table.deleted {
             routes.remove(&table.model);
+            drop(routes);
+            self.forget_table(&table.model);
             return;
         }
         let newer = routes
             .get(&table.model)
             .is_none_or(|old| old.revision <= table.revision || table.revision == 0);
         if newer {
-            routes.insert(table.model.clone(), Arc::new(table));
+            let table = Arc::new(table);
+            routes.insert(table.model.clone(), table.clone());
+            drop(routes);
+            self.save_table(&table);
         }
     }
 
-    /// A device stage, loaded (fetching its bytes from any endpoint the first time).
+    /// A device stage, loaded: from memory, else from the stage cache, else fetched from any endpoint (and
+    /// stored in the cache). A corrupt cached copy is deleted, logged and fetched again; a cache that cannot
+    /// be written only costs the next process a fetch.
     async fn device_stage(&self, digest: &Digest) -> Result<Arc<dyn LoadedStage>, SdkError> {
         if let Some(s) = self.stages.lock().get(digest) {
             return Ok(s.clone());
         }
+        let bytes = match self.cached_stage(digest).await {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = self.fetch_stage(digest).await?;
+                self.cache_stage(digest, bytes.clone()).await;
+                bytes
+            }
+        };
+        let stage = tokio::task::spawn_blocking(move || TractBackend.load(&bytes, &HashMap::new()))
+            .await
+            .map_err(|e| SdkError::Local(format!("loader task failed: {e}")))?
+            .map_err(|e| SdkError::Local(format!("device stage {digest}: {e}")))?;
+        let stage: Arc<dyn LoadedStage> = stage.into();
+        self.stages.lock().insert(digest.clone(), stage.clone());
+        self.local.write().insert(digest.to_string());
+        Ok(stage)
+    }
+
+    /// A stage's bytes from the stage cache, if there and intact.
+    async fn cached_stage(&self, digest: &Digest) -> Option<bytes::Bytes> {
+        let cache = self.cache.clone()?;
+        let d = digest.clone();
+        match tokio::task::spawn_blocking(move || cache.get(&d)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(BlobError::Corrupt(m))) => {
+                tracing::warn!(%digest, actual = %m.actual, "cached device stage is corrupt; deleted, fetching it again");
+                self.local.write().remove(digest.as_str());
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%digest, error = %e, "cannot read the stage cache; fetching the stage");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "stage cache task failed; fetching the stage");
+                None
+            }
+        }
+    }
+
+    /// Stores a fetched stage in the stage cache (best effort, logged), and forgets what it evicted.
+    async fn cache_stage(&self, digest: &Digest, bytes: bytes::Bytes) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let d = digest.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let stored = cache.put(&d, &bytes)?;
+            // What is in the cache now, evictions by this or other processes included.
+            let here = cache.list()?;
+            Ok::<_, BlobError>((stored, here))
+        })
+        .await;
+        match stored {
+            Ok(Ok((stored, here))) => {
+                if !stored {
+                    tracing::info!(%digest, "device stage is larger than the whole stage cache; not cached");
+                }
+                let mut local = self.local.write();
+                let loaded = self.stages.lock();
+                local.retain(|d| loaded.keys().any(|k| k.as_str() == d));
+                local.extend(here.into_iter().map(|b| b.digest.to_string()));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%digest, error = %e, "cannot store the device stage in the cache")
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "stage cache task failed"),
+        }
+    }
+
+    /// A stage's bytes from the first endpoint that sends them.
+    async fn fetch_stage(&self, digest: &Digest) -> Result<bytes::Bytes, SdkError> {
         let mut last = String::new();
         for endpoint in &self.config.endpoints {
             let channel = self.channel(endpoint)?;
             match call::fetch_blob(channel, digest).await {
-                Ok(bytes) => {
-                    let stage = tokio::task::spawn_blocking(move || {
-                        TractBackend.load(&bytes, &HashMap::new())
-                    })
-                    .await
-                    .map_err(|e| SdkError::Local(format!("loader task failed: {e}")))?
-                    .map_err(|e| SdkError::Local(format!("device stage {digest}: {e}")))?;
-                    let stage: Arc<dyn LoadedStage> = stage.into();
-                    self.stages.lock().insert(digest.clone(), stage.clone());
-                    return Ok(stage);
-                }
+                Ok(bytes) => return Ok(bytes::Bytes::from(bytes)),
                 Err(s) => last = format!("{endpoint}: {}", s.message()),
             }
         }
         Err(SdkError::Unavailable(format!(
-            "device stage {digest} is not cached and no endpoint could send it ({last})"
+            "device stage {digest} is not here and no endpoint could send it ({last})"
         )))
     }
 
@@ -743,7 +1095,7 @@ impl Inner {
                 estimator.compute_sample(
                     Tier::Device,
                     compute_ms,
-                    stage.predicted_ms,
+                    profiled_ms(table, stage, Tier::Device),
                     Instant::now(),
                 );
                 estimator.device_stage_sample(&stage.digest, compute_ms, Instant::now());
@@ -861,6 +1213,40 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// [`ClientConfig::prefetch`]: waits for charging if asked to, then prefetches, retrying failures with a
+/// backoff (1 s doubling to 30 s) until it succeeds or the client is dropped.
+async fn prefetch_in_background(inner: std::sync::Weak<Inner>) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 1);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let config = &strong.config;
+        if config.prefetch_when_charging && !strong.power.lock().charging {
+            drop(strong);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let (models, budget) = (config.prefetch.clone(), config.prefetch_budget_bytes);
+        match strong.prefetch(&models, budget).await {
+            Ok(done) => {
+                tracing::info!(
+                    fetched = done.fetched.len(),
+                    bytes = done.bytes,
+                    over_budget = done.skipped.len(),
+                    "device stages prefetched"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "prefetch failed; retrying");
+                drop(strong);
+                tokio::time::sleep(backoff.failed()).await;
+            }
+        }
     }
 }
 

@@ -179,12 +179,22 @@ impl Estimator {
         }
     }
 
-    /// The conditions to cost plans under now: each estimate blended with `profile` by its age.
-    pub fn conditions(&self, profile: &[Option<LinkState>; 3], now: Instant) -> Conditions {
+    /// The conditions to cost a table's plans under now: each estimate blended with the table's link
+    /// `profile` by its age. Tier speeds are learnt against profiled stage times; a table's stage times were
+    /// planned at its `calibration` (each tier's factor, see `RouteTable.tier_calibration`), which is also
+    /// the best guess of a tier's speed before any sample, so the speed returned is relative to the table:
+    /// blended(learnt, calibration) ÷ calibration.
+    pub fn conditions(
+        &self,
+        profile: &[Option<LinkState>; 3],
+        calibration: &[f64; 3],
+        now: Instant,
+    ) -> Conditions {
         let c = &self.config;
         Conditions {
             links: Link::ALL.map(|l| profile[l.index()].map(|p| self.blend(l, p, now))),
-            speed: [0, 1, 2].map(|t| self.speed[t].blended(1.0, now, c)),
+            speed: [0, 1, 2]
+                .map(|t| self.speed[t].blended(calibration[t], now, c) / calibration[t]),
             queue_ms: [0, 1, 2].map(|t| self.queue_ms[t].blended(0.0, now, c)),
         }
     }
@@ -256,17 +266,12 @@ impl Estimator {
         }
     }
 
-    /// A stage on `tier` computed in `measured_ms` where `predicted_ms` was predicted.
-    pub fn compute_sample(
-        &mut self,
-        tier: Tier,
-        measured_ms: f64,
-        predicted_ms: f64,
-        now: Instant,
-    ) {
-        if predicted_ms > 0.0 && measured_ms.is_finite() && measured_ms >= 0.0 {
+    /// A stage on `tier` computed in `measured_ms` whose profiled time (uncalibrated: its planned time over
+    /// its table's factor for the tier) is `profiled_ms`.
+    pub fn compute_sample(&mut self, tier: Tier, measured_ms: f64, profiled_ms: f64, now: Instant) {
+        if profiled_ms > 0.0 && measured_ms.is_finite() && measured_ms >= 0.0 {
             let config = self.config;
-            self.speed[tier.index()].update(measured_ms / predicted_ms, now, &config);
+            self.speed[tier.index()].update(measured_ms / profiled_ms, now, &config);
         }
     }
 
@@ -323,7 +328,7 @@ mod tests {
                 now,
             );
         }
-        let c = e.conditions(&[profile(), None, None], now);
+        let c = e.conditions(&[profile(), None, None], &[1.0; 3], now);
         let up = c.links[0].map(|l| l.up_mbps).unwrap_or_default();
         assert!((up - 2.0).abs() / 2.0 < 0.05, "up goodput {up}");
     }
@@ -342,7 +347,7 @@ mod tests {
                 now,
             );
         }
-        let c = e.conditions(&[None, profile(), None], now);
+        let c = e.conditions(&[None, profile(), None], &[1.0; 3], now);
         let rtt = c.links[1].map(|l| l.rtt_ms).unwrap_or_default();
         assert!((rtt - 60.0).abs() < 1.0, "rtt {rtt}");
     }
@@ -394,7 +399,7 @@ mod tests {
                 now,
             );
         }
-        let up = e.conditions(&[profile(), None, None], now).links[0]
+        let up = e.conditions(&[profile(), None, None], &[1.0; 3], now).links[0]
             .map(|l| l.up_mbps)
             .unwrap_or_default();
         assert!(up < 4.0, "after the step: {up} Mbit/s");
@@ -415,8 +420,12 @@ mod tests {
             );
         }
         let at = |secs: u64| {
-            e.conditions(&[profile(), None, None], then + Duration::from_secs(secs))
-                .links[0]
+            e.conditions(
+                &[profile(), None, None],
+                &[1.0; 3],
+                then + Duration::from_secs(secs),
+            )
+            .links[0]
                 .map(|l| l.up_mbps)
                 .unwrap_or_default()
         };
@@ -441,13 +450,26 @@ mod tests {
     fn tier_speed_and_queue_start_neutral() {
         let mut e = Estimator::default();
         let now = Instant::now();
-        let c = e.conditions(&[None; 3], now);
+        let c = e.conditions(&[None; 3], &[1.0; 3], now);
         assert_eq!(c.speed, [1.0; 3]);
         assert_eq!(c.queue_ms, [0.0; 3]);
         e.compute_sample(Tier::Edge, 30.0, 10.0, now);
         e.queue_sample(Tier::Edge, 12.0, now);
-        let c = e.conditions(&[None; 3], now);
+        let c = e.conditions(&[None; 3], &[1.0; 3], now);
         assert_eq!(c.speed[1], 3.0);
         assert_eq!(c.queue_ms[1], 12.0);
+    }
+
+    #[test]
+    fn tier_speeds_are_relative_to_the_calibration_a_table_was_planned_with() {
+        let mut e = Estimator::default();
+        let now = Instant::now();
+        // The edge was planned at twice its profiled time: with nothing learnt, the table is right as it is.
+        let planned_at = [1.0, 2.0, 1.0];
+        assert_eq!(e.conditions(&[None; 3], &planned_at, now).speed, [1.0; 3]);
+        // Learnt: three times the profile. Against a table planned at 2×, 1.5; against an older one at 1×, 3.
+        e.compute_sample(Tier::Edge, 30.0, 10.0, now);
+        assert_eq!(e.conditions(&[None; 3], &planned_at, now).speed[1], 1.5);
+        assert_eq!(e.conditions(&[None; 3], &[1.0; 3], now).speed[1], 3.0);
     }
 }

@@ -81,6 +81,8 @@ pub struct StrataConstraints {
     pub privacy: i32,
     /// What to minimise: 0 = the default policy, 1 = latency, 2 = device energy.
     pub objective: i32,
+    /// Non-zero: only plans whose device stages are here already.
+    pub local_only: i32,
 }
 
 /// An opaque client handle (`strata_client`).
@@ -292,6 +294,7 @@ fn constraints_from_c(c: Option<&StrataConstraints>) -> Outcome<Constraints> {
         privacy,
         objective,
         plan: None,
+        local_only: c.local_only != 0,
     })
 }
 
@@ -319,6 +322,24 @@ pub unsafe extern "C" fn strata_client_new(
     endpoints: *const c_char,
     out: *mut *mut StrataClient,
 ) -> c_int {
+    // SAFETY: the caller's contract, passed on; a NULL cache directory means none.
+    unsafe { strata_client_new_with_cache(endpoints, ptr::null(), 0, out) }
+}
+
+/// [`strata_client_new`] with a device stage cache in `cache_dir` (NULL: none), bounded to `cache_max_bytes`
+/// (0: 1 GiB), shared by every process that names it; stages and route tables kept there serve requests
+/// when the cluster cannot be reached.
+///
+/// # Safety
+/// `endpoints` and `cache_dir` are NULL or NUL-terminated strings; `out` is NULL or valid for one pointer
+/// write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_client_new_with_cache(
+    endpoints: *const c_char,
+    cache_dir: *const c_char,
+    cache_max_bytes: u64,
+    out: *mut *mut StrataClient,
+) -> c_int {
     status(|| {
         // SAFETY: `as_mut` handles NULL; the rest is the caller's contract.
         let out = unsafe { out.as_mut() }.ok_or_else(|| invalid("out is NULL"))?;
@@ -330,7 +351,16 @@ pub unsafe extern "C" fn strata_client_new(
             .filter(|e| !e.is_empty())
             .map(String::from)
             .collect();
-        let inner = blocking::Client::new(ClientConfig::new(endpoints))?;
+        let mut config = ClientConfig::new(endpoints);
+        if !cache_dir.is_null() {
+            // SAFETY: the caller's contract. An empty path (an unset variable's "") means none, as NULL.
+            let dir = unsafe { text(cache_dir, "cache_dir") }?;
+            config.cache_dir = (!dir.is_empty()).then(|| dir.into());
+        }
+        if cache_max_bytes > 0 {
+            config.cache_max_bytes = cache_max_bytes;
+        }
+        let inner = blocking::Client::new(config)?;
         *out = Box::into_raw(Box::new(StrataClient { inner }));
         Ok(())
     })

@@ -15,7 +15,7 @@ pub mod estimate;
 pub mod ffi;
 pub mod route;
 
-pub use client::{Client, ClientConfig, HopTiming, Inference, StageTiming};
+pub use client::{Client, ClientConfig, HopTiming, Inference, Prefetched, StageTiming};
 pub use error::SdkError;
 pub use route::{Constraints, Objective, PowerState};
 pub use strata_core::{DType, Privacy, TensorData};

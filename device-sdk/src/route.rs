@@ -40,6 +40,9 @@ pub struct Constraints {
     pub objective: Option<Objective>,
     /// Run this plan (by id) and no other (debugging, measurements). Privacy still holds.
     pub plan: Option<String>,
+    /// Only plans whose device stages are here already (loaded, or in the stage cache): never wait for a
+    /// download. Without it, a plan whose device stage is missing is costed with its download.
+    pub local_only: bool,
 }
 
 /// Below this battery level, not charging, requests without an objective save energy.
@@ -113,6 +116,18 @@ fn allowed(plan: &v1::Plan, model: Privacy, constraints: &Constraints) -> bool {
     satisfies(plan, model) && constraints.privacy.is_none_or(|r| satisfies(plan, r))
 }
 
+/// Whether the request may run the plan: its privacy, and its device stages being here when it asks for
+/// local plans only.
+fn eligible(
+    plan: &v1::Plan,
+    model: Privacy,
+    constraints: &Constraints,
+    situation: &Situation<'_>,
+) -> bool {
+    allowed(plan, model, constraints)
+        && (!constraints.local_only || missing_bytes(plan, situation.local) == 0)
+}
+
 /// A plan's prediction under `conditions`, with each device stage's time as measured on this device where
 /// `measured` (by stage digest) knows it. A plan from a table without transfers (an older control plane)
 /// keeps its static prediction; a plan with a code that does not decode is `None`.
@@ -182,6 +197,50 @@ pub struct Situation<'a> {
     pub state: PowerState,
     /// Device stages' times as measured on this device, by digest (`None`: not measured yet).
     pub measured: &'a dyn Fn(&str) -> Option<f64>,
+    /// Whether a device stage (by digest) is here already: loaded, or in the stage cache.
+    pub local: &'a dyn Fn(&str) -> bool,
+}
+
+/// The bytes of `plan`'s device stages that are not here yet.
+pub fn missing_bytes(plan: &v1::Plan, local: &dyn Fn(&str) -> bool) -> u64 {
+    plan.stages
+        .iter()
+        .filter(|s| convert::is_tier(s.tier, Tier::Device) && !local(&s.digest))
+        .map(|s| s.size_bytes)
+        .sum()
+}
+
+/// [`predict`] in a situation: a plan whose device stages are not all here pays their download first, over
+/// the device's link (to the edge, else to the cloud) at its current estimate: its RTT and the bytes at its
+/// downlink goodput in latency, the bytes' radio energy and the wait at idle power in energy. Without a
+/// known device link, such a plan cannot be costed (infinite).
+pub fn predict_in(plan: &v1::Plan, situation: &Situation<'_>) -> Option<Prediction> {
+    let mut p = predict(
+        plan,
+        situation.conditions,
+        situation.power,
+        situation.measured,
+    )?;
+    let (ms, mj) = download(plan, situation);
+    p.latency_ms += ms;
+    p.network_ms += ms;
+    p.energy_mj += mj;
+    Some(p)
+}
+
+/// What downloading `plan`'s missing device stages costs first: ms and device mJ (0 when all are here).
+pub fn download(plan: &v1::Plan, situation: &Situation<'_>) -> (f64, f64) {
+    let missing = missing_bytes(plan, situation.local);
+    if missing == 0 {
+        return (0.0, 0.0);
+    }
+    let link = situation
+        .conditions
+        .link(Link::DeviceEdge)
+        .or(situation.conditions.link(Link::DeviceCloud));
+    let ms = link.map_or(f64::INFINITY, |l| l.transfer_ms(0.0, missing as f64));
+    let mj = missing as f64 * situation.power.rx_nj_per_byte * 1e-6 + situation.power.idle_w * ms;
+    (ms, mj)
 }
 
 /// A plan's rank: unreachable last, then budget-missing, then by how far it misses, then the objective.
@@ -223,8 +282,8 @@ fn policy(
         let fastest = table
             .plans
             .iter()
-            .filter(|p| allowed(p, level, constraints) && reachable(p, node_down))
-            .filter_map(|p| predict(p, situation.conditions, situation.power, situation.measured))
+            .filter(|p| eligible(p, level, constraints, situation) && reachable(p, node_down))
+            .filter_map(|p| predict_in(p, situation))
             .map(|p| p.latency_ms)
             .fold(f64::INFINITY, f64::min);
         if fastest.is_finite() {
@@ -278,12 +337,10 @@ pub fn choose<'t>(
     let (objective, budget) = policy(table, constraints, situation, &node_down);
     let mut best: Option<(&v1::Plan, Prediction, Rank)> = None;
     for p in &table.plans {
-        if !allowed(p, level, constraints) {
+        if !eligible(p, level, constraints, situation) {
             continue;
         }
-        let Some(prediction) =
-            predict(p, situation.conditions, situation.power, situation.measured)
-        else {
+        let Some(prediction) = predict_in(p, situation) else {
             continue;
         };
         let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
@@ -309,6 +366,10 @@ pub struct Candidate {
     pub meets_budgets: bool,
     /// Every remote stage has a live agent.
     pub reachable: bool,
+    /// Bytes of its device stages to download first (0: all here).
+    pub download_bytes: u64,
+    /// What that download adds to its prediction: ms, device mJ.
+    pub download: (f64, f64),
 }
 
 /// Why a request got its plan: the policy, the conditions, and every allowed plan, best first.
@@ -338,9 +399,9 @@ pub fn explain(
     let mut ranked: Vec<(Candidate, Rank)> = table
         .plans
         .iter()
-        .filter(|p| allowed(p, level, constraints))
+        .filter(|p| eligible(p, level, constraints, situation))
         .filter_map(|p| {
-            let prediction = predict(p, situation.conditions, situation.power, situation.measured)?;
+            let prediction = predict_in(p, situation)?;
             let r = rank_of(p, &prediction, constraints, objective, budget, &node_down);
             Some((
                 Candidate {
@@ -354,6 +415,8 @@ pub fn explain(
                     profiled_ms: p.latency_ms,
                     meets_budgets: !r.misses_budget,
                     reachable: !r.unreachable,
+                    download_bytes: missing_bytes(p, situation.local),
+                    download: download(p, situation),
                 },
                 r,
             ))

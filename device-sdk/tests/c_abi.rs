@@ -404,6 +404,7 @@ fn bad_arguments_are_clean_errors() {
         energy_mj: 0.0,
         privacy: 9,
         objective: 0,
+        local_only: 0,
     };
     assert_eq!(
         infer_status(client, &[ok], Some(&privacy)),
@@ -416,6 +417,7 @@ fn bad_arguments_are_clean_errors() {
     );
     let objective = StrataConstraints {
         objective: 7,
+        local_only: 0,
         privacy: 0,
         ..privacy
     };

@@ -205,6 +205,7 @@ fn constraints() -> impl Strategy<Value = Constraints> {
                 }
             }),
             plan: None,
+            local_only: false,
         })
 }
 
@@ -314,7 +315,7 @@ proptest! {
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None, local: &|_| true };
         let (objective, budget) = policy(&table, &c, &cond, &state, &down);
         let spec = Spec { cond, down, objective, budget };
         let chosen = route::choose(&table, &c, &situation, is_down);
@@ -349,7 +350,7 @@ proptest! {
         down in proptest::array::uniform4(any::<bool>()),
     ) {
         let is_down = |n: &str| down[n[1..].parse::<usize>().expect("n<digit>")];
-        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None, local: &|_| true };
         let (objective, budget) = policy(&table, &c, &cond, &state, &down);
         let spec = Spec { cond, down, objective, budget };
         let ranked: Vec<&v1::Plan> = route::explain(&table, &c, &situation, is_down)
@@ -389,7 +390,7 @@ proptest! {
     ) {
         let all_up = [false; 4];
         let state = PowerState::default();
-        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None, local: &|_| true };
         let (objective, budget) = policy(&table, &c, &cond, &state, &all_up);
         let spec = Spec { cond, down: all_up, objective, budget };
         let meets = |p: &v1::Plan| {
@@ -414,7 +415,7 @@ proptest! {
     ) {
         let state = PowerState::new(Some(f64::from(pct)), false).expect("a level");
         let c = Constraints::default();
-        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None };
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None, local: &|_| true };
         let Some((chosen, prediction)) = route::choose(&table, &c, &situation, |_| false) else {
             return Ok(());
         };
@@ -434,5 +435,57 @@ proptest! {
                 prop_assert!(prediction.energy_mj <= energy + 1e-9, "{} saves more energy than {}", p.id, chosen.id);
             }
         }
+    }
+
+    #[test]
+    fn a_device_stage_not_here_costs_its_download_and_local_only_skips_the_plan(
+        table in table(),
+        c in constraints(),
+        cond in conditions(),
+        state in power_state(),
+        picks in proptest::collection::vec(0usize..4, 32),
+        here in proptest::array::uniform4(any::<bool>()),
+    ) {
+        // Device stages drawn from four stage files of different sizes, some of them here.
+        let mut table = table;
+        let mut k = 0;
+        for p in &mut table.plans {
+            for s in p.stages.iter_mut().filter(|s| s.tier == tier(0)) {
+                let d = picks[k % picks.len()];
+                k += 1;
+                s.digest = format!("d{d}");
+                s.size_bytes = (d as u64 + 1) * 250_000;
+            }
+        }
+        let local = |d: &str| here[d[1..].parse::<usize>().expect("d<digit>")];
+        let situation = Situation { conditions: &cond, power: &POWER, state, measured: &|_| None, local: &local };
+        let decision = route::explain(&table, &c, &situation, |_| false);
+        for cand in &decision.ranked {
+            let p = table.plans.iter().find(|p| p.id == cand.plan_id).expect("a plan of the table");
+            let missing: u64 = p
+                .stages
+                .iter()
+                .filter(|s| s.tier == tier(0) && !local(&s.digest))
+                .map(|s| s.size_bytes)
+                .sum();
+            prop_assert_eq!(cand.download_bytes, missing);
+            let (latency, energy) = brute(p, &cond);
+            // The device's link to the edge is always known here; the download crosses it.
+            let l = cond.links[0].expect("a device-edge link");
+            let wait = if missing > 0 { l.rtt_ms + missing as f64 * 8.0 / (l.down_mbps * 1e3) } else { 0.0 };
+            prop_assert!(close(cand.predicted.latency_ms, latency + wait), "{} vs {}", cand.predicted.latency_ms, latency + wait);
+            let more = missing as f64 * POWER.rx_nj_per_byte * 1e-6 + POWER.idle_w * wait;
+            prop_assert!(close(cand.predicted.energy_mj, energy + more), "{} vs {}", cand.predicted.energy_mj, energy + more);
+        }
+        let strict = Constraints { local_only: true, ..c.clone() };
+        if let Some((p, _)) = route::choose(&table, &strict, &situation, |_| false) {
+            prop_assert!(p.stages.iter().filter(|s| s.tier == tier(0)).all(|s| local(&s.digest)));
+        }
+        let strict_ranked = route::explain(&table, &strict, &situation, |_| false).ranked;
+        prop_assert!(strict_ranked.iter().all(|c| c.download_bytes == 0));
+        prop_assert_eq!(
+            strict_ranked.len(),
+            decision.ranked.iter().filter(|c| c.download_bytes == 0).count()
+        );
     }
 }

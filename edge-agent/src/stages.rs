@@ -52,8 +52,8 @@ pub struct StageStore {
     blobs: DirBlobStore,
     backend: TractBackend,
     loaded: Mutex<HashMap<Digest, Stage>>,
-    /// Recent mean compute time per loaded stage, ms (exponentially weighted).
-    compute_ms: Mutex<HashMap<Digest, f64>>,
+    /// Recent mean compute time per loaded stage, ms (exponentially weighted), and its runs.
+    compute_ms: Mutex<HashMap<Digest, (f64, u64)>>,
 }
 
 impl StageStore {
@@ -90,16 +90,27 @@ impl StageStore {
         self.compute_ms.lock().retain(|d, _| keep.contains(d));
     }
 
-    /// Records one run of a stage.
+    /// Records one run of a stage. The first run of a loaded stage is cold (allocations, caches) and is
+    /// not counted; the second starts the mean, later runs move it by 0.2.
     pub fn record_run(&self, digest: &Digest, ms: f64) {
         let mut times = self.compute_ms.lock();
-        let mean = times.entry(digest.clone()).or_insert(ms);
-        *mean = 0.8 * *mean + 0.2 * ms;
+        let (mean, runs) = times.entry(digest.clone()).or_insert((ms, 0));
+        *runs += 1;
+        if *runs <= 2 {
+            *mean = ms;
+        } else {
+            *mean = 0.8 * *mean + 0.2 * ms;
+        }
     }
 
-    /// Recent mean compute time of every stage run so far, ms.
+    /// Recent mean compute time of every stage run at least twice, ms (the first, cold run left out).
     pub fn compute_ms(&self) -> HashMap<Digest, f64> {
-        self.compute_ms.lock().clone()
+        self.compute_ms
+            .lock()
+            .iter()
+            .filter(|(_, (_, runs))| *runs >= 2)
+            .map(|(d, (ms, _))| (d.clone(), *ms))
+            .collect()
     }
 
     /// The cached bytes of a blob, if present and intact (a corrupt file is deleted, so it is fetched again).

@@ -13,6 +13,11 @@
 //! the mean loss), where a sample's loss is (best plan of the table that may serve it, costed at the sample's
 //! conditions) / (the sample's exact optimum) − 1. Greedy minimax regret: the worst case is what a user on a
 //! bad network meets.
+//!
+//! **Single-tier plans.** With [`Settings::single_tier`], the whole model on each remote tier (edge only,
+//! cloud only), where it fits and the model's privacy allows it, is kept too, right after the nominal plans
+//! (device only is a nominal plan already): they are what a user compares a split against, and a request
+//! still has a plan on the tiers that remain when one tier's agents are lost.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -30,7 +35,8 @@ use crate::partition::{self, Constraints, Objective, Problem, TIER_COUNT};
 /// How the frontier is searched and bounded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// At most this many plans per model (at least the nominal plans are kept, whatever this says).
+    /// At most this many plans per model, unless the nominal and single-tier plans alone are more (they are
+    /// always kept).
     pub max_plans: usize,
     /// Goodputs swept on the device's links and on the edge→cloud link, Mbit/s.
     pub goodput_mbps: Vec<f64>,
@@ -43,11 +49,13 @@ pub struct Settings {
     /// Wall-clock limit of the search (the nominal plans are always found); past it the table is built from
     /// what was found, with a note.
     pub budget: std::time::Duration,
+    /// Keep the whole model on each remote tier (where it fits and privacy allows) as a plan.
+    pub single_tier: bool,
 }
 
 impl Default for Settings {
     /// 16 plans; goodputs 0.1–1,000 Mbit/s at half-decade steps, refined 3 times between differing neighbours;
-    /// RTT × ¼, 1, 4; stop at a 0.5 % worst loss; a 5 s budget.
+    /// RTT × ¼, 1, 4; stop at a 0.5 % worst loss; a 5 s budget; single-tier plans kept.
     fn default() -> Settings {
         Settings {
             max_plans: 16,
@@ -56,6 +64,7 @@ impl Default for Settings {
             good_enough: 0.005,
             refine_depth: 3,
             budget: std::time::Duration::from_secs(5),
+            single_tier: true,
         }
     }
 }
@@ -335,6 +344,7 @@ pub fn frontier(
         candidates: Vec::new(),
         samples: Vec::new(),
         nominal: Vec::new(),
+        single: Vec::new(),
         notes: Vec::new(),
         out_of_time: false,
         solves: 0,
@@ -355,6 +365,25 @@ pub fn frontier(
                 problem: &mut problem,
             };
             search.solve(&mut job, None);
+        }
+    }
+    if settings.single_tier {
+        for (vi, (variant, built)) in variants_out.iter().enumerate() {
+            let Some((cluster, problem)) = built else {
+                continue;
+            };
+            let mut problem = problem.clone();
+            for &tier in variant.tiers.iter().filter(|&&t| t != Tier::Device) {
+                let mut job = Job {
+                    variant: vi,
+                    label: variant.label,
+                    tiers: &variant.tiers,
+                    objective: Objective::Latency,
+                    caps: memory_caps(cluster),
+                    problem: &mut problem,
+                };
+                search.single_tier(&mut job, tier, privacy);
+            }
         }
     }
     let solves = search.solves.max(1);
@@ -455,6 +484,7 @@ pub fn frontier(
         candidates,
         samples,
         nominal,
+        single,
         ..
     } = search;
 
@@ -501,6 +531,11 @@ pub fn frontier(
     };
     for &c in &nominal {
         take(c, &mut best, &mut kept);
+    }
+    for &c in &single {
+        if !kept.contains(&c) {
+            take(c, &mut best, &mut kept);
+        }
     }
     let worst = |best: &[f64]| {
         samples
@@ -565,12 +600,61 @@ struct Search<'a> {
     candidates: Vec<FrontierPlan>,
     samples: Vec<Sample>,
     nominal: Vec<usize>,
+    /// The single-tier plans (see [`Settings::single_tier`]).
+    single: Vec<usize>,
     notes: Vec<String>,
     out_of_time: bool,
     solves: usize,
 }
 
 impl Search<'_> {
+    /// Adds the whole model on `tier` as a single-tier plan, if it fits the tier's memory, runs at all under
+    /// the job's privacy, and satisfies the model's `privacy`.
+    fn single_tier(&mut self, job: &mut Job<'_>, tier: Tier, privacy: Privacy) {
+        let Ok(cluster) = restrict(self.base, job.tiers) else {
+            return;
+        };
+        cost::set_links(job.problem, &cost::links(&cluster), &self.power);
+        let placement: Vec<u8> = (0..self.model.nodes.len())
+            .map(|v| {
+                if self.analysis.is_folded(v) {
+                    0
+                } else {
+                    tier.index() as u8
+                }
+            })
+            .collect();
+        let eval = partition::evaluate(job.problem, &placement);
+        let fits = job
+            .caps
+            .iter()
+            .zip(&eval.memory_bytes)
+            .all(|(cap, &m)| cap.is_none_or(|c| m <= c));
+        let levels = levels_of(self.model, self.analysis, &placement);
+        let runs = eval.allowed && eval.monotone && eval.latency_ms.is_finite() && fits;
+        if !(runs && levels.contains(&privacy)) {
+            return;
+        }
+        let c = match self.index.get(&placement) {
+            Some(&c) => c,
+            None => {
+                self.candidates.push(FrontierPlan {
+                    cost: plan_cost(job.problem, &placement),
+                    levels,
+                    tier: placement.clone(),
+                    variant: job.variant,
+                    objectives: Vec::new(),
+                    memory_bytes: eval.memory_bytes,
+                });
+                self.index.insert(placement, self.candidates.len() - 1);
+                self.candidates.len() - 1
+            }
+        };
+        if !self.single.contains(&c) {
+            self.single.push(c);
+        }
+    }
+
     /// Solves the job at a grid point (`None`: the nominal conditions) and returns the optimal candidate.
     fn solve(&mut self, job: &mut Job<'_>, point: Option<(f64, f64, f64)>) -> Option<usize> {
         let links = match point {

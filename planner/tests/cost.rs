@@ -105,3 +105,77 @@ fn features_privacy_pins_readers_of_raw_inputs_to_the_device() {
         cost::build_problem(&model, &analysis, &cluster, Privacy::Device, None).expect("problem");
     assert_eq!(device.tier_present, [true, false, false]);
 }
+
+/// Where the cloud is a hundred times faster and the link fast, the optimum is never "everything on one
+/// remote tier" for the edge; the frontier still keeps edge-only and cloud-only as plans (a baseline, and a
+/// plan that survives losing a tier), except where privacy forbids raw inputs off the device.
+#[test]
+fn the_frontier_keeps_the_whole_model_on_each_remote_tier() {
+    use std::collections::BTreeSet;
+    use strata_core::Tier;
+    use strata_planner::frontier::{self, Settings};
+    let (bytes, model) = identity_relu();
+    let analysis = analyse::analyse(&model, &bytes, &[]).expect("analysis");
+    let cluster = Cluster::from_toml(
+        r#"
+        [tiers.device]
+        gflops = 1.0
+        memory_mib = 64
+        [tiers.edge]
+        gflops = 2.0
+        memory_mib = 64
+        [tiers.cloud]
+        gflops = 1000.0
+        memory_mib = 64
+        [[links]]
+        from = "device"
+        to = "edge"
+        up_mbps = 1000.0
+        rtt_ms = 1.0
+        [[links]]
+        from = "edge"
+        to = "cloud"
+        up_mbps = 1000.0
+        rtt_ms = 2.0
+        "#,
+    )
+    .expect("cluster");
+    let tiers: BTreeSet<Tier> = Tier::ALL.into_iter().collect();
+    let single = |f: &frontier::Frontier, tier: u8| {
+        f.plans.iter().any(|p| p.tier.iter().all(|&t| t == tier))
+    };
+    let open = frontier::frontier(
+        &model,
+        &analysis,
+        &cluster,
+        &tiers,
+        Privacy::Open,
+        &Settings::default(),
+    )
+    .expect("frontier");
+    for tier in [Tier::Device, Tier::Edge, Tier::Cloud] {
+        assert!(single(&open, tier.index() as u8), "no {tier}-only plan");
+    }
+    let without = Settings {
+        single_tier: false,
+        ..Settings::default()
+    };
+    let lean = frontier::frontier(&model, &analysis, &cluster, &tiers, Privacy::Open, &without)
+        .expect("frontier");
+    assert!(
+        !single(&lean, Tier::Edge.index() as u8),
+        "edge-only is never optimal here, so only the setting keeps it"
+    );
+    // Features: the raw input stays on the device, so no remote tier runs the whole model.
+    let private = frontier::frontier(
+        &model,
+        &analysis,
+        &cluster,
+        &tiers,
+        Privacy::Features,
+        &Settings::default(),
+    )
+    .expect("frontier");
+    assert!(!single(&private, Tier::Edge.index() as u8));
+    assert!(!single(&private, Tier::Cloud.index() as u8));
+}

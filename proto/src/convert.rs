@@ -164,6 +164,19 @@ pub fn transfers_to_wire(transfers: &[Transfer]) -> Vec<v1::Transfer> {
         .collect()
 }
 
+/// The compute factor each tier of a table was planned with, by [`Tier::index`]: 1 where absent or not a
+/// positive finite number.
+pub fn tier_calibration(table: &v1::RouteTable) -> [f64; 3] {
+    [0, 1, 2].map(|i| {
+        table
+            .tier_calibration
+            .get(i)
+            .copied()
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .unwrap_or(1.0)
+    })
+}
+
 /// The profiled links of a route table, by [`Link::index`] (links with a bad code are left out).
 pub fn link_profiles(table: &v1::RouteTable) -> [Option<LinkState>; 3] {
     let mut out = [None; 3];

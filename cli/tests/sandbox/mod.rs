@@ -78,6 +78,8 @@ pub fn infer(
         .arg(out)
         .args(extra)
         .env("STRATA_LOG", "off")
+        // Beside the outputs, not in the user's cache.
+        .env("STRATA_CACHE_DIR", out.with_file_name("stage-cache"))
         .output()
         .expect("strata infer runs")
 }
@@ -248,6 +250,8 @@ pub struct Sandbox {
     ttl_ms: u64,
     /// Which embedded store the control plane runs on (a new one after `restart_on_new_store`).
     store_generation: usize,
+    /// Extra `strata control-plane` arguments.
+    cp_args: Vec<String>,
 }
 
 fn free_address() -> String {
@@ -259,16 +263,29 @@ impl Sandbox {
     /// A control plane on the embedded store (node TTL `ttl_ms`) and agents of the given tiers, all
     /// registered.
     pub fn start(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms)
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[])
+    }
+
+    /// Like [`Sandbox::start`] with extra `strata control-plane` arguments.
+    pub fn start_with(tiers: &[&'static str], ttl_ms: u64, cp_args: &[&str]) -> Sandbox {
+        Sandbox::launch(None, 1, tiers, ttl_ms, cp_args)
     }
 
     /// `replicas` control planes on a fresh real etcd, and agents of the given tiers that know every
     /// replica, all registered.
     pub fn start_on_etcd(replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms)
+        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms, &[])
     }
 
-    fn launch(etcd: Option<Etcd>, replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
+    /// Calibration is off unless `cp_args` turn it on: THREE_TIER's speeds are deliberately far from this
+    /// machine's, and tests of other things should not see their plans change under them.
+    fn launch(
+        etcd: Option<Etcd>,
+        replicas: usize,
+        tiers: &[&'static str],
+        ttl_ms: u64,
+        cp_args: &[&str],
+    ) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("cluster.toml"), THREE_TIER).expect("cluster file");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -293,6 +310,7 @@ impl Sandbox {
             etcd,
             ttl_ms,
             store_generation: 0,
+            cp_args: cp_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..sandbox.replicas.len() {
             sandbox.start_replica(i);
@@ -315,7 +333,11 @@ impl Sandbox {
             .args(["--node-ttl-ms", &self.ttl_ms.to_string()])
             .args(["--rollout-grace-ms", &ROLLOUT_GRACE.as_millis().to_string()])
             .arg("--cluster")
-            .arg(self.dir.path().join("cluster.toml"));
+            .arg(self.dir.path().join("cluster.toml"))
+            .args(&self.cp_args);
+        if !self.cp_args.iter().any(|a| a == "--calibration-band-pct") {
+            cmd.args(["--calibration-band-pct", "0"]);
+        }
         match &self.etcd {
             Some(etcd) => {
                 cmd.args(["--store", &etcd.url()])

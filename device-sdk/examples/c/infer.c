@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     }
     const char *endpoint = argv[1], *model = argv[2], *input_name = argv[3];
     const char *input_file = argv[4], *shape_text = argv[5], *output_file = argv[6];
-    strata_constraints constraints = {0.0, 0.0, STRATA_PRIVACY_MODEL, 0};
+    strata_constraints constraints = {0.0, 0.0, STRATA_PRIVACY_MODEL, 0, 0};
     if (argc == 8) {
         char *end = NULL;
         long privacy = strtol(argv[7], &end, 10);
@@ -153,9 +153,10 @@ int main(int argc, char **argv) {
     int code = 1;
     strata_client *client = NULL;
     strata_result *result = NULL;
-    int status = strata_client_new(endpoint, &client);
+    /* A stage cache where STRATA_CACHE_DIR says (unset: none). */
+    int status = strata_client_new_with_cache(endpoint, getenv("STRATA_CACHE_DIR"), 0, &client);
     if (status != STRATA_OK) {
-        report("strata_client_new", status);
+        report("strata_client_new_with_cache", status);
         goto done;
     }
     status = strata_prepare(client, model);

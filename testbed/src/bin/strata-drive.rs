@@ -3,9 +3,11 @@
 //!
 //! - `strata-drive plans` prints the model's plans (id, tiers, profiled prediction) as one JSON array.
 //! - `strata-drive run` runs rounds: every plan once, forced (each on a client of its own, so the adaptive
-//!   client learns only from its own traffic and every connection idles alike between rounds), then one adaptive request; or, with `--adaptive-only`, adaptive
-//!   requests only, for `--seconds`. Each request's line: `{t_s, kind, plan, ok, latency_ms, predicted_ms,
-//!   energy_mj, error}`.
+//!   client learns only from its own traffic and every connection idles alike between rounds), and one
+//!   adaptive request, in an order shuffled per round; or, with `--adaptive-only`, adaptive requests only,
+//!   for `--seconds`. With `--settle-s`, every plan runs once first and the driver waits for the control
+//!   plane to calibrate its tiers and plan again. Each request's line: `{t_s, kind, plan, ok, latency_ms,
+//!   predicted_ms, energy_mj, error}`; the plans measured: `{kind: "plans", plans}`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use strata_core::recost::Conditions;
 use strata_core::{DType, Privacy, TensorData};
-use strata_device_sdk::{Client, ClientConfig, Constraints};
+use strata_device_sdk::{Client, ClientConfig, Constraints, route};
 use strata_proto::v1;
 
 #[derive(Parser)]
@@ -57,6 +60,11 @@ enum Mode {
         /// After preparing, print `{"kind":"prepared"}` and wait for a line on stdin before measuring.
         #[arg(long)]
         wait_for_go: bool,
+        /// Before measuring, run every plan once and wait this long for the control plane to calibrate
+        /// its tiers from what the agents measured (and plan again); repeated while the plans change, at
+        /// most 3 times. 0: no settling.
+        #[arg(long, default_value_t = 0.0)]
+        settle_s: f64,
     },
 }
 
@@ -83,6 +91,45 @@ fn inputs(table: &v1::RouteTable) -> Result<HashMap<String, TensorData>> {
         out.insert(i.name.clone(), TensorData::new(dtype, shape, data)?);
     }
     Ok(out)
+}
+
+/// The table's plans that `base`'s privacy allows, best first.
+fn allowed_plans<'t>(
+    adaptive: &Client,
+    table: &'t v1::RouteTable,
+    base: &Constraints,
+) -> Result<Vec<&'t v1::Plan>> {
+    Ok(adaptive
+        .explain(&table.model, base)?
+        .ranked
+        .iter()
+        .filter_map(|c| table.plans.iter().find(|p| p.id == c.plan_id))
+        .collect())
+}
+
+/// Plans as JSON: id, tiers, the prediction as planned (`profiled_ms`, with the control plane's tier
+/// calibration) and before any calibration (`uncalibrated_ms`: the profile's tier speeds), and the device
+/// energy as planned.
+fn describe(table: &v1::RouteTable, plans: &[&v1::Plan]) -> Vec<serde_json::Value> {
+    let calibration = strata_proto::convert::tier_calibration(table);
+    let uncalibrated = Conditions {
+        links: strata_proto::convert::link_profiles(table),
+        speed: calibration.map(|f| 1.0 / f),
+        queue_ms: [0.0; 3],
+    };
+    let power = strata_proto::convert::device_power(table);
+    plans
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "tiers": p.stages.iter().map(|s| strata_proto::convert::tier_name(s.tier)).collect::<Vec<_>>(),
+                "profiled_ms": p.latency_ms,
+                "uncalibrated_ms": route::predict(p, &uncalibrated, &power, &|_| None).map(|x| x.latency_ms),
+                "profiled_energy_mj": p.device_energy_mj,
+            })
+        })
+        .collect()
 }
 
 fn client(endpoints: &[String], timeout_ms: u64) -> Result<Client> {
@@ -119,25 +166,27 @@ async fn one(
 }
 
 async fn run(args: Args) -> Result<()> {
-    let (rounds, adaptive_only, seconds, interval_ms, timeout_ms, wait_for_go) = match args.command
-    {
-        Mode::Plans => (0, false, 0.0, 0, 60_000, false),
-        Mode::Run {
-            rounds,
-            adaptive_only,
-            seconds,
-            interval_ms,
-            timeout_ms,
-            wait_for_go,
-        } => (
-            rounds,
-            adaptive_only,
-            seconds,
-            interval_ms,
-            timeout_ms,
-            wait_for_go,
-        ),
-    };
+    let (rounds, adaptive_only, seconds, interval_ms, timeout_ms, wait_for_go, settle_s) =
+        match args.command {
+            Mode::Plans => (0, false, 0.0, 0, 60_000, false, 0.0),
+            Mode::Run {
+                rounds,
+                adaptive_only,
+                seconds,
+                interval_ms,
+                timeout_ms,
+                wait_for_go,
+                settle_s,
+            } => (
+                rounds,
+                adaptive_only,
+                seconds,
+                interval_ms,
+                timeout_ms,
+                wait_for_go,
+                settle_s,
+            ),
+        };
     let adaptive = client(&args.endpoints, timeout_ms)?;
     let table = adaptive
         .routes(&args.model)
@@ -147,43 +196,87 @@ async fn run(args: Args) -> Result<()> {
         privacy: args.privacy,
         ..Constraints::default()
     };
-    let allowed: Vec<&v1::Plan> = adaptive
-        .explain(&args.model, &base)?
-        .ranked
-        .iter()
-        .filter_map(|c| table.plans.iter().find(|p| p.id == c.plan_id))
-        .collect();
     if rounds == 0 && !adaptive_only {
-        let plans: Vec<serde_json::Value> = allowed
-            .iter()
-            .map(|p| {
-                json!({
-                    "id": p.id,
-                    "tiers": p.stages.iter().map(|s| strata_proto::convert::tier_name(s.tier)).collect::<Vec<_>>(),
-                    "profiled_ms": p.latency_ms,
-                    "profiled_energy_mj": p.device_energy_mj,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string(&plans)?);
+        let plans = allowed_plans(&adaptive, &table, &base)?;
+        println!("{}", serde_json::to_string(&describe(&table, &plans))?);
         return Ok(());
     }
-    if allowed.is_empty() {
-        bail!("no plan of {} satisfies the privacy asked", args.model);
-    }
     let inputs = inputs(&table)?;
-    adaptive.prepare(&args.model).await?;
     // One client per plan: each plan's connection idles between rounds like the adaptive client's does (a
     // shared one would stay warm and unfairly fast: TCP restarts slow start after an idle period).
-    let mut forced = Vec::new();
-    for _ in &allowed {
-        let c = client(&args.endpoints, timeout_ms)?;
-        // The stages come from the adaptive client (fetching them again over a slow link takes minutes);
-        // prepare then only calibrates.
-        c.share_device_stages(&adaptive);
-        c.prepare(&args.model).await?;
-        forced.push(c);
-    }
+    let mut forced: Vec<Client> = Vec::new();
+    let mut settle_rounds = 0;
+    let (table, allowed) = loop {
+        let table = adaptive.routes(&args.model).await?;
+        let allowed: Vec<v1::Plan> = allowed_plans(&adaptive, &table, &base)?
+            .into_iter()
+            .cloned()
+            .collect();
+        if allowed.is_empty() {
+            bail!("no plan of {} satisfies the privacy asked", args.model);
+        }
+        adaptive.prepare(&args.model).await?;
+        while forced.len() < allowed.len() {
+            forced.push(client(&args.endpoints, timeout_ms)?);
+        }
+        for c in &forced {
+            // The stages come from the adaptive client (fetching them again over a slow link takes
+            // minutes); prepare then only calibrates.
+            c.share_device_stages(&adaptive);
+            c.prepare(&args.model).await?;
+        }
+        if settle_s <= 0.0 || settle_rounds == 3 {
+            break (table, allowed);
+        }
+        settle_rounds += 1;
+        // Every plan three times (agents leave a stage's first, cold run out of their means), so every agent
+        // reports its stages' times, then time for heartbeats to carry them and the control plane to
+        // calibrate and plan again.
+        for _ in 0..3 {
+            for (p, f) in allowed.iter().zip(&forced) {
+                let c = Constraints {
+                    plan: Some(p.id.clone()),
+                    ..base.clone()
+                };
+                let line = one(f, &args.model, &inputs, c, "settling", Instant::now()).await;
+                println!("{line}");
+            }
+        }
+        // Settled: the table (its plans and calibration) stays as it is for `settle_s` (longer than a
+        // heartbeat, the leader's look for drift, a re-plan and the agents loading new stages); a change
+        // starts another round on the new plans.
+        let quiet = Instant::now() + Duration::from_secs_f64(settle_s);
+        let mut same = true;
+        while Instant::now() < quiet {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = adaptive.routes(&args.model).await?;
+            same = now.tier_calibration == table.tier_calibration
+                && now
+                    .plans
+                    .iter()
+                    .map(|p| &p.id)
+                    .eq(table.plans.iter().map(|p| &p.id));
+            if !same {
+                break;
+            }
+        }
+        let now = adaptive.routes(&args.model).await?;
+        println!(
+            "{}",
+            json!({"kind": "settled", "round": settle_rounds, "changed": !same,
+                   "tier_calibration": now.tier_calibration})
+        );
+        if same {
+            break (table, allowed);
+        }
+    };
+    let allowed: Vec<&v1::Plan> = allowed.iter().collect();
+    let forced = &forced[..allowed.len()];
+    // The plans measured, with their predictions before any calibration and as planned.
+    println!(
+        "{}",
+        json!({"kind": "plans", "plans": describe(&table, &allowed)})
+    );
     // Prepared (stages fetched and calibrated): say so, and wait for the go (a line on stdin) when asked to,
     // so the testbed can fetch the stages over a fast link and then set the scenario's (an app's stages are
     // prefetched, not fetched on its first request).
@@ -199,7 +292,7 @@ async fn run(args: Args) -> Result<()> {
         plan: Some(p.id.clone()),
         ..base.clone()
     };
-    for (p, f) in allowed.iter().zip(&forced) {
+    for (p, f) in allowed.iter().zip(forced) {
         println!(
             "{}",
             one(f, &args.model, &inputs, force(p), "warmup", started).await
@@ -237,25 +330,38 @@ async fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
+    // Each round runs every plan forced and one adaptive request in a shuffled order (a fixed seed, so runs
+    // repeat): whatever one request leaves behind (a tier's CPU quota spent, a cold cache) falls on a
+    // different request each round, not always on the same one.
+    let mut order: Vec<Option<usize>> = (0..allowed.len()).map(Some).chain([None]).collect();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     for _ in 0..rounds {
-        for (p, f) in allowed.iter().zip(&forced) {
-            println!(
-                "{}",
-                one(f, &args.model, &inputs, force(p), "forced", started).await
-            );
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
         }
-        println!(
-            "{}",
-            one(
-                &adaptive,
-                &args.model,
-                &inputs,
-                base.clone(),
-                "adaptive",
-                started
-            )
-            .await
-        );
+        for slot in &order {
+            let line = match slot {
+                Some(i) => {
+                    let c = force(allowed[*i]);
+                    one(&forced[*i], &args.model, &inputs, c, "forced", started).await
+                }
+                None => {
+                    one(
+                        &adaptive,
+                        &args.model,
+                        &inputs,
+                        base.clone(),
+                        "adaptive",
+                        started,
+                    )
+                    .await
+                }
+            };
+            println!("{line}");
+        }
     }
     Ok(())
 }

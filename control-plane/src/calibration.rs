@@ -1,0 +1,263 @@
+//! Tier calibration from what agents measure: each edge or cloud agent reports, with its heartbeat, the recent
+//! mean compute time of every stage it ran; against the stages' predicted times (as planned, divided by the
+//! calibration they were planned with) they give each tier a speed factor, measured ÷ profiled, weighted by
+//! time (Σ measured ÷ Σ predicted over the tier's measured stages, so long stages count most and a 0.1 ms
+//! stage's jitter does not). A model is planned again when a tier's live factor leaves the dead band around
+//! the factor its plans were made with (±25 % by default), which is the hysteresis: a factor that wobbles
+//! inside the band never re-plans, and after a re-plan the band is centred on the new factor. The device tier
+//! is never calibrated here: every device is different, and each calibrates itself (see the SDK's estimator).
+//! Pure: the control loop feeds it the plans and the live reports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use strata_core::Tier;
+use strata_planner::cluster::Cluster;
+
+use crate::records::PlansRecord;
+
+/// How tiers are calibrated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Whether agents' measured stage times calibrate the planner's tier speeds at all.
+    pub enabled: bool,
+    /// The dead band: a model is planned again when a tier's live factor is more than this fraction away
+    /// from the factor its plans were made with (0.25: outside [f ÷ 1.25, f × 1.25]).
+    pub band: f64,
+    /// Stages measured on a tier (over all its agents) before its factor counts.
+    pub min_stages: usize,
+    /// Profiled time those stages must add up to, ms (a tier measured on tiny stages only, whose fixed costs
+    /// the profile does not model, is not calibrated).
+    pub min_profiled_ms: f64,
+    /// How often the leader looks for drift between other changes.
+    pub period: Duration,
+}
+
+impl Default for Settings {
+    /// On, ±25 %, one measured stage of 5 ms profiled at least, every 5 s.
+    fn default() -> Settings {
+        Settings {
+            enabled: true,
+            band: 0.25,
+            min_stages: 1,
+            min_profiled_ms: 5.0,
+            period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// No calibration: every tier as profiled.
+pub const NONE: [f64; 3] = [1.0; 3];
+
+/// Each tier's live factor (measured ÷ profiled compute time), by [`Tier::index`]; `None` where too few of
+/// its stages were measured. `reports` are the live agents' tiers and per-stage mean times (ms by digest).
+pub fn live_factors(
+    plans: &HashMap<String, PlansRecord>,
+    reports: &[(Tier, BTreeMap<String, f64>)],
+    settings: &Settings,
+) -> [Option<f64>; 3] {
+    // Each stage's profiled time on each tier: its planned time over the factor it was planned with.
+    let mut profiled: HashMap<(&str, Tier), f64> = HashMap::new();
+    for record in plans.values() {
+        for stage in record.plans.iter().flat_map(|p| &p.stages) {
+            let factor = record.calibration[stage.tier.index()];
+            if stage.predicted_ms > 0.0 && factor > 0.0 {
+                profiled.insert(
+                    (stage.digest.as_str(), stage.tier),
+                    stage.predicted_ms / factor,
+                );
+            }
+        }
+    }
+    let mut sums = [(0.0, 0.0, 0usize); 3];
+    for (tier, times) in reports {
+        if *tier == Tier::Device {
+            continue;
+        }
+        for (digest, &ms) in times {
+            if let Some(&p) = profiled.get(&(digest.as_str(), *tier))
+                && ms.is_finite()
+                && ms > 0.0
+            {
+                let s = &mut sums[tier.index()];
+                s.0 += ms;
+                s.1 += p;
+                s.2 += 1;
+            }
+        }
+    }
+    sums.map(|(measured, predicted, n)| {
+        (n >= settings.min_stages.max(1)
+            && predicted > 0.0
+            && predicted >= settings.min_profiled_ms)
+            .then(|| measured / predicted)
+    })
+}
+
+/// The factors to plan a model with now: the live ones where known, else those it was planned with.
+pub fn to_plan_with(planned_with: [f64; 3], live: [Option<f64>; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| live[i].unwrap_or(planned_with[i]))
+}
+
+/// Whether a tier's live factor has left the dead band around the factor a model was planned with.
+pub fn drifted(planned_with: [f64; 3], live: [Option<f64>; 3], settings: &Settings) -> bool {
+    settings.enabled
+        && (0..3).any(|i| {
+            live[i].is_some_and(|f| {
+                let ratio = f / planned_with[i];
+                !(1.0 / (1.0 + settings.band)..=1.0 + settings.band).contains(&ratio)
+            })
+        })
+}
+
+/// `cluster` with each tier's compute `factors` applied: a tier measured twice as slow as profiled (factor
+/// 2) gets half the GFLOP/s and twice the per-operator overhead, so every node's predicted time doubles.
+pub fn apply(cluster: &Cluster, factors: [f64; 3]) -> Cluster {
+    let mut out = cluster.clone();
+    for (tier, spec) in out.tiers.iter_mut() {
+        let f = factors[tier.index()];
+        if f.is_finite() && f > 0.0 && f != 1.0 {
+            spec.gflops /= f;
+            spec.op_overhead_us *= f;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{PlanRecord, StageRecord};
+    use strata_core::Digest;
+
+    fn stage(tier: Tier, digest: &str, ms: f64) -> StageRecord {
+        StageRecord {
+            index: 0,
+            tier,
+            digest: Digest::of(digest.as_bytes()),
+            size_bytes: 0,
+            inputs: vec![],
+            outputs: vec![],
+            memory_bytes: 0,
+            predicted_ms: ms,
+            flops: 0.0,
+        }
+    }
+
+    fn record(stages: Vec<StageRecord>, calibration: [f64; 3]) -> PlansRecord {
+        PlansRecord {
+            model: "m".into(),
+            version: 1,
+            tiers: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            plans: vec![PlanRecord {
+                id: "p".into(),
+                satisfies: vec![],
+                objectives: vec![],
+                latency_ms: 0.0,
+                device_energy_mj: 0.0,
+                device_bytes_sent: 0,
+                stages,
+                transfers: vec![],
+            }],
+            notes: vec![],
+            failed: None,
+            links: [None; 3],
+            device_power: Default::default(),
+            calibration,
+        }
+    }
+
+    #[test]
+    fn factors_weigh_stages_by_time_and_undo_the_calibration_planned_with() {
+        let a = stage(Tier::Edge, "a", 10.0);
+        let b = stage(Tier::Edge, "b", 90.0);
+        let c = stage(Tier::Cloud, "c", 8.0);
+        let (da, db, dc) = (
+            a.digest.to_string(),
+            b.digest.to_string(),
+            c.digest.to_string(),
+        );
+        // Planned with the cloud at twice its profiled time: c's profiled time is 4 ms.
+        let plans = HashMap::from([("m".to_string(), record(vec![a, b, c], [1.0, 1.0, 2.0]))]);
+        let reports = vec![
+            (Tier::Edge, BTreeMap::from([(da, 30.0), (db, 170.0)])),
+            (Tier::Cloud, BTreeMap::from([(dc.clone(), 6.0)])),
+            // A stage nobody planned on this tier, and a device report, count for nothing.
+            (Tier::Cloud, BTreeMap::from([("unknown".to_string(), 1e6)])),
+            (Tier::Device, BTreeMap::from([(dc, 1e6)])),
+        ];
+        let any = Settings {
+            min_profiled_ms: 0.0,
+            ..Settings::default()
+        };
+        let live = live_factors(&plans, &reports, &any);
+        assert_eq!(live[Tier::Device.index()], None);
+        assert!(
+            (live[Tier::Edge.index()].expect("edge measured") - 2.0).abs() < 1e-9,
+            "{live:?}"
+        );
+        assert!(
+            (live[Tier::Cloud.index()].expect("cloud measured") - 1.5).abs() < 1e-9,
+            "{live:?}"
+        );
+        let needs = Settings {
+            min_stages: 3,
+            ..any
+        };
+        assert_eq!(live_factors(&plans, &reports, &needs), [None; 3]);
+        // The cloud's one stage is 4 ms profiled: under a 5 ms floor it calibrates nothing.
+        let floor = Settings {
+            min_profiled_ms: 5.0,
+            ..Settings::default()
+        };
+        let floored = live_factors(&plans, &reports, &floor);
+        assert_eq!(floored[Tier::Cloud.index()], None);
+        assert!(floored[Tier::Edge.index()].is_some());
+    }
+
+    #[test]
+    fn drift_is_judged_against_a_dead_band_around_the_factor_planned_with() {
+        let s = Settings::default();
+        let planned = [1.0, 2.0, 1.0];
+        assert!(!drifted(planned, [None, Some(2.4), Some(0.81)], &s));
+        assert!(drifted(planned, [None, Some(2.6), None], &s));
+        assert!(drifted(planned, [None, None, Some(0.79)], &s));
+        let off = Settings {
+            enabled: false,
+            ..s
+        };
+        assert!(!drifted(planned, [None, Some(10.0), None], &off));
+        assert_eq!(
+            to_plan_with(planned, [None, Some(3.0), None]),
+            [1.0, 3.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn applying_a_factor_scales_every_node_time_by_it() {
+        let cluster = Cluster::from_toml(
+            r#"
+            name = "c"
+            [tiers.device]
+            gflops = 10
+            memory_mib = 100
+            [tiers.edge]
+            gflops = 40
+            op_overhead_us = 10
+            memory_mib = 100
+            [[links]]
+            from = "device"
+            to = "edge"
+            up_mbps = 10
+            rtt_ms = 5
+            "#,
+        )
+        .expect("a cluster");
+        let slow = apply(&cluster, [1.0, 2.0, 1.0]);
+        assert_eq!(slow.tiers[&Tier::Edge].gflops, 20.0);
+        assert_eq!(slow.tiers[&Tier::Edge].op_overhead_us, 20.0);
+        assert_eq!(slow.tiers[&Tier::Device], cluster.tiers[&Tier::Device]);
+    }
+}
