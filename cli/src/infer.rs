@@ -110,6 +110,13 @@ pub fn infer(args: &Args<'_>) -> Result<()> {
 /// `-v`: the estimates, the policy, every allowed plan ranked, and predicted against measured.
 fn explain(result: &Inference) -> Result<()> {
     let d: &Decision = &result.decision;
+    print_decision(d, Some(&result.plan_id))?;
+    say!("predicted against measured:")?;
+    predicted_against_measured(result, d)
+}
+
+/// A decision: the policy, the estimates it used, every allowed plan ranked (`ran`: the one that ran).
+pub fn print_decision(d: &Decision, ran: Option<&str>) -> Result<()> {
     say!(
         "why: minimise {}{}{}",
         d.objective.name(),
@@ -159,7 +166,7 @@ fn explain(result: &Inference) -> Result<()> {
     )?;
     for c in &d.ranked {
         let mut note = Vec::new();
-        if c.plan_id == result.plan_id {
+        if Some(c.plan_id.as_str()) == ran {
             note.push("ran".to_string());
         }
         if !c.meets_budgets {
@@ -184,7 +191,10 @@ fn explain(result: &Inference) -> Result<()> {
             note.join(", ")
         )?;
     }
-    say!("predicted against measured:")?;
+    Ok(())
+}
+
+fn predicted_against_measured(result: &Inference, d: &Decision) -> Result<()> {
     for s in &result.stages {
         say!(
             "  stage {} {:<6} predicted {:>9.2} ms  measured {:>9.2} ms (+{:.2} ms queued)",

@@ -253,6 +253,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// As a device here sees it now: probe the RTT to the model's agents from this machine, then show
+        /// the estimates and every allowed plan ranked at them.
+        #[arg(long, conflicts_with = "json")]
+        live: bool,
     },
     /// Run a model as a device: the device stage here, the rest on the cluster.
     Infer {
@@ -450,6 +454,7 @@ fn main() -> ExitCode {
             energy_mj,
             privacy,
             json,
+            live,
         } => {
             let constraints = strata_device_sdk::Constraints {
                 latency_ms,
@@ -457,7 +462,11 @@ fn main() -> ExitCode {
                 privacy,
                 ..Default::default()
             };
-            remote::routes(&cli.endpoint, &model, &constraints, json)
+            if live {
+                remote::live_routes(&cli.endpoint, &model, &constraints)
+            } else {
+                remote::routes(&cli.endpoint, &model, &constraints, json)
+            }
         }
         Command::Infer {
             model,

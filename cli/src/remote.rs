@@ -234,6 +234,40 @@ pub fn nodes(endpoints: &[String]) -> Result<()> {
 }
 
 /// `strata routes`.
+/// `strata routes MODEL --live`: a device's view from this machine: the RTT to the model's agents probed
+/// now, and every allowed plan ranked at those estimates.
+pub fn live_routes(endpoints: &[String], model: &str, constraints: &Constraints) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = strata_device_sdk::Client::new(strata_device_sdk::ClientConfig::new(
+            endpoints.to_vec(),
+        ))?;
+        let probed = client.probe(model).await?;
+        say!(
+            "{model}: probed from here: {}",
+            if probed.is_empty() {
+                "nothing (no agent across the device's links)".to_string()
+            } else {
+                probed
+                    .iter()
+                    .map(|(link, ms)| format!("{} rtt {ms:.2} ms", link.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )?;
+        let decision = client.explain(model, constraints)?;
+        crate::infer::print_decision(&decision, None)?;
+        say!(
+            "a request would get: {}",
+            decision
+                .ranked
+                .first()
+                .map_or("no plan", |c| c.plan_id.as_str())
+        )?;
+        Ok(())
+    })
+}
+
 pub fn routes(
     endpoints: &[String],
     model: &str,

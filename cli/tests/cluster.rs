@@ -344,6 +344,39 @@ fn requests_are_costed_on_live_estimates_explained_and_forceable() {
         "three requests over the device-edge link are three samples: {learnt:?}"
     );
 
+    // Probes: a fresh client measures the RTT of the device's links before any request.
+    let prober = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let probed = sandbox
+        .runtime
+        .block_on(prober.probe("squeezenet"))
+        .expect("probe");
+    assert!(
+        probed
+            .iter()
+            .any(|(l, ms)| *l == strata_core::recost::Link::DeviceEdge && *ms > 0.0),
+        "{probed:?}"
+    );
+    assert_eq!(
+        prober.estimates().links[strata_core::recost::Link::DeviceEdge.index()]
+            .rtt_ms
+            .samples(),
+        1
+    );
+    let live = sandbox.strata(&["routes", "squeezenet", "--live"]);
+    let stdout = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    for part in [
+        "probed from here: device-edge rtt",
+        "plans, best first",
+        "a request would get: ",
+    ] {
+        assert!(stdout.contains(part), "no \"{part}\" in: {stdout}");
+    }
+
     let input = corpus("squeezenet.inputs/data_0.npy");
     let out = sandbox.dir.path().join("out");
     let input = format!("data_0={}", input.display());

@@ -151,6 +151,8 @@ struct Inner {
     saved: Mutex<HashMap<String, u64>>,
     /// Device stages being fetched in the background.
     fetching: Mutex<HashSet<Digest>>,
+    /// When each link ([`Link::index`]) was last probed.
+    probed: Mutex<[Option<Instant>; 3]>,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
@@ -204,6 +206,7 @@ impl Client {
             local: RwLock::new(local),
             saved: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashSet::new()),
+            probed: Mutex::new([None; 3]),
         });
         if !inner.config.prefetch.is_empty() && inner.cache.is_none() {
             return Err(SdkError::InvalidArgument(
@@ -242,6 +245,44 @@ impl Client {
     /// answers) the one saved beside the stage cache.
     pub async fn routes(&self, model: &str) -> Result<Arc<v1::RouteTable>, SdkError> {
         self.inner.routes(model).await
+    }
+
+    /// Measures the RTT of every device link the model's plans cross, now (a health check to one live agent
+    /// across each), and learns it; the links measured and their RTT, ms. Requests probe stale links by
+    /// themselves in the background (at most once per [`PROBE_EVERY`] per link); this is for a caller that
+    /// wants fresh figures before its first request (`strata routes --live`).
+    pub async fn probe(&self, model: &str) -> Result<Vec<(Link, f64)>, SdkError> {
+        let table = self.routes(model).await?;
+        let profiles = convert::link_profiles(&table);
+        let mut out = Vec::new();
+        for (link, tier) in [
+            (Link::DeviceEdge, Tier::Edge),
+            (Link::DeviceCloud, Tier::Cloud),
+        ] {
+            let crossed = table
+                .plans
+                .iter()
+                .flat_map(|p| &p.transfers)
+                .any(|x| convert::link(x.link, "transfer.link").is_ok_and(|l| l == link));
+            let node = table
+                .nodes
+                .iter()
+                .find(|n| convert::is_tier(n.tier, tier) && !self.inner.balancer.is_down(&n.id));
+            if let (true, Some(node)) = (crossed, node)
+                && let Some(ms) = self.inner.rtt(&node.address).await
+            {
+                self.inner.estimator.lock().link_sample(
+                    link,
+                    profiles[link.index()],
+                    ms,
+                    0.0,
+                    0.0,
+                    Instant::now(),
+                );
+                out.push((link, ms));
+            }
+        }
+        Ok(out)
     }
 
     /// Fetches the device stages of `models`' plans into the stage cache without loading them (an app's
@@ -402,6 +443,7 @@ impl Client {
         });
         if constraints.plan.is_none() {
             self.inner.fetch_winners(&table, &decision);
+            self.inner.probe_stale_links(&table);
         }
         let order: Vec<(&v1::Plan, Prediction)> = match &constraints.plan {
             Some(id) => {
@@ -489,6 +531,9 @@ impl Client {
         )))
     }
 }
+
+/// A link is probed at most this often (see [`Client::probe`]).
+pub const PROBE_EVERY: Duration = Duration::from_secs(20);
 
 /// What [`Client::prefetch`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -708,6 +753,84 @@ impl Inner {
                 });
             }
         }
+    }
+
+    /// Probes, in the background, the RTT of each of the device's links whose RTT estimate is older than the
+    /// estimator's half-life (or missing) and that a plan of `table` crosses, so a plan no request has used
+    /// lately is costed on a fresh figure, not the profile alone. At most one probe per link per
+    /// [`PROBE_EVERY`]: two health checks to one agent across the link, the second timed (the first may
+    /// connect).
+    fn probe_stale_links(self: &Arc<Self>, table: &v1::RouteTable) {
+        let now = Instant::now();
+        let half_life = self.config.estimator.half_life;
+        for link in [Link::DeviceEdge, Link::DeviceCloud] {
+            let crossed = table
+                .plans
+                .iter()
+                .flat_map(|p| &p.transfers)
+                .any(|x| convert::link(x.link, "transfer.link").is_ok_and(|l| l == link));
+            let fresh = self.estimator.lock().links[link.index()]
+                .rtt_ms
+                .last()
+                .is_some_and(|at| now.saturating_duration_since(at) < half_life);
+            if !crossed || fresh {
+                continue;
+            }
+            {
+                let mut probed = self.probed.lock();
+                if probed[link.index()]
+                    .is_some_and(|at| now.saturating_duration_since(at) < PROBE_EVERY)
+                {
+                    continue;
+                }
+                probed[link.index()] = Some(now);
+            }
+            let tier = if link == Link::DeviceEdge {
+                Tier::Edge
+            } else {
+                Tier::Cloud
+            };
+            let Some(node) = table
+                .nodes
+                .iter()
+                .find(|n| convert::is_tier(n.tier, tier) && !self.balancer.is_down(&n.id))
+            else {
+                continue;
+            };
+            let (inner, address, profile) = (
+                self.clone(),
+                node.address.clone(),
+                convert::link_profiles(table)[link.index()],
+            );
+            tokio::spawn(async move {
+                if let Some(ms) = inner.rtt(&address).await {
+                    inner
+                        .estimator
+                        .lock()
+                        .link_sample(link, profile, ms, 0.0, 0.0, Instant::now());
+                }
+            });
+        }
+    }
+
+    /// One round trip to `address`, ms: a gRPC health check after a first one (which may connect).
+    async fn rtt(&self, address: &str) -> Option<f64> {
+        let channel = self.channel(address).ok()?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let check = || tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let bound = Duration::from_secs(2);
+        tokio::time::timeout(bound, health.check(check()))
+            .await
+            .ok()?
+            .ok()?;
+        let started = Instant::now();
+        tokio::time::timeout(bound, health.check(check()))
+            .await
+            .ok()?
+            .ok()?;
+        Some(started.elapsed().as_secs_f64() * 1e3)
     }
 
     /// See [`Client::prefetch`].
