@@ -20,7 +20,7 @@ use strata_runtime::{Backend, LoadedStage, TractBackend};
 use tonic::transport::Channel;
 
 use crate::error::SdkError;
-use crate::estimate::{Estimator, EstimatorConfig};
+use crate::estimate::{Estimator, EstimatorConfig, RTT_PAYLOAD_BYTES};
 use crate::route::{self, Constraints, Decision, PowerState, Situation};
 use strata_core::recost::{Link, Prediction};
 
@@ -124,6 +124,8 @@ pub struct Inference {
     pub decision: Decision,
     /// Plans tried before this one succeeded (0: the first choice worked).
     pub fallbacks: u32,
+    /// This request ran a runner-up to measure it (see [`route::explore`]), not the best-ranked plan.
+    pub explored: bool,
     /// End to end, ms.
     pub total_ms: f64,
 }
@@ -153,6 +155,8 @@ struct Inner {
     fetching: Mutex<HashSet<Digest>>,
     /// When each link ([`Link::index`]) was last probed.
     probed: Mutex<[Option<Instant>; 3]>,
+    /// When a request last explored a runner-up.
+    explored: Mutex<Option<Instant>>,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
@@ -207,6 +211,7 @@ impl Client {
             saved: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashSet::new()),
             probed: Mutex::new([None; 3]),
+            explored: Mutex::new(None),
         });
         if !inner.config.prefetch.is_empty() && inner.cache.is_none() {
             return Err(SdkError::InvalidArgument(
@@ -485,6 +490,19 @@ impl Client {
         if order.is_empty() {
             return Err(no_plan(&table, &constraints));
         }
+        // Now and then, a close runner-up costed on estimates nobody measured lately runs instead.
+        let mut order = order;
+        let mut explored = false;
+        if constraints.plan.is_none()
+            && let Some(i) = self.inner.exploration(&table, &decision)
+            && let Some(at) = order
+                .iter()
+                .position(|(p, _)| p.id == decision.ranked[i].plan_id)
+        {
+            let runner_up = order.remove(at);
+            order.insert(0, runner_up);
+            explored = true;
+        }
         let request_id = next_request_id();
         let mut errors = Vec::new();
         for (attempt, (plan, predicted)) in order.iter().enumerate() {
@@ -513,6 +531,7 @@ impl Client {
                         hops,
                         decision,
                         fallbacks: attempt as u32,
+                        explored: explored && attempt == 0,
                         total_ms: started.elapsed().as_secs_f64() * 1e3,
                     });
                 }
@@ -531,6 +550,10 @@ impl Client {
         )))
     }
 }
+
+/// A client explores a runner-up at most this often (see [`route::explore`]): at most one request in 20 s
+/// runs a plan predicted up to [`route::EXPLORE_WITHIN`] slower than the best.
+pub const EXPLORE_EVERY: Duration = Duration::from_secs(20);
 
 /// A link is probed at most this often (see [`Client::probe`]).
 pub const PROBE_EVERY: Duration = Duration::from_secs(20);
@@ -831,6 +854,46 @@ impl Inner {
             .ok()?
             .ok()?;
         Some(started.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// The ranked candidate a request should explore (see [`route::explore`]), at most once per
+    /// [`EXPLORE_EVERY`] per client: one whose transfers cross a link whose goodput (that way) was not
+    /// measured within the estimator's half-life, or that runs on a remote tier whose speed was not.
+    fn exploration(&self, table: &v1::RouteTable, decision: &Decision) -> Option<usize> {
+        let now = Instant::now();
+        if self
+            .explored
+            .lock()
+            .is_some_and(|at| now.saturating_duration_since(at) < EXPLORE_EVERY)
+        {
+            return None;
+        }
+        let half_life = self.config.estimator.half_life;
+        let estimator = self.estimator.lock();
+        let fresh = |s: &crate::estimate::Smoothed| {
+            s.last()
+                .is_some_and(|at| now.saturating_duration_since(at) < half_life)
+        };
+        let untrusted = |c: &route::Candidate| {
+            let Some(plan) = table.plans.iter().find(|p| p.id == c.plan_id) else {
+                return false;
+            };
+            let links = plan.transfers.iter().any(|x| {
+                convert::link(x.link, "transfer.link").is_ok_and(|l| {
+                    let e = &estimator.links[l.index()];
+                    (x.up_bytes as f64 > RTT_PAYLOAD_BYTES && !fresh(&e.up_mbps))
+                        || (x.down_bytes as f64 > RTT_PAYLOAD_BYTES && !fresh(&e.down_mbps))
+                })
+            });
+            let tiers = plan.stages.iter().any(|s| {
+                convert::tier(s.tier, "stage.tier")
+                    .is_ok_and(|t| t != Tier::Device && !fresh(&estimator.speed[t.index()]))
+            });
+            links || tiers
+        };
+        let i = route::explore(decision, untrusted)?;
+        *self.explored.lock() = Some(now);
+        Some(i)
     }
 
     /// See [`Client::prefetch`].

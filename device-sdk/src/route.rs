@@ -431,3 +431,110 @@ pub fn explain(
         ranked: ranked.into_iter().map(|(c, _)| c).collect(),
     }
 }
+
+/// A runner-up may be explored when predicted within this factor of the chosen plan (latency, or energy when
+/// that is the objective).
+pub const EXPLORE_WITHIN: f64 = 1.25;
+
+/// Which ranked candidate (an index into `decision.ranked`, never 0) a request should run instead of the
+/// chosen plan to check an estimate nobody measured lately: the best-ranked runner-up that is reachable,
+/// meets the budgets, needs no download, is predicted within [`EXPLORE_WITHIN`] of the chosen plan, and
+/// that `untrusted` says is costed on something not measured lately (a link's goodput, a tier's speed).
+/// The caller bounds how often it explores; a wrong prediction costs one request at most.
+pub fn explore(decision: &Decision, untrusted: impl Fn(&Candidate) -> bool) -> Option<usize> {
+    let chosen = decision.ranked.first()?;
+    let value = |c: &Candidate| match decision.objective {
+        Objective::Latency => c.predicted.latency_ms,
+        Objective::Energy => c.predicted.energy_mj,
+    };
+    let bound = value(chosen) * EXPLORE_WITHIN;
+    decision
+        .ranked
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, c)| {
+            (c.reachable
+                && c.meets_budgets
+                && c.download_bytes == 0
+                && value(c).is_finite()
+                && value(c) <= bound
+                && untrusted(c))
+            .then_some(i)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, ms: f64) -> Candidate {
+        Candidate {
+            plan_id: id.into(),
+            tiers: vec!["edge"],
+            predicted: Prediction {
+                latency_ms: ms,
+                energy_mj: ms / 10.0,
+                device_ms: 0.0,
+                network_ms: 0.0,
+            },
+            profiled_ms: ms,
+            meets_budgets: true,
+            reachable: true,
+            download_bytes: 0,
+            download: (0.0, 0.0),
+        }
+    }
+
+    fn decision(ranked: Vec<Candidate>) -> Decision {
+        Decision {
+            objective: Objective::Latency,
+            latency_budget_ms: None,
+            conditions: Conditions::nominal([None; 3]),
+            state: PowerState::default(),
+            ranked,
+        }
+    }
+
+    #[test]
+    fn a_close_runner_up_costed_on_stale_estimates_is_explored() {
+        let d = decision(vec![
+            candidate("a", 100.0),
+            candidate("b", 120.0),
+            candidate("c", 124.0),
+        ]);
+        assert_eq!(explore(&d, |_| true), Some(1));
+        // Only untrusted ones, and only the first of those.
+        assert_eq!(explore(&d, |c| c.plan_id == "c"), Some(2));
+        assert_eq!(explore(&d, |_| false), None);
+    }
+
+    #[test]
+    fn far_unreachable_over_budget_or_undownloaded_runners_up_are_not_explored() {
+        let far = decision(vec![candidate("a", 100.0), candidate("b", 126.0)]);
+        assert_eq!(explore(&far, |_| true), None);
+        for spoil in [
+            |c: &mut Candidate| c.reachable = false,
+            |c: &mut Candidate| c.meets_budgets = false,
+            |c: &mut Candidate| c.download_bytes = 1,
+        ] {
+            let mut b = candidate("b", 101.0);
+            spoil(&mut b);
+            let d = decision(vec![candidate("a", 100.0), b]);
+            assert_eq!(explore(&d, |_| true), None);
+        }
+        assert_eq!(
+            explore(&decision(vec![candidate("a", 1.0)]), |_| true),
+            None
+        );
+        assert_eq!(explore(&decision(vec![]), |_| true), None);
+    }
+
+    #[test]
+    fn under_the_energy_objective_energy_is_compared() {
+        let mut d = decision(vec![candidate("a", 100.0), candidate("b", 200.0)]);
+        d.objective = Objective::Energy;
+        d.ranked[1].predicted.energy_mj = 12.0;
+        assert_eq!(explore(&d, |_| true), Some(1));
+    }
+}

@@ -156,7 +156,7 @@ async fn one(
             "t_s": t_s, "kind": kind, "plan": r.plan_id, "ok": true,
             "latency_ms": sent.elapsed().as_secs_f64() * 1e3,
             "predicted_ms": r.predicted.latency_ms, "energy_mj": r.predicted.energy_mj,
-            "forced": constraints.plan,
+            "forced": constraints.plan, "explored": r.explored,
         }),
         Err(e) => json!({
             "t_s": t_s, "kind": kind, "plan": constraints.plan, "ok": false,
