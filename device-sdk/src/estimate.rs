@@ -191,8 +191,27 @@ impl Estimator {
         now: Instant,
     ) -> Conditions {
         let c = &self.config;
+        let mut links = Link::ALL.map(|l| profile[l.index()].map(|p| self.blend(l, p, now)));
+        // The device's access link (its radio) carries its traffic to the cloud too: the device→cloud path is
+        // no faster than the device→edge link as last measured, unless that path was measured since.
+        let (de, dc) = (Link::DeviceEdge.index(), Link::DeviceCloud.index());
+        if let (Some(edge), Some(cloud)) = (links[de], links[dc].as_mut()) {
+            let (e, d) = (&self.links[de], &self.links[dc]);
+            let newer = |a: &Smoothed, b: &Smoothed| {
+                a.last().is_some_and(|at| b.last().is_none_or(|bt| at > bt))
+            };
+            if newer(&e.up_mbps, &d.up_mbps) {
+                cloud.up_mbps = cloud.up_mbps.min(edge.up_mbps);
+            }
+            if newer(&e.down_mbps, &d.down_mbps) {
+                cloud.down_mbps = cloud.down_mbps.min(edge.down_mbps);
+            }
+            if newer(&e.rtt_ms, &d.rtt_ms) {
+                cloud.rtt_ms = cloud.rtt_ms.max(edge.rtt_ms);
+            }
+        }
         Conditions {
-            links: Link::ALL.map(|l| profile[l.index()].map(|p| self.blend(l, p, now))),
+            links,
             speed: [0, 1, 2]
                 .map(|t| self.speed[t].blended(calibration[t], now, c) / calibration[t]),
             queue_ms: [0, 1, 2].map(|t| self.queue_ms[t].blended(0.0, now, c)),
@@ -471,5 +490,32 @@ mod tests {
         e.compute_sample(Tier::Edge, 30.0, 10.0, now);
         assert_eq!(e.conditions(&[None; 3], &planned_at, now).speed[1], 1.5);
         assert_eq!(e.conditions(&[None; 3], &[1.0; 3], now).speed[1], 3.0);
+    }
+
+    #[test]
+    fn the_device_cloud_path_is_no_faster_than_the_device_link_measured_last() {
+        let mut e = Estimator::default();
+        let now = Instant::now();
+        let fast = |mbps: f64| LinkState {
+            rtt_ms: 10.0,
+            up_mbps: mbps,
+            down_mbps: mbps,
+        };
+        let profile = [Some(fast(100.0)), Some(fast(50.0)), Some(fast(50.0))];
+        // The device's link turns out to carry 1 Mbit/s (100 kB up in 800 ms + the RTT).
+        for _ in 0..6 {
+            e.link_sample(Link::DeviceEdge, profile[0], 810.0, 100_000.0, 0.0, now);
+        }
+        let c = e.conditions(&profile, &[1.0; 3], now);
+        let up = |c: &Conditions, l: Link| c.links[l.index()].expect("a link").up_mbps;
+        assert!(up(&c, Link::DeviceEdge) < 1.5, "{c:?}");
+        assert_eq!(up(&c, Link::DeviceCloud), up(&c, Link::DeviceEdge));
+        // Measured itself since, the device→cloud path has its own figure.
+        let later = now + Duration::from_millis(10);
+        for _ in 0..6 {
+            e.link_sample(Link::DeviceCloud, profile[2], 60.0, 250_000.0, 0.0, later);
+        }
+        let c = e.conditions(&profile, &[1.0; 3], later);
+        assert!(up(&c, Link::DeviceCloud) > 20.0, "{c:?}");
     }
 }

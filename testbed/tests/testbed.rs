@@ -184,11 +184,18 @@ fn adaptive_routing_picks_the_best_plan_and_switches_when_the_link_is_slower_tha
         ["device"],
         "the profile (100 Mbit/s) should first send work off the device: {slow}"
     );
+    // After measuring, every adaptive request stays on the device, but for the bounded exploration of a
+    // runner-up (at most one request in 20 s).
     let choices = slow["adaptive"]["choices"].as_object().expect("choices");
-    assert_eq!(
-        choices.keys().collect::<Vec<_>>(),
-        [&best],
-        "after measuring, every adaptive request stays on the device: {slow}"
+    let elsewhere: u64 = choices
+        .iter()
+        .filter(|(id, _)| **id != best)
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    let explored = slow["adaptive"]["explored"].as_u64().expect("explored");
+    assert!(
+        elsewhere <= explored && explored <= 1,
+        "after measuring, adaptive requests stay on the device but for one exploration: {slow}"
     );
     let ratio = slow["adaptive_over_best"].as_f64().expect("a ratio");
     assert!(
