@@ -446,9 +446,9 @@ fn requests_are_costed_on_live_estimates_explained_and_forceable() {
     );
 }
 
-/// Control-plane calibration over real processes: THREE_TIER profiles the edge at 100 GFLOP/s, far faster
-/// than tract runs here; once agents report their measured stage times, the model is planned again at the
-/// measured speed, the table says which factors it was planned with, and its stage times follow them.
+/// Control-plane calibration over real processes: THREE_TIER's tier speeds (100 and 50 GFLOP/s) are guesses
+/// far from what tract does here; once agents report their measured stage times, the model is planned again
+/// at the measured speed, the table says which factors it was planned with, and its stage times follow them.
 #[test]
 fn tiers_are_calibrated_from_measured_stage_times_and_models_planned_again() {
     let sandbox = Sandbox::start_with(
@@ -511,8 +511,10 @@ fn tiers_are_calibrated_from_measured_stage_times_and_models_planned_again() {
         "devices calibrate themselves"
     );
     assert!(
-        after.tier_calibration[1..].iter().any(|&f| f > 1.25),
-        "tract is far slower here than the profile's 100 and 50 GFLOP/s: factors {:?}",
+        after.tier_calibration[1..]
+            .iter()
+            .any(|&f| !(1.0 / 1.25..=1.25).contains(&f)),
+        "a re-plan comes from a tier measured outside the ±25 % band: factors {:?}",
         after.tier_calibration
     );
     // A stage file planned on the same tier before and after: its time scaled by the tier's factor.
