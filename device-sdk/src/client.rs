@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use crate::error::SdkError;
 use crate::estimate::{Estimator, EstimatorConfig, RTT_PAYLOAD_BYTES};
 use crate::route::{self, Constraints, Decision, PowerState, Situation};
-use strata_core::recost::{Link, Prediction};
+use strata_core::recost::{Link, LinkState, Prediction};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -260,30 +260,13 @@ impl Client {
         let table = self.routes(model).await?;
         let profiles = convert::link_profiles(&table);
         let mut out = Vec::new();
-        for (link, tier) in [
-            (Link::DeviceEdge, Tier::Edge),
-            (Link::DeviceCloud, Tier::Cloud),
-        ] {
-            let crossed = table
-                .plans
-                .iter()
-                .flat_map(|p| &p.transfers)
-                .any(|x| convert::link(x.link, "transfer.link").is_ok_and(|l| l == link));
-            let node = table
-                .nodes
-                .iter()
-                .find(|n| convert::is_tier(n.tier, tier) && !self.inner.balancer.is_down(&n.id));
-            if let (true, Some(node)) = (crossed, node)
-                && let Some(ms) = self.inner.rtt(&node.address).await
+        for link in [Link::DeviceEdge, Link::DeviceCloud] {
+            if let Some(address) = self.inner.probe_target(&table, link)
+                && let Some(ms) = self
+                    .inner
+                    .probe_link(link, &address, profiles[link.index()])
+                    .await
             {
-                self.inner.estimator.lock().link_sample(
-                    link,
-                    profiles[link.index()],
-                    ms,
-                    0.0,
-                    0.0,
-                    Instant::now(),
-                );
                 out.push((link, ms));
             }
         }
@@ -415,14 +398,7 @@ impl Client {
             .await
             .map_err(|e| SdkError::Local(format!("calibration task failed: {e}")))?;
             if let Ok(ms) = measured {
-                let mut estimator = self.inner.estimator.lock();
-                estimator.compute_sample(
-                    Tier::Device,
-                    ms,
-                    profiled_ms(table, stage, Tier::Device),
-                    Instant::now(),
-                );
-                estimator.device_stage_sample(&stage.digest, ms, Instant::now());
+                self.inner.device_sample(table, stage, ms);
             }
         }
         Ok(())
@@ -787,18 +763,16 @@ impl Inner {
         let now = Instant::now();
         let half_life = self.config.estimator.half_life;
         for link in [Link::DeviceEdge, Link::DeviceCloud] {
-            let crossed = table
-                .plans
-                .iter()
-                .flat_map(|p| &p.transfers)
-                .any(|x| convert::link(x.link, "transfer.link").is_ok_and(|l| l == link));
             let fresh = self.estimator.lock().links[link.index()]
                 .rtt_ms
                 .last()
                 .is_some_and(|at| now.saturating_duration_since(at) < half_life);
-            if !crossed || fresh {
+            if fresh {
                 continue;
             }
+            let Some(address) = self.probe_target(table, link) else {
+                continue;
+            };
             {
                 let mut probed = self.probed.lock();
                 if probed[link.index()]
@@ -808,32 +782,57 @@ impl Inner {
                 }
                 probed[link.index()] = Some(now);
             }
-            let tier = if link == Link::DeviceEdge {
-                Tier::Edge
-            } else {
-                Tier::Cloud
-            };
-            let Some(node) = table
-                .nodes
-                .iter()
-                .find(|n| convert::is_tier(n.tier, tier) && !self.balancer.is_down(&n.id))
-            else {
-                continue;
-            };
-            let (inner, address, profile) = (
-                self.clone(),
-                node.address.clone(),
-                convert::link_profiles(table)[link.index()],
-            );
+            let (inner, profile) = (self.clone(), convert::link_profiles(table)[link.index()]);
             tokio::spawn(async move {
-                if let Some(ms) = inner.rtt(&address).await {
-                    inner
-                        .estimator
-                        .lock()
-                        .link_sample(link, profile, ms, 0.0, 0.0, Instant::now());
-                }
+                inner.probe_link(link, &address, profile).await;
             });
         }
+    }
+
+    /// A device stage of `table` ran in `ms` here: a sample of the device's speed and of that stage's time.
+    fn device_sample(&self, table: &v1::RouteTable, stage: &v1::Stage, ms: f64) {
+        let mut estimator = self.estimator.lock();
+        let now = Instant::now();
+        estimator.compute_sample(
+            Tier::Device,
+            ms,
+            profiled_ms(table, stage, Tier::Device),
+            now,
+        );
+        estimator.device_stage_sample(&stage.digest, ms, now);
+    }
+
+    /// The address of a live agent across `link` (one of the device's), if a plan of `table` crosses it.
+    fn probe_target(&self, table: &v1::RouteTable, link: Link) -> Option<String> {
+        let tier = if link == Link::DeviceEdge {
+            Tier::Edge
+        } else {
+            Tier::Cloud
+        };
+        let crossed = table
+            .plans
+            .iter()
+            .flat_map(|p| &p.transfers)
+            .any(|x| convert::link(x.link, "transfer.link").is_ok_and(|l| l == link));
+        let node = table
+            .nodes
+            .iter()
+            .find(|n| convert::is_tier(n.tier, tier) && !self.balancer.is_down(&n.id))?;
+        crossed.then(|| node.address.clone())
+    }
+
+    /// Measures one round trip to `address` across `link` and learns it as an RTT sample; the RTT, ms.
+    async fn probe_link(
+        &self,
+        link: Link,
+        address: &str,
+        profile: Option<LinkState>,
+    ) -> Option<f64> {
+        let ms = self.rtt(address).await?;
+        self.estimator
+            .lock()
+            .link_sample(link, profile, ms, 0.0, 0.0, Instant::now());
+        Some(ms)
     }
 
     /// One round trip to `address`, ms: a gRPC health check after a first one (which may connect).
@@ -1276,16 +1275,7 @@ impl Inner {
                 .map_err(|e| SdkError::Local(format!("stage task failed: {e}")))?
                 .map_err(|e| SdkError::Local(format!("device stage {}: {e}", stage.index)))?;
             let compute_ms = started.elapsed().as_secs_f64() * 1e3;
-            {
-                let mut estimator = self.estimator.lock();
-                estimator.compute_sample(
-                    Tier::Device,
-                    compute_ms,
-                    profiled_ms(table, stage, Tier::Device),
-                    Instant::now(),
-                );
-                estimator.device_stage_sample(&stage.digest, compute_ms, Instant::now());
-            }
+            self.device_sample(table, stage, compute_ms);
             timings.push(StageTiming {
                 index: stage.index,
                 tier: "device",
