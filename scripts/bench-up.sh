@@ -65,7 +65,7 @@ for run in $(seq 1 "$runs"); do
     up_pid=$!
 
     # `up` prints "model ... is served" and, on the next line of the same write, the infer command to try.
-    until grep -q '^ *strata infer ' "$work/up.out" 2>/dev/null; do
+    until grep -q 'strata infer ' "$work/up.out" 2>/dev/null; do
         if ! kill -0 "$up_pid" 2>/dev/null; then
             echo "error: strata up exited before serving; its output:" >&2
             cat "$work/up.out" "$work/up.err" >&2
@@ -79,10 +79,21 @@ for run in $(seq 1 "$runs"); do
     done
     served=$(now_ms)
 
-    # The printed command, with the output dir moved into this run's scratch dir.
-    read -r -a printed <<<"$(grep -m1 '^ *strata infer ' "$work/up.out")"
+    # The printed command (`VAR=value … strata infer …`: the administrator's TLS material first), with the
+    # output dir moved into this run's scratch dir.
+    read -r -a printed <<<"$(grep -m1 'strata infer ' "$work/up.out")"
     args=()
-    for ((i = 1; i < ${#printed[@]}; i++)); do
+    envs=()
+    seen_strata=0
+    for ((i = 0; i < ${#printed[@]}; i++)); do
+        if ((!seen_strata)); then
+            if [[ ${printed[i]} == strata ]]; then
+                seen_strata=1
+            elif [[ ${printed[i]} == *=* ]]; then
+                envs+=("${printed[i]}")
+            fi
+            continue
+        fi
         if [[ ${printed[i]} == --output-dir ]]; then
             args+=(--output-dir "$work/out")
             i=$((i + 1))
@@ -90,7 +101,7 @@ for run in $(seq 1 "$runs"); do
             args+=("${printed[i]}")
         fi
     done
-    if ! "$strata" "${args[@]}" >"$work/infer.out" 2>&1; then
+    if ! env "${envs[@]}" "$strata" "${args[@]}" >"$work/infer.out" 2>&1; then
         echo "error: strata ${args[*]} failed:" >&2
         cat "$work/infer.out" >&2
         exit 1

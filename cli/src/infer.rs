@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strata_device_sdk::route::Decision;
+use strata_device_sdk::route::{Budget, Decision};
 use strata_device_sdk::{Client, ClientConfig, Constraints, Inference, PowerState};
 
 use crate::io::{load_inputs, write_outputs};
@@ -32,6 +32,8 @@ pub struct Args<'a> {
     pub verbose: bool,
     /// The device stage cache's directory (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// Plain or mutual TLS.
+    pub transport: strata_proto::transport::Transport,
 }
 
 /// The stage cache `strata infer` uses unless told otherwise: `$STRATA_CACHE_DIR`, else the platform's
@@ -47,13 +49,33 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("strata")))
 }
 
+/// `--latency-ms`: a finite number of ms > 0.
+pub fn latency_budget(s: &str) -> Result<f64, String> {
+    budget(Budget::LatencyMs, s)
+}
+
+/// `--energy-mj`: a finite number of mJ > 0.
+pub fn energy_budget(s: &str) -> Result<f64, String> {
+    budget(Budget::EnergyMj, s)
+}
+
+fn budget(kind: Budget, s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a number of {}", kind.unit()))?;
+    kind.check(value).map_err(|e| e.to_string())
+}
+
 /// `strata infer`.
 pub fn infer(args: &Args<'_>) -> Result<()> {
+    args.constraints.check()?;
     let power = PowerState::new(args.battery, args.charging)?;
     let inputs = load_inputs(args.input_args)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let mut config = ClientConfig::new(args.endpoints.to_vec());
+        config.transport = args.transport.clone();
         config.request_timeout = Duration::from_millis(args.timeout_ms);
         config.cache_dir = args.cache_dir.clone();
         let client = Client::new(config)?;
@@ -82,6 +104,14 @@ pub fn infer(args: &Args<'_>) -> Result<()> {
             String::new()
         }
     )?;
+    if let Some(missed) = budget_missed(
+        &result.decision,
+        &result.plan_id,
+        args.constraints.latency_ms,
+        args.constraints.energy_mj,
+    ) {
+        eprintln!("warning: {missed}");
+    }
     for s in &result.stages {
         say!(
             "  stage {} {:<6} {:>9.2} ms compute {:>8.2} ms queued  {}",
@@ -105,6 +135,47 @@ pub fn infer(args: &Args<'_>) -> Result<()> {
         args.output_dir.display()
     )?;
     Ok(())
+}
+
+/// What to say when the plan that ran (`ran`) is predicted to miss a budget the request set: that no plan
+/// could meet it and which one ran instead (the closest), or that the plans meeting it could not be used.
+/// `None` when it meets them, or the request set none.
+fn budget_missed(
+    d: &Decision,
+    ran: &str,
+    latency_ms: Option<f64>,
+    energy_mj: Option<f64>,
+) -> Option<String> {
+    let mut budgets = Vec::new();
+    if let Some(b) = latency_ms {
+        budgets.push(format!("latency budget of {b} ms"));
+    }
+    if let Some(b) = energy_mj {
+        budgets.push(format!("energy budget of {b} mJ"));
+    }
+    let c = d.ranked.iter().find(|c| c.plan_id == ran)?;
+    if budgets.is_empty() || c.meets_budgets {
+        return None;
+    }
+    let predicted = format!(
+        "predicted {:.1} ms and {:.3} mJ",
+        c.predicted.latency_ms, c.predicted.energy_mj
+    );
+    let budgets = budgets.join(" and the ");
+    Some(
+        if d.ranked
+            .iter()
+            .any(|other| other.meets_budgets && other.reachable)
+        {
+            format!(
+                "plan {ran}, which ran, misses the {budgets} ({predicted}): the plans that meet it failed or were skipped"
+            )
+        } else {
+            format!(
+                "no plan can meet the {budgets}; ran plan {ran} instead, the closest ({predicted}); `strata routes` lists every plan"
+            )
+        },
+    )
 }
 
 /// `-v`: the estimates, the policy, every allowed plan ranked, and predicted against measured.
@@ -228,4 +299,82 @@ fn tier_index(name: &str) -> usize {
         .iter()
         .position(|t| t.name() == name)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_core::recost::{Conditions, Prediction};
+    use strata_device_sdk::route::{Candidate, Objective};
+
+    #[test]
+    fn budgets_must_be_finite_positive_numbers() {
+        assert_eq!(latency_budget("12.5"), Ok(12.5));
+        assert_eq!(energy_budget("3"), Ok(3.0));
+        for bad in ["0", "-5", "NaN", "nan", "inf", "-0"] {
+            let e = latency_budget(bad).expect_err(bad);
+            assert!(
+                e.contains("latency budget") && e.contains("greater than 0"),
+                "{bad}: {e}"
+            );
+            let e = energy_budget(bad).expect_err(bad);
+            assert!(
+                e.contains("energy budget") && e.contains("mJ"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            latency_budget("fast").expect_err("not a number"),
+            "\"fast\" is not a number of ms"
+        );
+    }
+
+    fn decision(meets: &[(&str, bool)]) -> Decision {
+        Decision {
+            objective: Objective::Energy,
+            latency_budget_ms: Some(5.0),
+            conditions: Conditions::nominal([None; 3]),
+            state: Default::default(),
+            ranked: meets
+                .iter()
+                .map(|&(id, meets_budgets)| Candidate {
+                    plan_id: id.into(),
+                    tiers: vec!["device", "edge"],
+                    predicted: Prediction {
+                        latency_ms: 12.0,
+                        energy_mj: 0.5,
+                        device_ms: 0.0,
+                        network_ms: 0.0,
+                    },
+                    profiled_ms: 12.0,
+                    meets_budgets,
+                    reachable: true,
+                    download_bytes: 0,
+                    download: (0.0, 0.0),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_missed_budget_is_said_with_what_ran_instead() {
+        let none_meets = decision(&[("a", false), ("b", false)]);
+        let said = budget_missed(&none_meets, "a", Some(5.0), None).expect("said");
+        assert_eq!(
+            said,
+            "no plan can meet the latency budget of 5 ms; ran plan a instead, the closest (predicted 12.0 ms and \
+             0.500 mJ); `strata routes` lists every plan"
+        );
+        let one_meets = decision(&[("a", true), ("b", false)]);
+        let said = budget_missed(&one_meets, "b", Some(5.0), Some(1.0)).expect("said");
+        assert!(
+            said.starts_with(
+                "plan b, which ran, misses the latency budget of 5 ms and the energy budget of 1 mJ"
+            ),
+            "{said}"
+        );
+        assert_eq!(budget_missed(&one_meets, "a", Some(5.0), None), None);
+        // No budget asked for (a low-battery policy's own budget is not the user's): nothing to say.
+        assert_eq!(budget_missed(&none_meets, "a", None, None), None);
+    }
 }

@@ -10,6 +10,7 @@ macro_rules! say {
     }};
 }
 
+mod certs;
 mod infer;
 mod inspect;
 mod io;
@@ -33,6 +34,8 @@ struct Cli {
     /// Cluster address(es): a control plane or an agent, host:port (comma-separated for several).
     #[arg(long, global = true, env = "STRATA_ENDPOINT", value_delimiter = ',', default_value = DEFAULT_ENDPOINT)]
     endpoint: Vec<String>,
+    #[command(flatten)]
+    tls: strata_trust::args::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +65,74 @@ enum ModelCommand {
     Rm {
         /// Model name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make a cluster CA: DIR/ca.pem (every member trusts it) and DIR/ca-key.pem (keep it secret).
+    Init {
+        /// Where to write it.
+        #[arg(long, default_value = "strata-ca")]
+        dir: PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "strata")]
+        name: String,
+        /// How long it is valid, days.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue a key and a certificate for an identity, signed by the cluster CA; writes OUT/ca.pem,
+    /// OUT/cert.pem and OUT/key.pem (what --tls-dir reads).
+    Issue {
+        /// What the holder may do: admin, reader, device, edge, cloud (nodes), controller.
+        #[arg(long)]
+        role: String,
+        /// The holder's name (lower-case letters, digits, '-').
+        #[arg(long)]
+        name: String,
+        /// The CA's directory (from `strata ca init`).
+        #[arg(long, default_value = "strata-ca")]
+        ca_dir: PathBuf,
+        /// Where to write the credentials.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for tools that check them (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+        /// How long it is valid, days.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a join token (printed once; the cluster keeps only its hash).
+    Create {
+        /// The tier of the nodes it admits: edge or cloud.
+        #[arg(long)]
+        tier: strata_core::Tier,
+        /// How long it is valid, minutes.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=525_600))]
+        ttl_minutes: u64,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the live tokens.
+    Ls,
+    /// Revoke a token now.
+    Revoke {
+        /// Its id (the third part of the token, as `strata token ls` shows it).
+        id: String,
     },
 }
 
@@ -229,6 +300,28 @@ enum Command {
         /// How often the leader looks for a tier whose speed drifted.
         #[arg(long, default_value_t = 5000)]
         calibration_period_ms: u64,
+        /// The cluster CA (ca.pem and ca-key.pem, from `strata ca init`): with it, this replica admits nodes
+        /// that join with a token, and signs their certificates.
+        #[arg(long, env = "STRATA_CA_DIR", value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// How long a joined node's certificate is valid, days.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        node_cert_days: u64,
+    },
+    /// The cluster CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates for the cluster's members.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Join tokens: what a new node presents to get its certificate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Models on the cluster.
     Model {
@@ -242,10 +335,10 @@ enum Command {
         /// Model name.
         model: String,
         /// Latency budget, ms.
-        #[arg(long = "latency-ms")]
+        #[arg(long = "latency-ms", value_parser = infer::latency_budget)]
         latency_ms: Option<f64>,
         /// Device energy budget, mJ.
-        #[arg(long = "energy-mj")]
+        #[arg(long = "energy-mj", value_parser = infer::energy_budget)]
         energy_mj: Option<f64>,
         /// Privacy level for the request (may only tighten the model's).
         #[arg(long)]
@@ -265,11 +358,11 @@ enum Command {
         /// A model input: NAME=FILE.npy (repeatable).
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
-        /// Latency budget, ms.
-        #[arg(long = "latency-ms")]
+        /// Latency budget, ms (a finite number > 0).
+        #[arg(long = "latency-ms", value_parser = infer::latency_budget)]
         latency_ms: Option<f64>,
-        /// Device energy budget, mJ.
-        #[arg(long = "energy-mj")]
+        /// Device energy budget, mJ (a finite number > 0).
+        #[arg(long = "energy-mj", value_parser = infer::energy_budget)]
         energy_mj: Option<f64>,
         /// Privacy level for the request (may only tighten the model's).
         #[arg(long)]
@@ -324,7 +417,31 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    match run_command(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`strata ... | head`): nothing left to say.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
+    // The transport of client commands (those that serve check theirs against their listen address).
+    let target = || -> anyhow::Result<remote::Target> {
+        Ok(remote::Target {
+            endpoints: cli.endpoint.clone(),
+            transport: cli.tls.transport()?,
+        })
+    };
+    match cli.command {
         Command::Inspect {
             model,
             inputs,
@@ -418,7 +535,12 @@ fn main() -> ExitCode {
             blob_grace_ms,
             calibration_band_pct,
             calibration_period_ms,
+            ca_dir,
+            node_cert_days,
         } => up::control_plane(&up::ControlPlaneArgs {
+            ca_dir: ca_dir.as_deref(),
+            node_cert_days,
+            tls: &cli.tls,
             store: &store,
             blobs: blobs.as_deref(),
             etcd: up::EtcdArgs {
@@ -443,11 +565,36 @@ fn main() -> ExitCode {
                 name,
                 privacy,
                 inputs,
-            } => remote::push(&cli.endpoint, &file, &name, &privacy, &inputs),
-            ModelCommand::Ls => remote::list(&cli.endpoint),
-            ModelCommand::Rm { name } => remote::remove(&cli.endpoint, &name),
+            } => remote::push(&target()?, &file, &name, &privacy, &inputs),
+            ModelCommand::Ls => remote::list(&target()?),
+            ModelCommand::Rm { name } => remote::remove(&target()?, &name),
         },
-        Command::Nodes => remote::nodes(&cli.endpoint),
+        Command::Ca {
+            command: CaCommand::Init { dir, name, days },
+        } => certs::init(&dir, &name, days),
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    role,
+                    name,
+                    ca_dir,
+                    out,
+                    host,
+                    days,
+                },
+        } => certs::identity(&role, &name)
+            .and_then(|id| certs::issue(&ca_dir, &id, &host, days, &out)),
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                tier,
+                ttl_minutes,
+                uses,
+                description,
+            } => remote::create_token(&target()?, tier, ttl_minutes, uses, description),
+            TokenCommand::Ls => remote::list_tokens(&target()?),
+            TokenCommand::Revoke { id } => remote::revoke_token(&target()?, &id),
+        },
+        Command::Nodes => remote::nodes(&target()?),
         Command::Routes {
             model,
             latency_ms,
@@ -463,9 +610,9 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             if live {
-                remote::live_routes(&cli.endpoint, &model, &constraints)
+                remote::live_routes(&target()?, &model, &constraints)
             } else {
-                remote::routes(&cli.endpoint, &model, &constraints, json)
+                remote::routes(&target()?, &model, &constraints, json)
             }
         }
         Command::Infer {
@@ -497,6 +644,7 @@ fn main() -> ExitCode {
                 local_only,
             };
             infer::infer(&infer::Args {
+                transport: cli.tls.transport()?,
                 endpoints: &cli.endpoint,
                 model: &model,
                 input_args: &inputs,
@@ -512,20 +660,6 @@ fn main() -> ExitCode {
                     cache_dir.or_else(infer::default_cache_dir)
                 },
             })
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // The reader went away (`strata ... | head`): nothing left to say.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
         }
     }
 }

@@ -9,20 +9,49 @@ use strata_core::{Digest, Privacy, Tier};
 use strata_device_sdk::{Constraints, route};
 use strata_proto::convert::{self, privacy_name, tier_name};
 use strata_proto::error::{ErrorReason, reason};
+use strata_proto::transport::{Expect, Transport};
 use strata_proto::v1::{self, control_client::ControlClient, routes_client::RoutesClient};
 use tonic::transport::Channel;
 
-/// A runtime and a channel to the first endpoint.
-pub fn connect(endpoints: &[String]) -> Result<(tokio::runtime::Runtime, Channel)> {
+/// The cluster a command talks to: its endpoints, and how to dial them.
+pub struct Target {
+    /// Control planes (or agents), `host:port`.
+    pub endpoints: Vec<String>,
+    /// Plain or mutual TLS (the CLI's `--tls-*` flags).
+    pub transport: Transport,
+}
+
+/// A runtime and a channel to the first endpoint, which must prove it is a control plane (models, nodes,
+/// tokens: only a control plane may be told or asked these).
+pub fn connect(target: &Target) -> Result<(tokio::runtime::Runtime, Channel)> {
+    connect_to(target, Expect::Controller)
+}
+
+/// A runtime and a channel to the first endpoint, which must prove it is `expect`.
+pub fn connect_to(target: &Target, expect: Expect) -> Result<(tokio::runtime::Runtime, Channel)> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let Some(first) = endpoints.first() else {
+    let Some(first) = target.endpoints.first() else {
         bail!("no endpoint: pass --endpoint or set STRATA_ENDPOINT");
     };
     let channel = {
         let _guard = runtime.enter();
-        strata_proto::call::channel(first, Duration::from_secs(2))?
+        strata_proto::call::channel(first, Duration::from_secs(2), &target.transport, expect)?
     };
     Ok((runtime, channel))
+}
+
+/// A status's message with the transport errors under it (a TLS refusal is only said down there).
+fn error_chain(s: &tonic::Status) -> String {
+    let mut parts = vec![s.message().to_string()];
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Whether a failed call never reached a server: the client's transport failed (connection refused, no
@@ -50,11 +79,16 @@ fn status(endpoint: &[String], s: tonic::Status) -> anyhow::Error {
         }
         tonic::Code::Unavailable if unreachable(&s) => {
             anyhow::anyhow!(
-                "cannot reach {} ({}); is `strata up` or `strata control-plane` running?",
+                "cannot reach {} ({}); is `strata up` or `strata control-plane` running, and do both sides use TLS (--tls-dir) or neither?",
                 endpoint.join(","),
-                s.message()
+                error_chain(&s)
             )
         }
+        tonic::Code::Unauthenticated => anyhow::anyhow!(
+            "{} requires a client certificate: {} (give --tls-dir DIR with ca.pem, cert.pem and key.pem; see `strata cert issue`)",
+            endpoint.join(","),
+            s.message()
+        ),
         tonic::Code::Unimplemented => anyhow::anyhow!(
             "{} is not a control plane (model and node commands need one; agents serve only routes and inference)",
             endpoint.join(",")
@@ -65,7 +99,7 @@ fn status(endpoint: &[String], s: tonic::Status) -> anyhow::Error {
 
 /// `strata model push`.
 pub fn push(
-    endpoints: &[String],
+    target: &Target,
     file: &Path,
     name: &str,
     privacy: &str,
@@ -108,7 +142,8 @@ pub fn push(
             bar.inc(d.len() as u64);
         }
     });
-    let (runtime, channel) = connect(endpoints)?;
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
     let info = runtime.block_on(async {
         ControlClient::new(channel)
             .max_encoding_message_size(strata_proto::MAX_MESSAGE_BYTES)
@@ -138,8 +173,9 @@ pub fn push(
 use futures::StreamExt;
 
 /// `strata model ls`.
-pub fn list(endpoints: &[String]) -> Result<()> {
-    let (runtime, channel) = connect(endpoints)?;
+pub fn list(target: &Target) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
     let models = runtime
         .block_on(ControlClient::new(channel).list_models(v1::ListModelsRequest {}))
         .map_err(|s| status(endpoints, s))?
@@ -168,8 +204,9 @@ pub fn list(endpoints: &[String]) -> Result<()> {
 }
 
 /// `strata model rm`.
-pub fn remove(endpoints: &[String], name: &str) -> Result<()> {
-    let (runtime, channel) = connect(endpoints)?;
+pub fn remove(target: &Target, name: &str) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
     runtime
         .block_on(
             ControlClient::new(channel).delete_model(v1::DeleteModelRequest {
@@ -182,8 +219,9 @@ pub fn remove(endpoints: &[String], name: &str) -> Result<()> {
 }
 
 /// `strata nodes`.
-pub fn nodes(endpoints: &[String]) -> Result<()> {
-    let (runtime, channel) = connect(endpoints)?;
+pub fn nodes(target: &Target) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
     let nodes = runtime
         .block_on(ControlClient::new(channel).list_nodes(v1::ListNodesRequest {}))
         .map_err(|s| status(endpoints, s))?
@@ -233,15 +271,16 @@ pub fn nodes(endpoints: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `strata routes`.
 /// `strata routes MODEL --live`: a device's view from this machine: the RTT to the model's agents probed
 /// now, and every allowed plan ranked at those estimates.
-pub fn live_routes(endpoints: &[String], model: &str, constraints: &Constraints) -> Result<()> {
+pub fn live_routes(target: &Target, model: &str, constraints: &Constraints) -> Result<()> {
+    let endpoints = &target.endpoints[..];
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let client = strata_device_sdk::Client::new(strata_device_sdk::ClientConfig::new(
-            endpoints.to_vec(),
-        ))?;
+        let client = strata_device_sdk::Client::new(strata_device_sdk::ClientConfig {
+            transport: target.transport.clone(),
+            ..strata_device_sdk::ClientConfig::new(endpoints.to_vec())
+        })?;
         let probed = client.probe(model).await?;
         say!(
             "{model}: probed from here: {}",
@@ -268,13 +307,9 @@ pub fn live_routes(endpoints: &[String], model: &str, constraints: &Constraints)
     })
 }
 
-pub fn routes(
-    endpoints: &[String],
-    model: &str,
-    constraints: &Constraints,
-    json: bool,
-) -> Result<()> {
-    let (runtime, channel) = connect(endpoints)?;
+pub fn routes(target: &Target, model: &str, constraints: &Constraints, json: bool) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect_to(target, Expect::Server)?; // agents serve route tables too
     let table = runtime
         .block_on(RoutesClient::new(channel).get_routes(v1::GetRoutesRequest {
             model: model.to_string(),
@@ -398,4 +433,88 @@ fn objectives(p: &v1::Plan) -> Vec<&'static str> {
             _ => "unspecified",
         })
         .collect()
+}
+
+/// `strata token create`.
+pub fn create_token(
+    target: &Target,
+    tier: Tier,
+    ttl_minutes: u64,
+    uses: u32,
+    description: String,
+) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
+    let answer = runtime
+        .block_on(
+            ControlClient::new(channel).create_token(v1::CreateTokenRequest {
+                tier: v1::Tier::from(tier) as i32,
+                ttl_ms: ttl_minutes.max(1).saturating_mul(60_000),
+                uses,
+                description,
+            }),
+        )
+        .map_err(|s| status(endpoints, s))?
+        .into_inner();
+    let info = answer.info.unwrap_or_default();
+    say!("{}", answer.token)?;
+    // The token on stdout alone (scripts capture it); how to use it on stderr.
+    eprintln!(
+        "join token {} for {} {} node(s), valid {ttl_minutes} min; on the node: strata-edge-agent --tier {} --control-plane {} --join TOKEN",
+        info.id,
+        info.uses_left,
+        tier_name(info.tier),
+        tier_name(info.tier),
+        endpoints.join(",")
+    );
+    Ok(())
+}
+
+/// `strata token ls`.
+pub fn list_tokens(target: &Target) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
+    let tokens = runtime
+        .block_on(ControlClient::new(channel).list_tokens(v1::ListTokensRequest {}))
+        .map_err(|s| status(endpoints, s))?
+        .into_inner()
+        .tokens;
+    if tokens.is_empty() {
+        say!("no live join tokens")?;
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    say!(
+        "{:<10} {:<6} {:>5} {:>12}  description",
+        "id",
+        "tier",
+        "uses",
+        "expires in"
+    )?;
+    for t in tokens {
+        say!(
+            "{:<10} {:<6} {:>5} {:>10} s  {}",
+            t.id,
+            tier_name(t.tier),
+            t.uses_left,
+            t.expires_unix_ms.saturating_sub(now) / 1000,
+            t.description
+        )?;
+    }
+    Ok(())
+}
+
+/// `strata token revoke`.
+pub fn revoke_token(target: &Target, id: &str) -> Result<()> {
+    let endpoints = &target.endpoints[..];
+    let (runtime, channel) = connect(target)?;
+    runtime
+        .block_on(
+            ControlClient::new(channel).revoke_token(v1::RevokeTokenRequest { id: id.to_string() }),
+        )
+        .map_err(|s| status(endpoints, s))?;
+    say!("join token {id} revoked")?;
+    Ok(())
 }

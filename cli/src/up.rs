@@ -12,12 +12,15 @@ use strata_core::{Digest, Privacy, Tier};
 use strata_edge_agent::{Agent, AgentConfig};
 use strata_planner::cluster::Cluster;
 use strata_proto::convert::is_tier;
+use strata_proto::transport::Transport;
 use strata_proto::v1;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Settings of `strata control-plane`.
 pub struct ControlPlaneArgs<'a> {
+    /// Its TLS material (and `--insecure`).
+    pub tls: &'a strata_trust::args::TlsArgs,
     /// A directory, or `etcd://…`.
     pub store: &'a str,
     pub blobs: Option<&'a Path>,
@@ -31,6 +34,9 @@ pub struct ControlPlaneArgs<'a> {
     /// The calibration dead band, percent (0: off).
     pub calibration_band_pct: f64,
     pub calibration_period_ms: u64,
+    /// The cluster CA's directory (admits joining nodes).
+    pub ca_dir: Option<&'a Path>,
+    pub node_cert_days: u64,
 }
 
 /// TLS and authentication for etcd.
@@ -47,7 +53,7 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 /// The stores `--store` names: the embedded store in a directory, or etcd.
-async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
+async fn open_stores(args: &ControlPlaneArgs<'_>, transport: &Transport) -> Result<server::Stores> {
     if !args.store.starts_with("etcd://") {
         return Ok(server::open_embedded(Path::new(args.store), args.blobs)?);
     }
@@ -76,7 +82,7 @@ async fn open_stores(args: &ControlPlaneArgs<'_>) -> Result<server::Stores> {
         config.user = Some((user.to_string(), password));
     }
     let blobs = args.blobs.unwrap_or(Path::new("strata-data/blobs"));
-    Ok(server::open_etcd(config, blobs).await?)
+    Ok(server::open_etcd(config, blobs, transport.clone()).await?)
 }
 
 fn load_cluster(path: Option<&Path>) -> Result<Cluster> {
@@ -113,11 +119,31 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         "--calibration-band-pct {}: expected a percentage ≥ 0 (0 turns calibration off)",
         args.calibration_band_pct
     );
+    // Plain HTTP/2 off loopback only with --insecure.
+    let transport = args.tls.server_transport(args.listen)?;
+    if let Some(identity) = transport.identity()
+        && identity.role != strata_trust::Role::Controller
+    {
+        bail!(
+            "the certificate is for {identity}, not a control plane: issue one with `strata cert issue --role controller`"
+        );
+    }
+    let ca = args
+        .ca_dir
+        .map(|dir| {
+            strata_trust::ca::Ca::load(dir)
+                .map(Arc::new)
+                .context("cannot load the cluster CA (--ca-dir)")
+        })
+        .transpose()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let stores = open_stores(args).await?;
+        let stores = open_stores(args, &transport).await?;
         let store_name = stores.0.name();
         let plane = make_plane(stores, args.cluster, |s| {
+            s.transport = transport.clone();
+            s.ca = ca.clone();
+            s.node_cert_ttl = Duration::from_secs(args.node_cert_days.max(1) * 24 * 3600);
             s.node_ttl = Duration::from_millis(args.node_ttl_ms);
             s.rollout_grace = Duration::from_millis(args.rollout_grace_ms);
             s.blob_grace = Duration::from_millis(args.blob_grace_ms);
@@ -158,8 +184,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // Mutual TLS even on loopback: its own CA and certificates, made once in the data directory.
+        let tls = crate::certs::up_material(args.data_dir)?;
         let stores = server::open_embedded(&args.data_dir.join("control-plane"), None)?;
-        let plane = make_plane(stores, args.cluster, |_| {})?;
+        let plane = make_plane(stores, args.cluster, |s| {
+            s.transport = tls.controller.clone();
+            s.ca = Some(tls.ca.clone());
+        })?;
         let cp_listener = bind(args.listen).await?;
         let cp_addr = cp_listener.local_addr()?;
         // Agents take the next two ports, or free ones when the control plane's port was left to the OS.
@@ -175,16 +206,19 @@ pub fn up(args: &UpArgs) -> Result<()> {
         for (tier, listener) in [(Tier::Edge, edge_listener), (Tier::Cloud, cloud_listener)] {
             let address = listener.local_addr()?.to_string();
             agent_addrs.push((tier, address.clone()));
-            let config = AgentConfig::new(
+            let mut config = AgentConfig::new(
                 tier,
                 vec![cp_addr.to_string()],
                 address,
                 args.data_dir.join(tier.name()),
             );
+            config.transport = if tier == Tier::Edge { tls.edge.clone() } else { tls.cloud.clone() };
             let agent = Agent::new(config).context("cannot start an agent")?;
             agent_tasks.push(tokio::spawn(strata_edge_agent::serve(agent, listener, wait_for(agents_stopped.clone()))));
         }
         say!("control plane  {cp_addr}   (store: {})", args.data_dir.display())?;
+        let admin = std::path::absolute(&tls.admin_dir).unwrap_or(tls.admin_dir.clone());
+        say!("mutual TLS     every call; an admin's credentials: export STRATA_TLS_DIR={}", admin.display())?;
         for (tier, address) in &agent_addrs {
             say!("{:<14} {address}", format!("{tier} agent"))?;
         }
@@ -219,8 +253,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
             wait_ready(&plane, &name).await?;
             let example = example_input(&path, &plane, &name).await;
             say!(
-                "model \"{name}\" is served (privacy: features) — ready in {:.1} s. Try:\n  strata infer {name} {example}--output-dir /tmp/strata-out{}",
+                "model \"{name}\" is served (privacy: features) — ready in {:.1} s. Try:\n  STRATA_TLS_DIR={} strata infer {name} {example}--output-dir /tmp/strata-out{}",
                 started.elapsed().as_secs_f64(),
+                admin.display(),
                 if cp_addr.to_string() == crate::DEFAULT_ENDPOINT { String::new() } else { format!(" --endpoint {cp_addr}") }
             )?;
         }

@@ -135,6 +135,14 @@ fn wrong_input_shape_is_refused() {
         dir.path().join("o").to_str().expect("utf8"),
     ]);
     assert_clean_error(&out, &["nosuchinput", "not a model input"]);
+    // A zero dimension is an empty batch: refused where the shape is read, not planned.
+    let out = strata(&[
+        "inspect",
+        model.to_str().expect("utf8"),
+        "--input",
+        &format!("{input}=0,3,224,224"),
+    ]);
+    assert_clean_error(&out, &[&input, "zero dimension"]);
 }
 
 fn plan_with_cluster(toml: &str) -> std::process::Output {
@@ -373,4 +381,33 @@ fn plan_run_with_wrong_input_shape_is_refused() {
         &out,
         &["data_0", "the plan was made for shape", "[1, 3, 224, 224]"],
     );
+}
+
+#[test]
+fn infer_budgets_that_are_not_budgets_are_refused() {
+    let dir = tmp();
+    let out_dir = dir.path().to_str().expect("utf8");
+    for (flag, value, needle) in [
+        ("--latency-ms", "0", "latency budget 0 ms is not a budget"),
+        (
+            "--latency-ms",
+            "NaN",
+            "latency budget NaN ms is not a budget",
+        ),
+        ("--latency-ms", "-5", "latency budget -5 ms is not a budget"),
+        ("--energy-mj", "-1", "energy budget -1 mJ is not a budget"),
+        ("--energy-mj", "NaN", "energy budget NaN mJ is not a budget"),
+    ] {
+        // Refused while parsing, before any cluster is asked (there is none here).
+        let out = strata(&[
+            "infer",
+            "m",
+            &format!("{flag}={value}"),
+            "--output-dir",
+            out_dir,
+            "--endpoint",
+            "127.0.0.1:9",
+        ]);
+        assert_clean_error(&out, &[flag, needle]);
+    }
 }

@@ -248,7 +248,8 @@ fn inference_through_an_agent_keeps_working_while_the_control_plane_is_down() {
     let input = corpus("squeezenet.inputs/data_0.npy");
     let out = sandbox.dir.path().join("out");
     let input = format!("data_0={}", input.display());
-    let infer = || sandbox::infer(&edge, "squeezenet", &input, &out, &[]);
+    let device = sandbox.device_tls();
+    let infer = || sandbox::infer(&edge, "squeezenet", &input, &out, &[], device.as_deref());
     let first = infer();
     assert!(
         first.status.success(),
@@ -380,8 +381,17 @@ fn requests_are_costed_on_live_estimates_explained_and_forceable() {
     let input = corpus("squeezenet.inputs/data_0.npy");
     let out = sandbox.dir.path().join("out");
     let input = format!("data_0={}", input.display());
-    let infer =
-        |extra: &[&str]| sandbox::infer(&sandbox.cp_address, "squeezenet", &input, &out, extra);
+    let device = sandbox.device_tls();
+    let infer = |extra: &[&str]| {
+        sandbox::infer(
+            &sandbox.cp_address,
+            "squeezenet",
+            &input,
+            &out,
+            extra,
+            device.as_deref(),
+        )
+    };
     let explained = infer(&["-v"]);
     let stdout = String::from_utf8_lossy(&explained.stdout);
     assert!(
@@ -577,6 +587,7 @@ fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
         corpus("squeezenet.inputs/data_0.npy").display()
     );
     let cache = sandbox.dir.path().join("device-cache");
+    let device = sandbox.device_tls();
     let command = |out: &str, extra: &[&str]| {
         let mut c = std::process::Command::new(sandbox::strata_bin());
         c.args([
@@ -593,6 +604,9 @@ fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
         .arg(&cache)
         .args(extra)
         .env("STRATA_LOG", "off");
+        if let Some(dir) = &device {
+            c.env("STRATA_TLS_DIR", dir);
+        }
         c
     };
     let must = |out: std::process::Output, what: &str| -> String {
@@ -663,6 +677,7 @@ fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
     let app = {
         let _guard = sandbox.runtime.enter();
         let mut config = strata_device_sdk::ClientConfig::new(vec![sandbox.cp_address.clone()]);
+        config.transport = sandbox.transport_as(strata_trust::Role::Device, "device");
         config.cache_dir = Some(prefetched.clone());
         config.prefetch = vec!["squeezenet".to_string()];
         strata_device_sdk::Client::new(config).expect("a client")
@@ -701,6 +716,7 @@ fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
     let small = {
         let _guard = sandbox.runtime.enter();
         let mut config = strata_device_sdk::ClientConfig::new(vec![sandbox.cp_address.clone()]);
+        config.transport = sandbox.transport_as(strata_trust::Role::Device, "device");
         config.cache_dir = Some(sandbox.dir.path().join("small"));
         strata_device_sdk::Client::new(config).expect("a client")
     };
@@ -810,8 +826,13 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     };
     let call = |header: v1::InferHeader, tensors: Vec<(String, TensorData)>| {
         rt.block_on(async {
-            let channel =
-                strata_proto::call::channel(edge, Duration::from_secs(2)).expect("channel");
+            let channel = strata_proto::call::channel(
+                edge,
+                Duration::from_secs(2),
+                &sandbox.admin(),
+                strata_proto::transport::Expect::Server,
+            )
+            .expect("channel");
             let chunks = strata_proto::call::chunks_of(tensors);
             strata_proto::call::infer(
                 channel,
@@ -843,7 +864,13 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     .expect_err("plan");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     let oversized = rt.block_on(async {
-        let channel = strata_proto::call::channel(edge, Duration::from_secs(2)).expect("channel");
+        let channel = strata_proto::call::channel(
+            edge,
+            Duration::from_secs(2),
+            &sandbox.admin(),
+            strata_proto::transport::Expect::Server,
+        )
+        .expect("channel");
         let frames = vec![
             v1::InferRequest {
                 frame: Some(v1::infer_request::Frame::Header(header.clone())),
@@ -871,8 +898,13 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     // A corrupt upload: the digest does not match; nothing is stored.
     let bytes = std::fs::read(corpus("squeezenet.onnx")).expect("model");
     let corrupt = rt.block_on(async {
-        let channel = strata_proto::call::channel(&sandbox.cp_address, Duration::from_secs(2))
-            .expect("channel");
+        let channel = strata_proto::call::channel(
+            &sandbox.cp_address,
+            Duration::from_secs(2),
+            &sandbox.admin(),
+            strata_proto::transport::Expect::Server,
+        )
+        .expect("channel");
         let meta = v1::ModelMeta {
             name: "corrupt".into(),
             digest: "0".repeat(64),
@@ -931,8 +963,13 @@ fn graceful_shutdown_deregisters_at_once() {
     let id = sandbox.status(&sandbox.agents[1].address).node_id;
     for address in [&sandbox.cp_address, &sandbox.agents[1].address] {
         let serving = sandbox.runtime.block_on(async {
-            let channel =
-                strata_proto::call::channel(address, Duration::from_secs(2)).expect("channel");
+            let channel = strata_proto::call::channel(
+                address,
+                Duration::from_secs(2),
+                &sandbox.admin(),
+                strata_proto::transport::Expect::Server,
+            )
+            .expect("channel");
             tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
@@ -989,7 +1026,13 @@ fn a_full_agent_sheds_load_with_resource_exhausted_instead_of_queueing() {
         request_id: "burst".into(),
     };
     let results: Vec<Result<(), tonic::Status>> = sandbox.runtime.block_on(async {
-        let channel = strata_proto::call::channel(&edge, Duration::from_secs(2)).expect("channel");
+        let channel = strata_proto::call::channel(
+            &edge,
+            Duration::from_secs(2),
+            &sandbox.admin(),
+            strata_proto::transport::Expect::Server,
+        )
+        .expect("channel");
         let calls = (0..8).map(|_| {
             let (channel, header, chunks) = (channel.clone(), header.clone(), chunks.clone());
             tokio::spawn(async move {
@@ -1043,13 +1086,27 @@ fn strata_up_serves_the_demo_and_its_printed_command_works() {
     let up = sandbox::Proc::spawn("strata up", cmd, &dir.path().join("up.log"));
     up.wait_line("is served", Duration::from_secs(120));
     let command = up.wait_line("strata infer", Duration::from_secs(5));
-    let args: Vec<String> = command
-        .split_whitespace()
-        .skip(1)
+    // `VAR=value … strata infer …`: the printed command names the administrator's TLS material.
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "strata")
+        .expect("a strata command");
+    let envs: Vec<(&str, &str)> = words[..at]
+        .iter()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    assert!(
+        envs.iter().any(|(k, _)| *k == "STRATA_TLS_DIR"),
+        "the demo is served over mutual TLS and says where its credentials are: {command}"
+    );
+    let args: Vec<String> = words[at + 1..]
+        .iter()
         .map(|a| a.replace("/tmp/strata-out", &dir.path().join("out").to_string_lossy()))
         .collect();
     let out = std::process::Command::new(sandbox::strata_bin())
         .current_dir(sandbox::root())
+        .envs(envs)
         .args(&args)
         .env("STRATA_LOG", "off")
         .env("STRATA_CACHE_DIR", dir.path().join("stage-cache"))
@@ -1295,7 +1352,7 @@ fn the_cli_says_when_it_cannot_reach_the_cluster() {
     assert!(!out.status.success());
     assert!(
         stderr.contains(&format!("cannot reach {closed}"))
-            && stderr.contains("is `strata up` or `strata control-plane` running?"),
+            && stderr.contains("is `strata up` or `strata control-plane` running"),
         "{stderr}"
     );
 }
@@ -1363,8 +1420,13 @@ fn agents_and_devices_follow_a_control_plane_restarted_on_a_new_store() {
     );
     for agent in &sandbox.agents {
         let known = sandbox.runtime.block_on(async {
-            let channel = strata_proto::call::channel(&agent.address, Duration::from_secs(2))
-                .expect("channel");
+            let channel = strata_proto::call::channel(
+                &agent.address,
+                Duration::from_secs(2),
+                &sandbox.admin(),
+                strata_proto::transport::Expect::Server,
+            )
+            .expect("channel");
             v1::routes_client::RoutesClient::new(channel)
                 .get_routes(v1::GetRoutesRequest {
                     model: "multi_io".into(),

@@ -36,8 +36,13 @@ fn device(sandbox: &Sandbox, model: &str) -> Client {
 
 fn models(sandbox: &Sandbox) -> Vec<v1::ModelInfo> {
     sandbox.runtime.block_on(async {
-        let channel = strata_proto::call::channel(&sandbox.cp_address, Duration::from_secs(2))
-            .expect("channel");
+        let channel = strata_proto::call::channel(
+            &sandbox.cp_address,
+            Duration::from_secs(2),
+            &sandbox.admin(),
+            strata_proto::transport::Expect::Server,
+        )
+        .expect("channel");
         let mut models = v1::control_client::ControlClient::new(channel)
             .list_models(v1::ListModelsRequest {})
             .await
@@ -270,6 +275,9 @@ fn concurrent_pushes_of_one_name_get_one_version_order() {
         .enumerate()
         .map(|(i, file)| {
             let (strata, endpoint) = (strata.clone(), sandbox.replicas[i % 2].address.clone());
+            let admin = sandbox
+                .credentials(strata_trust::Role::Admin, "admin")
+                .expect("a TLS sandbox");
             let path = corpus(&format!("{file}.onnx"));
             std::thread::spawn(move || {
                 let out = std::process::Command::new(strata)
@@ -277,6 +285,7 @@ fn concurrent_pushes_of_one_name_get_one_version_order() {
                     .arg(&path)
                     .args(["--name", "contested"])
                     .env("STRATA_LOG", "off")
+                    .env("STRATA_TLS_DIR", admin)
                     .output()
                     .expect("strata runs");
                 let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -503,8 +503,13 @@ impl Cluster {
     fn channels(&self, n: usize) -> Vec<Channel> {
         (0..n)
             .map(|_| {
-                strata_proto::call::channel(&self.cp.address, Duration::from_secs(5))
-                    .expect("a channel to the control plane")
+                strata_proto::call::channel(
+                    &self.cp.address,
+                    Duration::from_secs(5),
+                    &strata_proto::transport::Transport::Plain,
+                    strata_proto::transport::Expect::Server,
+                )
+                .expect("a channel to the control plane")
             })
             .collect()
     }

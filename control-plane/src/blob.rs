@@ -36,12 +36,16 @@ pub struct PeerBlobStore {
 }
 
 impl PeerBlobStore {
-    /// Blobs in `local`, with peers found in `store`.
-    pub fn new(local: Arc<dyn BlobStore>, store: Arc<dyn crate::store::Store>) -> PeerBlobStore {
+    /// Blobs in `local`, with peers found in `store`, dialled under `transport`.
+    pub fn new(
+        local: Arc<dyn BlobStore>,
+        store: Arc<dyn crate::store::Store>,
+        transport: strata_proto::transport::Transport,
+    ) -> PeerBlobStore {
         PeerBlobStore {
             local,
             store,
-            channels: strata_proto::call::Channels::new(Duration::from_secs(2)),
+            channels: strata_proto::call::Channels::new(Duration::from_secs(2), transport),
         }
     }
 
@@ -61,7 +65,10 @@ impl PeerBlobStore {
                     continue;
                 }
             };
-            let channel = match self.channels.get(&peer.address) {
+            let channel = match self
+                .channels
+                .get(&peer.address, strata_proto::transport::Expect::Controller)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(peer = %peer.id, error = %e, "peer has a bad address");

@@ -43,6 +43,15 @@ pub enum ControlError {
     /// Too big.
     #[error("{0}")]
     TooLarge(String),
+    /// The caller's identity may not do this (act as another node, register on another tier).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// This control plane cannot do it as configured (no CA key to sign joins with, say).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No join token with this id.
+    #[error("no join token \"{0}\" (list them with `strata token ls`)")]
+    UnknownToken(String),
     /// The store failed.
     #[error("state store: {0}")]
     Store(#[from] StoreError),
@@ -73,6 +82,9 @@ impl From<ControlError> for Status {
             ControlError::PlanFailed { .. } => (Code::Unavailable, Some(ErrorReason::ModelFailed)),
             ControlError::NotLeader => (Code::Unavailable, Some(ErrorReason::NotLeader)),
             ControlError::TooLarge(_) => (Code::ResourceExhausted, None),
+            ControlError::PermissionDenied(_) => (Code::PermissionDenied, None),
+            ControlError::FailedPrecondition(_) => (Code::FailedPrecondition, None),
+            ControlError::UnknownToken(_) => (Code::NotFound, None),
             ControlError::Store(StoreError::Unavailable(_)) => {
                 (Code::Unavailable, Some(ErrorReason::StoreUnavailable))
             }

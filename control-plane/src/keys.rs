@@ -40,6 +40,22 @@ pub fn controller(id: &str) -> String {
     format!("{CONTROLLERS}{id}")
 }
 
+/// Join tokens, by id (the secret only as its SHA-256).
+pub const TOKENS: &str = "/strata/v1/tokens/";
+
+/// The key of a join token.
+pub fn token(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
+/// Identities issued to joining nodes, by DNS name (a name is issued once).
+pub const IDENTITIES: &str = "/strata/v1/identities/";
+
+/// The key of an issued identity.
+pub fn identity(dns_name: &str) -> String {
+    format!("{IDENTITIES}{dns_name}")
+}
+
 /// The key of a node.
 pub fn node(id: &str) -> String {
     format!("{NODES}{id}")

@@ -22,6 +22,7 @@ pub mod route_cache;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tokens;
 
 pub use error::ControlError;
 pub use plane::{ControlPlane, Settings};

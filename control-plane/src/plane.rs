@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_blob::BlobStore;
-use strata_core::{Digest, Privacy, Tier};
+use strata_core::{Digest, Tier};
 use strata_planner::cluster::Cluster;
+use strata_proto::auth::{Caller, Class};
 use strata_proto::{convert, v1};
 use tokio::sync::{Notify, watch};
 
@@ -43,11 +44,17 @@ pub struct Settings {
     pub frontier: strata_planner::frontier::Settings,
     /// How agents' measured stage times calibrate the tiers' speeds.
     pub calibration: crate::calibration::Settings,
+    /// How it serves and how it dials its peers (plain, or mutual TLS with a controller certificate).
+    pub transport: strata_proto::transport::Transport,
+    /// The cluster CA, when this replica admits joining nodes (it signs their certificates).
+    pub ca: Option<Arc<strata_trust::ca::Ca>>,
+    /// How long a joined node's certificate is valid.
+    pub node_cert_ttl: Duration,
 }
 
 impl Settings {
     /// Defaults for a cluster profile: node TTL 3 s, models up to 4 GiB, rollout grace 10 s, blob grace
-    /// 10 min, the default frontier (16 plans), calibration on (±25 %).
+    /// 10 min, the default frontier (16 plans), calibration on (±25 %), the plain transport, no joining (node certificates for 90 days once a CA is given).
     pub fn new(cluster: Cluster) -> Settings {
         Settings {
             cluster,
@@ -58,6 +65,9 @@ impl Settings {
             blob_grace: Duration::from_secs(600),
             frontier: strata_planner::frontier::Settings::default(),
             calibration: crate::calibration::Settings::default(),
+            transport: Default::default(),
+            ca: None,
+            node_cert_ttl: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -66,6 +76,7 @@ impl Settings {
 #[derive(Debug, Clone)]
 struct Live {
     lease: i64,
+    identity: Option<String>,
     ready: Vec<Digest>,
     load: v1::Load,
     stage_ms: BTreeMap<String, f64>,
@@ -102,7 +113,7 @@ pub struct ControlPlane {
     pub(crate) replan_backoff: Mutex<HashMap<String, (u64, Instant, Duration)>>,
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
     serde_json::to_vec(value).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
@@ -240,7 +251,14 @@ impl ControlPlane {
 
     /// Registers a node under a fresh lease.
     #[tracing::instrument(skip_all, fields(name = %spec.name, address = %spec.address))]
-    pub async fn register(&self, spec: v1::NodeSpec) -> Result<(String, Duration), ControlError> {
+    ///
+    /// Under mutual TLS the caller must be a node, and its certificate decides its tier and name: a node whose
+    /// spec claims another tier is refused, whatever it says.
+    pub async fn register(
+        &self,
+        mut spec: v1::NodeSpec,
+        caller: &Caller,
+    ) -> Result<(String, Duration), ControlError> {
         let tier = convert::tier(spec.tier, "spec.tier")
             .ok()
             .filter(|t| *t != Tier::Device)
@@ -249,6 +267,18 @@ impl ControlPlane {
                     "a node's tier must be edge or cloud (devices do not register)".into(),
                 )
             })?;
+        let identity = match caller {
+            Caller::Open => None,
+            Caller::Known(id) if id.tier() == Some(tier) => {
+                spec.name = id.name.clone();
+                Some(id.dns_name())
+            }
+            other => {
+                return Err(ControlError::PermissionDenied(format!(
+                    "register as a {tier} node: the caller is {other}, whose certificate does not make it a {tier} node"
+                )));
+            }
+        };
         if spec.address.parse::<std::net::SocketAddr>().is_err() && !spec.address.contains(':') {
             return Err(ControlError::InvalidArgument(format!(
                 "node address \"{}\" is not host:port",
@@ -284,6 +314,7 @@ impl ControlPlane {
             address: spec.address,
             lease,
             ready: Vec::new(),
+            identity: identity.clone(),
         };
         self.store
             .put(&keys::node(&id), json(&record)?, Some(lease))
@@ -292,6 +323,7 @@ impl ControlPlane {
             id.clone(),
             Live {
                 lease,
+                identity,
                 ready: Vec::new(),
                 load: v1::Load::default(),
                 stage_ms: BTreeMap::new(),
@@ -301,6 +333,40 @@ impl ControlPlane {
         tracing::info!(node = %id, tier = %tier, "node registered");
         self.wake.notify_one();
         Ok((id, self.settings.node_ttl))
+    }
+
+    /// Checks that `caller` may act as node `node_id` (it registered it).
+    pub async fn check_owner(&self, node_id: &str, caller: &Caller) -> Result<(), ControlError> {
+        if matches!(caller, Caller::Open) {
+            return Ok(());
+        }
+        let cached = self.live().get(node_id).map(|l| l.identity.clone());
+        let identity = match cached {
+            Some(i) => i,
+            None => self.node_record(node_id).await?.identity,
+        };
+        owns(caller, node_id, identity.as_deref())
+    }
+
+    /// The node ids registered by `identity` (its DNS name; from the store when this replica has not heard
+    /// from them).
+    pub async fn nodes_of(&self, identity: &str) -> Result<Vec<String>, ControlError> {
+        let mut ids: Vec<String> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| l.identity.as_deref() == Some(identity))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.extend(
+            self.nodes()
+                .await?
+                .into_iter()
+                .filter(|n| n.identity.as_deref() == Some(identity))
+                .map(|n| n.id),
+        );
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     async fn node_record(&self, node_id: &str) -> Result<NodeRecord, ControlError> {
@@ -313,7 +379,13 @@ impl ControlPlane {
 
     /// Renews a node's lease, records its load, and republishes when its ready stages changed.
     #[tracing::instrument(skip_all, fields(node = %req.node_id))]
-    pub async fn heartbeat(&self, req: v1::HeartbeatRequest) -> Result<Duration, ControlError> {
+    ///
+    /// Under mutual TLS only the identity that registered the node may heartbeat for it.
+    pub async fn heartbeat(
+        &self,
+        req: v1::HeartbeatRequest,
+        caller: &Caller,
+    ) -> Result<Duration, ControlError> {
         let mut new_ready = req
             .ready
             .iter()
@@ -331,14 +403,15 @@ impl ControlPlane {
         let cached = self
             .live()
             .get(&req.node_id)
-            .map(|l| (l.lease, l.ready.clone()));
-        let (lease, ready) = match cached {
+            .map(|l| (l.lease, l.ready.clone(), l.identity.clone()));
+        let (lease, ready, identity) = match cached {
             Some(c) => c,
             None => {
                 let r = self.node_record(&req.node_id).await?;
-                (r.lease, r.ready)
+                (r.lease, r.ready, r.identity)
             }
         };
+        owns(caller, &req.node_id, identity.as_deref())?;
         match self.store.keep_alive(lease).await {
             Ok(_) => {}
             Err(StoreError::LeaseNotFound(_)) => {
@@ -359,6 +432,7 @@ impl ControlPlane {
             req.node_id.clone(),
             Live {
                 lease,
+                identity,
                 ready: new_ready,
                 load: req.load.unwrap_or_default(),
                 stage_ms,
@@ -368,9 +442,12 @@ impl ControlPlane {
         Ok(self.settings.node_ttl)
     }
 
-    /// Removes a node now.
-    pub async fn deregister(&self, node_id: &str) -> Result<(), ControlError> {
+    /// Removes a node now: the node itself, or an administrator draining it.
+    pub async fn deregister(&self, node_id: &str, caller: &Caller) -> Result<(), ControlError> {
         let record = self.node_record(node_id).await?;
+        if !caller.is(Class::Admin) {
+            owns(caller, node_id, record.identity.as_deref())?;
+        }
         self.live().remove(node_id);
         match self.store.revoke_lease(record.lease).await {
             Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
@@ -418,9 +495,13 @@ impl ControlPlane {
             )));
         }
         let actual = declared;
-        let privacy = convert::privacy(meta.privacy, "meta.privacy")
-            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?
-            .unwrap_or(Privacy::Open);
+        // Required, never defaulted: an unspecified or unknown level must not widen to `open`.
+        let privacy = convert::model_privacy(meta.privacy, "meta.privacy").map_err(|e| {
+            ControlError::InvalidArgument(format!(
+                "model \"{}\": {e}; nothing was stored",
+                meta.name
+            ))
+        })?;
         let shapes = meta.input_shapes.clone();
         let check_bytes = bytes.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -575,5 +656,20 @@ impl ControlPlane {
             .iter()
             .filter_map(|kv| crate::records::route_table(&self.corrupt, kv).ok())
             .collect())
+    }
+}
+
+/// Whether `caller` is the identity that registered node `node_id` (`registered_by`); anyone is under the
+/// plain transport.
+fn owns(caller: &Caller, node_id: &str, registered_by: Option<&str>) -> Result<(), ControlError> {
+    match (caller, registered_by) {
+        (Caller::Open, _) => Ok(()),
+        (Caller::Known(id), Some(owner)) if id.tier().is_some() && id.dns_name() == owner => Ok(()),
+        (caller, owner) => Err(ControlError::PermissionDenied(format!(
+            "node \"{node_id}\" was registered by {}; {caller} may not act for it",
+            owner.map_or("a caller without a certificate".to_string(), |o| format!(
+                "\"{o}\""
+            ))
+        ))),
     }
 }

@@ -120,10 +120,14 @@ pub fn plan_model(
         }
     }
     if record.plans.is_empty() {
-        record.failed = Some(format!(
-            "no plan fits the cluster: {}",
-            record.notes.join("; ")
-        ));
+        // Each note once (a stage that cannot be extracted fails the same way in every plan using it).
+        let mut notes: Vec<&str> = Vec::new();
+        for note in &record.notes {
+            if !notes.contains(&note.as_str()) {
+                notes.push(note);
+            }
+        }
+        record.failed = Some(format!("no plan fits the cluster: {}", notes.join("; ")));
     }
     record
         .plans
@@ -143,6 +147,29 @@ pub enum CheckError {
     /// Unsupported operators, shapes that do not resolve, or a graph tract cannot type.
     #[error(transparent)]
     Analyse(#[from] AnalyseError),
+    /// An input shape (given with the push, or declared by the model) with a zero dimension: every request
+    /// would carry an empty tensor.
+    #[error(
+        "input \"{input}\" has shape {dims:?}, with a zero dimension: a model is served for non-empty inputs \
+         (give every dimension as 1 or more, e.g. --input {input}=1,...)"
+    )]
+    ZeroDim {
+        /// The input.
+        input: String,
+        /// Its shape.
+        dims: Vec<usize>,
+    },
+}
+
+/// The first shape with a zero dimension, as an error.
+fn zero_dim(shapes: &[InputShape]) -> Result<(), CheckError> {
+    match shapes.iter().find(|s| s.dims.contains(&0)) {
+        Some(s) => Err(CheckError::ZeroDim {
+            input: s.name.clone(),
+            dims: s.dims.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Checks that a model can be served: it parses, tract supports every operator, and its input shapes resolve.
@@ -156,12 +183,15 @@ fn prepare(bytes: &[u8], input_shapes: &[String]) -> Result<(Model, Analysis), C
         .iter()
         .map(|s| s.parse::<InputShape>())
         .collect::<Result<_, _>>()?;
+    zero_dim(&shapes)?;
     // Unsupported operators first: they are the news, whatever else is wrong.
     let unsupported = analyse::unsupported_ops(&model, bytes)?;
     if !unsupported.is_empty() {
         return Err(AnalyseError::Unsupported(unsupported).into());
     }
     let analysis = analyse::analyse(&model, bytes, &shapes)?;
+    // A zero the model itself declares.
+    zero_dim(&analysis.input_shapes)?;
     Ok((model, analysis))
 }
 
@@ -251,4 +281,89 @@ fn device_bytes_sent(model: &Model, analysis: &Analysis, stages: &[StageRecord])
         .filter(|t| on_device.contains(t))
         .collect();
     needed.iter().map(|t| analysis.tensor_bytes(t)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use strata_planner::onnx::{self, proto};
+
+    /// `x` [1, 64] → Relu → `a` → Sigmoid → `y`.
+    fn two_step_model() -> Vec<u8> {
+        let node = |op: &str, input: &str, output: &str| proto::NodeProto {
+            op_type: Some(op.into()),
+            name: Some(op.to_lowercase()),
+            input: vec![input.into()],
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        proto::ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![proto::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(proto::GraphProto {
+                name: Some("two_step".into()),
+                node: vec![node("Relu", "x", "a"), node("Sigmoid", "a", "y")],
+                input: vec![onnx::tensor_value_info("x", 1, &[1, 64])],
+                output: vec![onnx::tensor_value_info("y", 1, &[1, 64])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn an_input_shape_with_a_zero_dimension_is_refused() {
+        let model = two_step_model();
+        check_model(&model, &["x=1,64".to_string()]).expect("a real shape");
+        // A given shape with a zero is refused where it is parsed, naming it.
+        let e = check_model(&model, &["x=0,64".to_string()]).expect_err("a zero batch");
+        assert!(
+            e.to_string().contains("x=0,64") && e.to_string().contains("zero dimension"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_planning_failure_says_each_cause_once() {
+        // Every tier's memory is below what one node needs (its 256-byte input and output).
+        let cluster = Cluster::from_toml(
+            "[tiers.device]\ngflops = 10\nmemory_mib = 0.0001\n\
+             [tiers.edge]\ngflops = 100\nmemory_mib = 0.0001\n\
+             [tiers.cloud]\ngflops = 1000\nmemory_mib = 0.0001\n\
+             [[links]]\nfrom = \"device\"\nto = \"edge\"\nup_mbps = 40\nrtt_ms = 4\n\
+             [[links]]\nfrom = \"edge\"\nto = \"cloud\"\nup_mbps = 13\nrtt_ms = 50\n",
+        )
+        .expect("cluster");
+        let planned = plan_model(
+            "m",
+            1,
+            &two_step_model(),
+            &[],
+            Privacy::Open,
+            &cluster,
+            &Tier::ALL.into_iter().collect(),
+            &frontier::Settings::default(),
+            crate::calibration::NONE,
+        );
+        let failed = planned.record.failed.expect("nothing fits");
+        // Five privacy variants failed on the same node for the same reasons: one note says so.
+        assert!(
+            failed.starts_with(
+                "no plan fits the cluster: no open, features, edge, edge+features, device plan: no feasible \
+                 placement: node \"relu\" (Relu) can run on no tier: tier device memory cap"
+            ),
+            "{failed}"
+        );
+        for tier in ["device", "edge", "cloud"] {
+            let cause = format!("tier {tier} memory cap");
+            assert_eq!(failed.matches(&cause).count(), 1, "{cause}: {failed}");
+        }
+        assert!(!failed.contains("tier absent"), "{failed}");
+        assert!(failed.len() < 700, "{} bytes: {failed}", failed.len());
+    }
 }

@@ -534,6 +534,7 @@ mod tests {
             address: format!("{id}:1"),
             lease: 1,
             ready: ready.to_vec(),
+            identity: None,
         }
     }
 

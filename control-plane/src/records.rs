@@ -28,6 +28,10 @@ pub struct NodeRecord {
     pub lease: i64,
     /// Digests of the stages it has loaded and reported ready.
     pub ready: Vec<Digest>,
+    /// The identity its certificate proved at registration (its DNS name, `NAME.TIER.id.strata`; mutual
+    /// TLS): only that identity may heartbeat, watch or deregister as this node. `None` on the plain transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// A running control-plane replica.

@@ -75,6 +75,18 @@ impl RouteCache {
         (tables.values().cloned().collect(), self.updates.subscribe())
     }
 
+    /// Whether some current table has a stage with `digest` on `tier` (what a device may fetch: the stages
+    /// it runs itself).
+    pub fn has_stage(&self, digest: &str, tier: strata_core::Tier) -> bool {
+        let tier = v1::Tier::from(tier) as i32;
+        self.tables().values().any(|t| {
+            t.plans
+                .iter()
+                .flat_map(|p| &p.stages)
+                .any(|s| s.digest == digest && s.tier == tier)
+        })
+    }
+
     fn set(&self, table: Arc<v1::RouteTable>) {
         let mut tables = self.tables();
         let changed = tables.get(&table.model).is_none_or(|old| **old != *table);

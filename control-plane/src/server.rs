@@ -78,10 +78,11 @@ pub fn open_embedded(dir: &Path, blobs: Option<&Path>) -> Result<Stores, OpenErr
 }
 
 /// Opens the stores of a replica on etcd: the state in etcd, the blobs in `blob_dir`, fetched from the
-/// other replicas when missing ([`crate::blob::PeerBlobStore`]).
+/// other replicas when missing ([`crate::blob::PeerBlobStore`], dialling them under `transport`).
 pub async fn open_etcd(
     config: crate::store::EtcdConfig,
     blob_dir: &Path,
+    transport: strata_proto::transport::Transport,
 ) -> Result<Stores, OpenError> {
     let what = format!("etcd at {}", config.endpoints.join(","));
     let store: Arc<dyn Store> = Arc::new(
@@ -90,7 +91,7 @@ pub async fn open_etcd(
             .map_err(|source| OpenError::State { what, source })?,
     );
     let local = open_blobs(blob_dir)?;
-    let blobs = crate::blob::PeerBlobStore::new(Arc::new(local), store.clone());
+    let blobs = crate::blob::PeerBlobStore::new(Arc::new(local), store.clone(), transport);
     Ok((store, Arc::new(blobs)))
 }
 
@@ -159,7 +160,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(ControlServer::new(service.clone()).with_limits())
         .add_service(RoutesServer::new(service).with_limits());
-    let result = strata_proto::server::run(router, listener, shutdown, &stopping).await;
+    let transport = plane.settings.transport.clone();
+    let result = strata_proto::server::run(router, listener, transport, shutdown, &stopping).await;
     drop((control_loop, election, health_task, route_cache, collector));
     crate::replica::step_down(&plane).await;
     Ok(result?)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use strata_proto::auth;
 use strata_proto::v1::{self, control_server::Control, routes_server::Routes};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -25,6 +26,62 @@ impl ControlService {
     /// Wraps a control plane; watch streams end when `stopping` fires.
     pub fn new(plane: Arc<ControlPlane>, stopping: strata_proto::Stopping) -> Self {
         ControlService { plane, stopping }
+    }
+
+    /// Whether `caller` may fetch blob `digest`: a node only the stages assigned to it and the device
+    /// stages it caches for devices, a device only device stages, a replica (or an administrator)
+    /// anything; only a replica may ask as a peer (answered from the local blobs only).
+    async fn may_fetch(
+        &self,
+        caller: &auth::Caller,
+        digest: &strata_core::Digest,
+        from_peer: bool,
+    ) -> Result<(), Status> {
+        use auth::Class;
+        const METHOD: &str = "FetchBlob";
+        if from_peer && !caller.is(Class::Controller) {
+            return Err(auth::deny(
+                caller,
+                METHOD,
+                format_args!(
+                    "only a control-plane replica may ask as a peer ({}); {caller} is not one",
+                    strata_proto::call::PEER_HEADER
+                ),
+            ));
+        }
+        if caller.is(Class::Controller) || caller.is(Class::Admin) {
+            return Ok(());
+        }
+        let device_stage = self
+            .plane
+            .route_cache
+            .has_stage(digest.as_str(), strata_core::Tier::Device);
+        let allowed = match caller.identity() {
+            Some(id) if id.tier().is_some() => {
+                device_stage || {
+                    let nodes = self.plane.nodes_of(&id.dns_name()).await?;
+                    let assigned = self.plane.assignments.borrow();
+                    nodes.iter().any(|node| {
+                        assigned.get(node).is_some_and(|stages| {
+                            stages.iter().any(|s| s.digest == digest.as_str())
+                        })
+                    })
+                }
+            }
+            Some(_) => device_stage,
+            None => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(auth::deny(
+                caller,
+                METHOD,
+                format_args!(
+                    "blob {digest} is not a stage {caller} may fetch (not assigned to it, and no device stage)"
+                ),
+            ))
+        }
     }
 
     async fn model_info(&self, record: ModelRecord) -> v1::ModelInfo {
@@ -57,11 +114,16 @@ impl Control for ControlService {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let caller = auth::caller(&request);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("register: missing node spec"))?;
-        let (node_id, ttl) = self.plane.register(spec).await?;
+        let (node_id, ttl) = self.plane.register(spec, &caller).await.inspect_err(|e| {
+            if matches!(e, ControlError::PermissionDenied(_)) {
+                tracing::warn!(%caller, error = %e, "registration refused");
+            }
+        })?;
         Ok(Response::new(v1::RegisterResponse {
             node_id,
             ttl_ms: ttl.as_millis() as u64,
@@ -72,7 +134,12 @@ impl Control for ControlService {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let ttl = self.plane.heartbeat(request.into_inner()).await?;
+        let caller = auth::caller(&request);
+        let ttl = self
+            .plane
+            .heartbeat(request.into_inner(), &caller)
+            .await
+            .inspect_err(|e| denied(&caller, "Heartbeat", e))?;
         Ok(Response::new(v1::HeartbeatResponse {
             ttl_ms: ttl.as_millis() as u64,
         }))
@@ -82,7 +149,11 @@ impl Control for ControlService {
         &self,
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
-        self.plane.deregister(&request.into_inner().node_id).await?;
+        let caller = auth::caller(&request);
+        self.plane
+            .deregister(&request.into_inner().node_id, &caller)
+            .await
+            .inspect_err(|e| denied(&caller, "Deregister", e))?;
         Ok(Response::new(v1::DeregisterResponse {}))
     }
 
@@ -202,7 +273,12 @@ impl Control for ControlService {
         &self,
         request: Request<v1::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let caller = auth::caller(&request);
         let node_id = request.into_inner().node_id;
+        self.plane
+            .check_owner(&node_id, &caller)
+            .await
+            .inspect_err(|e| denied(&caller, "WatchAssignments", e))?;
         let mut rx = self.plane.assignments.subscribe();
         let stream = async_stream(move |tx| async move {
             let mut last: Option<Vec<v1::StageAssignment>> = None;
@@ -231,6 +307,101 @@ impl Control for ControlService {
             }
         });
         Ok(Response::new(self.stopping.bound(stream)))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let r = request.into_inner();
+        let tier = strata_proto::convert::tier(r.tier, "tier")
+            .map_err(strata_proto::convert::WireError::into_status)?;
+        let ttl = match r.ttl_ms {
+            0 => crate::tokens::DEFAULT_TTL,
+            ms => std::time::Duration::from_millis(ms),
+        };
+        let (token, record) = self
+            .plane
+            .create_token(tier, ttl, r.uses, r.description)
+            .await?;
+        Ok(Response::new(v1::CreateTokenResponse {
+            token: token.to_string(),
+            info: Some(token_info(record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
+        let tokens = self.plane.tokens().await?;
+        Ok(Response::new(v1::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        self.plane.revoke_token(&request.into_inner().id).await?;
+        Ok(Response::new(v1::RevokeTokenResponse {}))
+    }
+
+    async fn get_ca(
+        &self,
+        _request: Request<v1::GetCaRequest>,
+    ) -> Result<Response<v1::GetCaResponse>, Status> {
+        let Some(ca) = &self.plane.settings.ca else {
+            return Err(ControlError::FailedPrecondition(
+                "this control plane admits no joining nodes (started without --ca-dir)".into(),
+            )
+            .into());
+        };
+        let ca_pem = ca.cert_pem().to_string();
+        Ok(Response::new(v1::GetCaResponse { ca_pem }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        let caller = auth::caller(&request);
+        let r = request.into_inner();
+        let tier = strata_proto::convert::tier(r.tier, "tier")
+            .map_err(strata_proto::convert::WireError::into_status)?;
+        let cert_pem = self
+            .plane
+            .join(&r.token, tier, &r.name, &r.csr_pem)
+            .await
+            .inspect_err(|e| denied(&caller, "Join", e))?;
+        let ca_pem = self
+            .plane
+            .settings
+            .ca
+            .as_ref()
+            .map(|ca| ca.cert_pem().to_string())
+            .unwrap_or_default();
+        Ok(Response::new(v1::JoinResponse { cert_pem, ca_pem }))
+    }
+}
+
+/// A token as listed.
+fn token_info(r: crate::tokens::TokenRecord) -> v1::TokenInfo {
+    v1::TokenInfo {
+        id: r.id,
+        tier: v1::Tier::from(r.tier) as i32,
+        expires_unix_ms: r.expires_unix_ms,
+        uses_left: r.uses_left,
+        description: r.description,
+        created_unix_ms: r.created_unix_ms,
+    }
+}
+
+/// Logs a refusal of `caller` (the status says why).
+fn denied(caller: &auth::Caller, method: &str, e: &ControlError) {
+    if matches!(e, ControlError::PermissionDenied(_)) {
+        tracing::warn!(%caller, method, error = %e, "permission denied");
     }
 }
 
@@ -318,8 +489,10 @@ impl Routes for ControlService {
         let from_peer = request
             .metadata()
             .contains_key(strata_proto::call::PEER_HEADER);
+        let caller = auth::caller(&request);
         let digest = strata_proto::convert::digest(&request.into_inner().digest, "digest")
             .map_err(strata_proto::convert::WireError::into_status)?;
+        self.may_fetch(&caller, &digest, from_peer).await?;
         let blobs = &self.plane.blobs;
         let found = if from_peer {
             blobs.get_local(&digest).await

@@ -49,7 +49,9 @@ enum {
     /** The request's deadline passed. */
     STRATA_ERR_DEADLINE = 6,
     /** Anything else, including a bug in the SDK. */
-    STRATA_ERR_INTERNAL = 7
+    STRATA_ERR_INTERNAL = 7,
+    /** The cluster refused this client: no certificate, one from another CA, or a role that may not do this. */
+    STRATA_ERR_DENIED = 8
 };
 
 /** Privacy levels: how far a request's data may travel. A request can only tighten its model's level. */
@@ -104,9 +106,9 @@ typedef struct {
 
 /** What one request asks for. */
 typedef struct {
-    /** End-to-end latency budget in ms; <= 0 means none. */
+    /** End-to-end latency budget in ms; 0 means none; negative, NaN or infinite: STRATA_ERR_INVALID_ARGUMENT. */
     double latency_ms;
-    /** Device energy budget in mJ; <= 0 means none. */
+    /** Device energy budget in mJ; 0 means none; negative, NaN or infinite: STRATA_ERR_INVALID_ARGUMENT. */
     double energy_mj;
     /** One of STRATA_PRIVACY_*. */
     int32_t privacy;
@@ -141,6 +143,16 @@ int strata_client_new(const char *endpoints, strata_client **out);
  */
 int strata_client_new_with_cache(const char *endpoints, const char *cache_dir, uint64_t cache_max_bytes,
                                  strata_client **out);
+
+/**
+ * strata_client_new_with_cache over mutual TLS: ca_pem is the cluster CA bundle, cert_pem and key_pem this
+ * device's certificate and private key (paths of PEM files; all three, or all NULL for plain HTTP/2). The files
+ * are read now (a bad one is STRATA_ERR_INVALID_ARGUMENT, and strata_last_error says why) and again when they
+ * change, so a certificate can be rotated without a new client. Every agent a request goes to must prove, by
+ * its certificate, that it is a node of the tier of the stage it is sent.
+ */
+int strata_client_new_tls(const char *endpoints, const char *cache_dir, uint64_t cache_max_bytes,
+                          const char *ca_pem, const char *cert_pem, const char *key_pem, strata_client **out);
 
 /** Frees a client and its caches. NULL is a no-op. No other thread may be using it. */
 void strata_client_free(strata_client *client);

@@ -15,6 +15,7 @@ use strata_proto::balance::Balancer;
 use strata_proto::call::{self, HopError, RetryPolicy, chunks_of};
 use strata_proto::convert;
 use strata_proto::task::{AbortOnDrop, Backoff};
+use strata_proto::transport::Expect;
 use strata_proto::v1::{self, routes_client::RoutesClient};
 use strata_runtime::{Backend, LoadedStage, TractBackend};
 use tonic::transport::Channel;
@@ -51,11 +52,14 @@ pub struct ClientConfig {
     pub prefetch_budget_bytes: u64,
     /// The background prefetch waits until the device is charging (see [`Client::set_power_state`]).
     pub prefetch_when_charging: bool,
+    /// How it dials: plain, or mutual TLS with a device certificate (then every agent must prove it is a
+    /// node of the tier of the stage it is sent, and every endpoint that it is a control plane or a node).
+    pub transport: strata_proto::transport::Transport,
 }
 
 impl ClientConfig {
     /// Defaults for `endpoints`: 500 ms connect timeout, 30 s request deadline, the default [`RetryPolicy`],
-    /// no stage cache (1 GiB when a directory is given).
+    /// no stage cache (1 GiB when a directory is given), the plain transport.
     pub fn new(endpoints: Vec<String>) -> ClientConfig {
         ClientConfig {
             endpoints,
@@ -68,6 +72,7 @@ impl ClientConfig {
             cache_max_bytes: 1 << 30,
             prefetch: Vec::new(),
             prefetch_budget_bytes: 256 << 20,
+            transport: Default::default(),
             prefetch_when_charging: false,
         }
     }
@@ -175,7 +180,7 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(SdkError::InvalidArgument("no endpoint given".into()));
         }
-        let channels = call::Channels::new(config.connect_timeout);
+        let channels = call::Channels::new(config.connect_timeout, config.transport.clone());
         let config_estimator = config.estimator;
         let cache = match &config.cache_dir {
             Some(dir) => Some(SharedCache::open(dir, config.cache_max_bytes).map_err(|e| {
@@ -193,7 +198,7 @@ impl Client {
         };
         for e in &config.endpoints {
             channels
-                .get(e)
+                .get(e, Expect::Server)
                 .map_err(|e| SdkError::InvalidArgument(e.to_string()))?;
         }
         let inner = Arc::new(Inner {
@@ -291,6 +296,7 @@ impl Client {
         model: &str,
         constraints: &Constraints,
     ) -> Result<(v1::Plan, Prediction), SdkError> {
+        constraints.check()?;
         let table = self.route_table(model).ok_or_else(|| {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
@@ -306,6 +312,7 @@ impl Client {
     /// Why a request would get the plan it would get now: the estimates, the policy, every allowed plan
     /// ranked with its prediction (no network).
     pub fn explain(&self, model: &str, constraints: &Constraints) -> Result<Decision, SdkError> {
+        constraints.check()?;
         let table = self.route_table(model).ok_or_else(|| {
             SdkError::Unavailable(format!("no route table cached for \"{model}\""))
         })?;
@@ -412,6 +419,7 @@ impl Client {
         inputs: HashMap<String, TensorData>,
         constraints: Constraints,
     ) -> Result<Inference, SdkError> {
+        constraints.check()?;
         let started = Instant::now();
         let deadline = started + self.inner.config.request_timeout;
         let table = self.routes(model).await?;
@@ -1040,9 +1048,10 @@ impl Inner {
         hops
     }
 
+    /// A channel to an endpoint (a control plane, or an agent serving route tables and blobs).
     fn channel(&self, address: &str) -> Result<Channel, SdkError> {
         self.channels
-            .get(address)
+            .get(address, Expect::Server)
             .map_err(|e| SdkError::InvalidArgument(e.to_string()))
     }
 
@@ -1354,7 +1363,9 @@ impl Inner {
             Err(HopError::DeadlineExceeded) => Err(SdkError::DeadlineExceeded(
                 "the request's deadline passed".into(),
             )),
-            Err(e @ HopError::Channel(_)) => Err(SdkError::InvalidArgument(e.to_string())),
+            Err(e @ (HopError::Channel(_) | HopError::BadStage { .. })) => {
+                Err(SdkError::InvalidArgument(e.to_string()))
+            }
         }
     }
 

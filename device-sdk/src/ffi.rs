@@ -17,6 +17,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
+use crate::route::Budget;
 use crate::{
     ClientConfig, Constraints, DType, Objective, PowerState, Privacy, SdkError, TensorData,
     blocking,
@@ -38,6 +39,8 @@ pub const STRATA_ERR_UNAVAILABLE: c_int = 5;
 pub const STRATA_ERR_DEADLINE: c_int = 6;
 /// Anything else, including a bug in the SDK.
 pub const STRATA_ERR_INTERNAL: c_int = 7;
+/// The cluster refused this client: no certificate, the wrong one, or a role that may not do this.
+pub const STRATA_ERR_DENIED: c_int = 8;
 
 /// Keep the model's own privacy level.
 pub const STRATA_PRIVACY_MODEL: i32 = 0;
@@ -69,7 +72,8 @@ pub struct StrataTensor {
     pub data_len: usize,
 }
 
-/// A request's constraints (`strata_constraints`). A budget `<= 0` (or NaN) means none.
+/// A request's constraints (`strata_constraints`). A budget of 0 means none; a negative, NaN or infinite one
+/// is refused (`STRATA_ERR_INVALID_ARGUMENT`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct StrataConstraints {
@@ -136,6 +140,7 @@ impl From<SdkError> for Failure {
                 | tonic::Code::ResourceExhausted
                 | tonic::Code::Aborted
                 | tonic::Code::Cancelled => STRATA_ERR_UNAVAILABLE,
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => STRATA_ERR_DENIED,
                 _ => STRATA_ERR_INTERNAL,
             },
         };
@@ -265,7 +270,16 @@ fn constraints_from_c(c: Option<&StrataConstraints>) -> Outcome<Constraints> {
     let Some(c) = c else {
         return Ok(Constraints::default());
     };
-    let budget = |v: f64| (v > 0.0).then_some(v);
+    // 0 (a zeroed struct) means no budget; anything else must be a budget (NaN or a negative is refused with
+    // the library's own error, never read as "none").
+    let budget = |kind: Budget, v: f64| -> Outcome<Option<f64>> {
+        if v == 0.0 {
+            return Ok(None);
+        }
+        kind.check(v)
+            .map(Some)
+            .map_err(|e| Failure::from(SdkError::from(e)))
+    };
     let privacy = match c.privacy {
         STRATA_PRIVACY_MODEL => None,
         STRATA_PRIVACY_DEVICE => Some(Privacy::Device),
@@ -289,8 +303,8 @@ fn constraints_from_c(c: Option<&StrataConstraints>) -> Outcome<Constraints> {
         }
     };
     Ok(Constraints {
-        latency_ms: budget(c.latency_ms),
-        energy_mj: budget(c.energy_mj),
+        latency_ms: budget(Budget::LatencyMs, c.latency_ms)?,
+        energy_mj: budget(Budget::EnergyMj, c.energy_mj)?,
         privacy,
         objective,
         plan: None,
@@ -326,6 +340,49 @@ pub unsafe extern "C" fn strata_client_new(
     unsafe { strata_client_new_with_cache(endpoints, ptr::null(), 0, out) }
 }
 
+/// [`strata_client_new_with_cache`] over mutual TLS: `ca_pem` is the cluster CA bundle, `cert_pem` and
+/// `key_pem` this device's certificate and key (PEM file paths; all three, or all NULL for the plain
+/// transport). The files are read now (a bad one fails here, with the reason) and again when they change, so
+/// an app can rotate its certificate without a new client. Every agent must then prove it is a node of the
+/// tier of the stage it is sent.
+///
+/// # Safety
+/// `endpoints`, `cache_dir`, `ca_pem`, `cert_pem` and `key_pem` are NULL or NUL-terminated strings; `out` is
+/// NULL or valid for one pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_client_new_tls(
+    endpoints: *const c_char,
+    cache_dir: *const c_char,
+    cache_max_bytes: u64,
+    ca_pem: *const c_char,
+    cert_pem: *const c_char,
+    key_pem: *const c_char,
+    out: *mut *mut StrataClient,
+) -> c_int {
+    let transport = match (ca_pem.is_null(), cert_pem.is_null(), key_pem.is_null()) {
+        (true, true, true) => Ok(strata_proto::transport::Transport::Plain),
+        (false, false, false) => (|| {
+            // SAFETY: the caller's contract.
+            let path = |p, what| unsafe { text(p, what) }.map(std::path::PathBuf::from);
+            let files = strata_proto::transport::TlsFiles {
+                ca: path(ca_pem, "ca_pem")?,
+                cert: path(cert_pem, "cert_pem")?,
+                key: path(key_pem, "key_pem")?,
+            };
+            strata_proto::transport::Transport::tls(files).map_err(|e| invalid(e.to_string()))
+        })(),
+        _ => Err(invalid(
+            "ca_pem, cert_pem and key_pem: give all three (mutual TLS) or none (plain)",
+        )),
+    };
+    let transport = match transport {
+        Ok(t) => t,
+        Err(failure) => return status(|| Err(failure)),
+    };
+    // SAFETY: the caller's contract, passed on.
+    unsafe { new_client(endpoints, cache_dir, cache_max_bytes, transport, out) }
+}
+
 /// [`strata_client_new`] with a device stage cache in `cache_dir` (NULL: none), bounded to `cache_max_bytes`
 /// (0: 1 GiB), shared by every process that names it; stages and route tables kept there serve requests
 /// when the cluster cannot be reached.
@@ -340,6 +397,22 @@ pub unsafe extern "C" fn strata_client_new_with_cache(
     cache_max_bytes: u64,
     out: *mut *mut StrataClient,
 ) -> c_int {
+    let plain = strata_proto::transport::Transport::Plain;
+    // SAFETY: the caller's contract, passed on.
+    unsafe { new_client(endpoints, cache_dir, cache_max_bytes, plain, out) }
+}
+
+/// The constructors' body.
+///
+/// # Safety
+/// As [`strata_client_new_with_cache`].
+unsafe fn new_client(
+    endpoints: *const c_char,
+    cache_dir: *const c_char,
+    cache_max_bytes: u64,
+    transport: strata_proto::transport::Transport,
+    out: *mut *mut StrataClient,
+) -> c_int {
     status(|| {
         // SAFETY: `as_mut` handles NULL; the rest is the caller's contract.
         let out = unsafe { out.as_mut() }.ok_or_else(|| invalid("out is NULL"))?;
@@ -352,6 +425,7 @@ pub unsafe extern "C" fn strata_client_new_with_cache(
             .map(String::from)
             .collect();
         let mut config = ClientConfig::new(endpoints);
+        config.transport = transport;
         if !cache_dir.is_null() {
             // SAFETY: the caller's contract. An empty path (an unset variable's "") means none, as NULL.
             let dir = unsafe { text(cache_dir, "cache_dir") }?;

@@ -45,6 +45,79 @@ pub struct Constraints {
     pub local_only: bool,
 }
 
+/// One of a request's budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// End-to-end latency, ms.
+    LatencyMs,
+    /// Device energy, mJ.
+    EnergyMj,
+}
+
+impl Budget {
+    /// `latency` or `energy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Budget::LatencyMs => "latency",
+            Budget::EnergyMj => "energy",
+        }
+    }
+
+    /// `ms` or `mJ`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Budget::LatencyMs => "ms",
+            Budget::EnergyMj => "mJ",
+        }
+    }
+
+    /// A budget of `value`, checked: it must be a finite number > 0. A NaN, infinite, zero or negative
+    /// budget is refused, never read as "no budget" (leave the budget out for none).
+    pub fn check(self, value: f64) -> Result<f64, BadBudget> {
+        if value.is_finite() && value > 0.0 {
+            Ok(value)
+        } else {
+            Err(BadBudget {
+                budget: self,
+                value,
+            })
+        }
+    }
+}
+
+/// A budget that is not one (see [`Budget::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error(
+    "{} budget {value} {} is not a budget: it must be a finite number greater than 0 (leave it out for no budget)",
+    .budget.name(),
+    .budget.unit()
+)]
+pub struct BadBudget {
+    /// Which budget.
+    pub budget: Budget,
+    /// What was given.
+    pub value: f64,
+}
+
+impl From<BadBudget> for crate::SdkError {
+    fn from(e: BadBudget) -> crate::SdkError {
+        crate::SdkError::InvalidArgument(e.to_string())
+    }
+}
+
+impl Constraints {
+    /// Checks the request's budgets (see [`Budget::check`]).
+    pub fn check(&self) -> Result<(), BadBudget> {
+        if let Some(ms) = self.latency_ms {
+            Budget::LatencyMs.check(ms)?;
+        }
+        if let Some(mj) = self.energy_mj {
+            Budget::EnergyMj.check(mj)?;
+        }
+        Ok(())
+    }
+}
+
 /// Below this battery level, not charging, requests without an objective save energy.
 pub const LOW_BATTERY_PCT: f64 = 20.0;
 
@@ -101,13 +174,14 @@ pub fn satisfies(plan: &v1::Plan, level: Privacy) -> bool {
     plan.satisfies.contains(&(v1::Privacy::from(level) as i32))
 }
 
-/// The model's own privacy level, as its route table states it: `open` when unspecified, the strictest
-/// (`device`) when the code is not a level at all.
+/// The model's own privacy level, as its route table states it; the strictest (`device`) when the table
+/// states none or a code that is not a level.
 pub fn model_level(table: &v1::RouteTable) -> Privacy {
     match convert::privacy(table.privacy, "table.privacy") {
         Ok(Some(level)) => level,
-        Ok(None) => Privacy::Open,
-        Err(_) => Privacy::Device,
+        // A table without a valid level fails closed: nothing leaves the device (agents refuse such tables
+        // too).
+        Ok(None) | Err(_) => Privacy::Device,
     }
 }
 
@@ -494,6 +568,55 @@ mod tests {
             state: PowerState::default(),
             ranked,
         }
+    }
+
+    #[test]
+    fn nan_infinite_zero_and_negative_budgets_are_refused_not_ignored() {
+        for bad in [0.0, -0.0, -5.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for (constraints, budget) in [
+                (
+                    Constraints {
+                        latency_ms: Some(bad),
+                        ..Constraints::default()
+                    },
+                    Budget::LatencyMs,
+                ),
+                (
+                    Constraints {
+                        energy_mj: Some(bad),
+                        ..Constraints::default()
+                    },
+                    Budget::EnergyMj,
+                ),
+            ] {
+                let e = constraints.check().expect_err("not a budget");
+                assert_eq!(e.budget, budget);
+                assert!(
+                    e.to_string()
+                        .contains("must be a finite number greater than 0"),
+                    "{e}"
+                );
+                assert!(matches!(
+                    crate::SdkError::from(e),
+                    crate::SdkError::InvalidArgument(_)
+                ));
+            }
+        }
+        let fine = Constraints {
+            latency_ms: Some(0.5),
+            energy_mj: Some(20.0),
+            ..Constraints::default()
+        };
+        assert_eq!(fine.check(), Ok(()));
+        assert_eq!(Constraints::default().check(), Ok(()));
+        assert_eq!(
+            BadBudget {
+                budget: Budget::LatencyMs,
+                value: -5.0
+            }
+            .to_string(),
+            "latency budget -5 ms is not a budget: it must be a finite number greater than 0 (leave it out for no budget)"
+        );
     }
 
     #[test]

@@ -219,6 +219,8 @@ fn c_program_runs_squeezenet_on_a_cluster_like_rust_locally() {
     for privacy in [STRATA_PRIVACY_FEATURES, STRATA_PRIVACY_OPEN] {
         let out_file = tmp.path().join(format!("out-{privacy}.f32"));
         let run = Command::new(&program)
+            // `strata up` serves mutual TLS; its administrator's material is beside its data.
+            .env("STRATA_TLS_DIR", tmp.path().join("cluster/tls/admin"))
             .args([cluster.endpoint.as_str(), "squeezenet", "data_0"])
             .arg(&raw_input)
             .arg("1,3,224,224")
@@ -335,6 +337,41 @@ fn bad_arguments_are_clean_errors() {
         unsafe { strata_client_new(c"x".as_ptr(), std::ptr::null_mut()) },
         STRATA_ERR_INVALID_ARGUMENT
     );
+    // TLS material: all three paths or none; a missing file is named.
+    let tls = |ca: *const c_char, cert: *const c_char, key: *const c_char, out| unsafe {
+        strata_client_new_tls(
+            c"127.0.0.1:1".as_ptr(),
+            std::ptr::null(),
+            0,
+            ca,
+            cert,
+            key,
+            out,
+        )
+    };
+    let null = std::ptr::null();
+    assert_eq!(
+        tls(c"ca.pem".as_ptr(), null, null, &mut client),
+        STRATA_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("all three"), "{}", last_error());
+    assert_eq!(
+        tls(
+            c"/nonexistent/ca.pem".as_ptr(),
+            c"/nonexistent/cert.pem".as_ptr(),
+            c"/nonexistent/key.pem".as_ptr(),
+            &mut client
+        ),
+        STRATA_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("/nonexistent/ca.pem"),
+        "{}",
+        last_error()
+    );
+    assert!(client.is_null());
+    assert_eq!(tls(null, null, null, &mut client), STRATA_OK, "plain");
+    unsafe { strata_client_free(client) };
 
     let client = offline_client();
     let data = [0u8; 24];
@@ -430,6 +467,26 @@ fn bad_arguments_are_clean_errors() {
         "{}",
         last_error()
     );
+    // A budget is 0 (none) or a finite number > 0: a negative or NaN one is refused, not read as "none".
+    for (latency_ms, energy_mj, needle) in [
+        (-5.0, 0.0, "latency budget -5 ms is not a budget"),
+        (f64::NAN, 0.0, "latency budget NaN ms is not a budget"),
+        (0.0, -1.0, "energy budget -1 mJ is not a budget"),
+        (0.0, f64::NAN, "energy budget NaN mJ is not a budget"),
+    ] {
+        let budget = StrataConstraints {
+            latency_ms,
+            energy_mj,
+            privacy: 0,
+            ..privacy
+        };
+        assert_eq!(
+            infer_status(client, &[ok], Some(&budget)),
+            STRATA_ERR_INVALID_ARGUMENT,
+            "{needle}"
+        );
+        assert!(last_error().contains(needle), "{}", last_error());
+    }
     // SAFETY: a live client.
     let battery = unsafe { strata_set_power_state(client, 140.0, 0) };
     assert_eq!(battery, STRATA_ERR_INVALID_ARGUMENT);

@@ -8,6 +8,9 @@
 //!    that size; the tensor goes up and comes back, so every hop moves the payload twice. Alongside: what the
 //!    agent reports as compute, and the in-process CPU cost of one direction's framing (split, prost
 //!    encode + decode, reassemble) and of one plain copy of the payload, to show where the time goes.
+//! 3. **Mutual TLS on the hop** (issue 10): the same hops on a second cluster whose control plane, agent and
+//!    device have certificates from a fresh CA, interleaved with the plain ones; then a 1 KiB hop on a new
+//!    connection each call (the handshake, both certificates verified).
 //!
 //! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
 //! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
@@ -30,8 +33,10 @@ use strata_edge_agent::{Agent, AgentConfig};
 use strata_planner::cluster::Cluster;
 use strata_planner::onnx::{self, proto};
 use strata_proto::call::{self, chunks_of};
+use strata_proto::transport::{Expect, Transport};
 use strata_proto::v1;
 use strata_runtime::{Backend, LoadedStage, TensorData, TractBackend};
+use strata_trust::Role;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -67,18 +72,41 @@ struct Bench {
     plane: Arc<ControlPlane>,
     client: Client,
     cp_channel: Channel,
+    /// The device's transport (plain, or mutual TLS with a device certificate).
+    device: Transport,
     _dir: tempfile::TempDir,
 }
 
-async fn start() -> Bench {
+/// Transports for the control plane, the edge agent and the device: plain, or mutual TLS from a fresh CA.
+fn transports(dir: &Path, tls: bool) -> [Transport; 3] {
+    if !tls {
+        return [Transport::Plain, Transport::Plain, Transport::Plain];
+    }
+    let ca = strata_trust::ca::Ca::generate("bench", Duration::from_secs(3600)).expect("CA");
+    [
+        ("cp", Role::Controller),
+        ("bench-edge", Role::Node(strata_core::Tier::Edge)),
+        ("device", Role::Device),
+    ]
+    .map(|(name, role)| {
+        let identity = strata_trust::Identity::new(name, role).expect("identity");
+        let issued = ca
+            .issue(&identity, &[], Duration::from_secs(3600))
+            .expect("issue");
+        let out = dir.join("tls").join(name);
+        strata_trust::ca::write_credentials(&out, ca.cert_pem(), &issued).expect("write");
+        Transport::tls(strata_trust::TlsFiles::in_dir(&out)).expect("TLS material")
+    })
+}
+
+async fn start(tls: bool) -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
+    let [cp_transport, edge_transport, device] = transports(dir.path(), tls);
     let (state, blobs) =
         server::open_embedded(&dir.path().join("control-plane"), None).expect("stores");
-    let plane = ControlPlane::new(
-        state,
-        blobs,
-        Settings::new(Cluster::from_toml(CLUSTER).expect("bench cluster parses")),
-    );
+    let mut settings = Settings::new(Cluster::from_toml(CLUSTER).expect("bench cluster parses"));
+    settings.transport = cp_transport;
+    let plane = ControlPlane::new(state, blobs, settings);
     let cp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let cp_addr = cp_listener.local_addr().expect("address").to_string();
     tokio::spawn(server::serve(
@@ -96,6 +124,7 @@ async fn start() -> Bench {
         dir.path().join("edge"),
     );
     config.name = "bench-edge".into();
+    config.transport = edge_transport;
     let agent = Agent::new(config).expect("agent");
     tokio::spawn(strata_edge_agent::serve(
         agent,
@@ -103,12 +132,23 @@ async fn start() -> Bench {
         std::future::pending::<()>(),
     ));
 
-    let client = Client::new(ClientConfig::new(vec![cp_addr.clone()])).expect("client");
-    let cp_channel = call::channel(&cp_addr, Duration::from_millis(500)).expect("channel");
+    let client = Client::new(ClientConfig {
+        transport: device.clone(),
+        ..ClientConfig::new(vec![cp_addr.clone()])
+    })
+    .expect("client");
+    let cp_channel = call::channel(
+        &cp_addr,
+        Duration::from_millis(500),
+        &device,
+        Expect::Server,
+    )
+    .expect("channel");
     Bench {
         plane,
         client,
         cp_channel,
+        device,
         _dir: dir,
     }
 }
@@ -146,8 +186,13 @@ impl Bench {
                     .iter()
                     .find(|n| n.id == stage.nodes[0])
                     .expect("the stage's node is in the table");
-                let channel =
-                    call::channel(&node.address, Duration::from_millis(500)).expect("channel");
+                let channel = call::channel(
+                    &node.address,
+                    Duration::from_millis(500),
+                    &self.device,
+                    Expect::Node(strata_core::Tier::Edge),
+                )
+                .expect("channel");
                 let header = v1::InferHeader {
                     model: model.to_string(),
                     version: table.version,
@@ -160,6 +205,7 @@ impl Bench {
                     stage,
                     header,
                     channel,
+                    address: node.address.clone(),
                 };
             }
             if Instant::now() > deadline {
@@ -182,6 +228,8 @@ struct Target {
     stage: v1::Stage,
     header: v1::InferHeader,
     channel: Channel,
+    /// The agent's address (for hops on a new connection).
+    address: String,
 }
 
 /// One timed request.
@@ -515,6 +563,84 @@ async fn hops(bench: &Bench, iterations: &[(usize, usize)]) {
 /// chunks, encode every `InferRequest` frame with prost, decode it, reassemble (what tonic's codec and the
 /// receiver's `TensorAssembler` do; h2 framing and the kernel's copies come on top). Also the median time of
 /// one plain copy of the payload (`TensorData::clone`), which the framing figure includes once.
+/// What mutual TLS costs one hop: the same Identity hops on a plain and an mTLS cluster, interleaved (a
+/// plain hop, then a TLS one, each iteration), on warm connections; then a 1 KiB hop on a new connection
+/// every time (TCP connect, and under TLS the handshake with both certificates verified).
+async fn tls_cost(plain: &Bench, tls: &Bench, iterations: &[(usize, usize)], cold: usize) {
+    println!("\n## mutual TLS on one hop (the same Identity hop, plain vs mTLS; p50/p99 ms)");
+    println!(
+        "| payload | iterations | plain p50 | plain p99 | mTLS p50 | mTLS p99 | mTLS / plain (p50) | paired median ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for &(bytes, n) in iterations {
+        let name = format!("hop_{bytes}");
+        tls.push(&name, identity_model(bytes / 4)).await;
+        let (a, b) = (plain.ready(&name).await, tls.ready(&name).await);
+        let values = vec![0.5f32; bytes / 4];
+        let tensor = TensorData::from_f32(vec![1, bytes / 4], &values).expect("tensor");
+        let chunks = chunks_of(vec![("x".to_string(), tensor)]);
+        let (mut p, mut t) = (Vec::new(), Vec::new());
+        let warmup = 10.min(n);
+        for i in 0..warmup + n {
+            let (x, y) = if i % 2 == 0 {
+                let x = a.direct(&chunks).await;
+                (x, b.direct(&chunks).await)
+            } else {
+                let y = b.direct(&chunks).await;
+                (a.direct(&chunks).await, y)
+            };
+            if i >= warmup {
+                p.push(x.total_ms);
+                t.push(y.total_ms);
+            }
+        }
+        let paired: Vec<f64> = p.iter().zip(&t).map(|(x, y)| y / x).collect();
+        println!(
+            "| {} | {n} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            label(bytes),
+            quantile(&p, 0.5),
+            quantile(&p, 0.99),
+            quantile(&t, 0.5),
+            quantile(&t, 0.99),
+            quantile(&t, 0.5) / quantile(&p, 0.5),
+            median(&paired),
+        );
+    }
+    // Cold: a new channel per call.
+    let (a, b) = (plain.ready("hop_1024").await, tls.ready("hop_1024").await);
+    let tensor = TensorData::from_f32(vec![1, 256], &[0.5f32; 256]).expect("tensor");
+    let chunks = chunks_of(vec![("x".to_string(), tensor)]);
+    let cold_hop = |target: &Target, transport: &Transport| {
+        let mut target = target.clone();
+        target.channel = call::channel(
+            &target.address,
+            Duration::from_millis(500),
+            transport,
+            Expect::Node(strata_core::Tier::Edge),
+        )
+        .expect("channel");
+        target
+    };
+    let (mut p, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..cold.max(1) {
+        p.push(cold_hop(&a, &plain.device).direct(&chunks).await.total_ms);
+        t.push(cold_hop(&b, &tls.device).direct(&chunks).await.total_ms);
+    }
+    println!(
+        "| 1 KiB, new connection each call | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | — |",
+        cold.max(1),
+        quantile(&p, 0.5),
+        quantile(&p, 0.99),
+        quantile(&t, 0.5),
+        quantile(&t, 0.99),
+        quantile(&t, 0.5) / quantile(&p, 0.5),
+    );
+    println!(
+        "handshake cost (cold mTLS p50 − cold plain p50): {:.3} ms",
+        quantile(&t, 0.5) - quantile(&p, 0.5)
+    );
+}
+
 fn framing(tensor: &TensorData, iterations: usize) -> (f64, f64) {
     let (mut framing, mut copy) = (Vec::new(), Vec::new());
     for _ in 0..iterations.max(1) {
@@ -569,9 +695,17 @@ fn main() {
         } else {
             (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)])
         };
-        let bench = start().await;
+        let bench = start(false).await;
         overhead(&bench, overhead_iterations).await;
         hops(&bench, &hop_iterations).await;
+        let secured = start(true).await;
+        tls_cost(
+            &bench,
+            &secured,
+            &hop_iterations,
+            if full { 200 } else { 2 },
+        )
+        .await;
         println!(
             "\n(machine: {} cores; whole bench {:.1} s)",
             std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -43,8 +43,14 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Requests allowed to wait for a slot; beyond that, `RESOURCE_EXHAUSTED`.
     pub queue: u32,
-    /// Cap on the tensor bytes of one request.
+    /// Cap on the tensor bytes of one request, all tensors together (declared sizes, checked on each
+    /// tensor's header before its data is kept): more is `RESOURCE_EXHAUSTED`. Also caps what a forwarded
+    /// request brings back.
     pub max_request_bytes: u64,
+    /// Cap on the bytes of any one tensor of a request.
+    pub max_tensor_bytes: u64,
+    /// Cap on the tensor chunks of one request (a flood of tiny chunks costs out of proportion to its bytes).
+    pub max_request_chunks: u64,
     /// How long a next-tier agent that failed a forwarded request is avoided.
     pub retry: RetryPolicy,
     /// Give up connecting to a peer (next-tier agent, control plane) after this long.
@@ -52,12 +58,15 @@ pub struct AgentConfig {
     /// Cached stage files neither assigned nor routed any more are deleted this long after they were last
     /// stored.
     pub cache_grace: Duration,
+    /// How it serves and dials (plain, or mutual TLS with a node certificate whose tier must be `tier`).
+    pub transport: strata_proto::transport::Transport,
 }
 
 impl AgentConfig {
     /// The defaults: a slot per core, 4 queued requests per slot, named `<tier>-<hostname>`, requests up to
-    /// [`strata_proto::MAX_REQUEST_TENSOR_BYTES`], the default [`RetryPolicy`], 500 ms connect timeout, unused
-    /// cached stages kept 10 minutes.
+    /// [`DEFAULT_MAX_REQUEST_BYTES`] (any one tensor too) in at most [`DEFAULT_MAX_REQUEST_CHUNKS`] chunks,
+    /// the default [`RetryPolicy`], 500 ms connect timeout, unused
+    /// cached stages kept 10 minutes, the plain transport.
     pub fn new(
         tier: Tier,
         control_planes: Vec<String>,
@@ -73,11 +82,64 @@ impl AgentConfig {
             data_dir,
             slots,
             queue: slots * 4,
-            max_request_bytes: strata_proto::MAX_REQUEST_TENSOR_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_tensor_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_request_chunks: DEFAULT_MAX_REQUEST_CHUNKS,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_millis(500),
             cache_grace: Duration::from_secs(600),
+            transport: Default::default(),
         }
+    }
+}
+
+/// The default cap on one request's tensor bytes: 256 MiB. A stage's inputs are activations and raw inputs
+/// (an image batch, a token window), tens of MiB for large models; a request claiming more is refused before
+/// its data is buffered, so a few hostile streams cannot take the agent's memory. Raise it with
+/// `--max-request-mib` for models whose activations are larger.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 256 << 20;
+
+/// The default cap on one request's tensor chunks: 16,384, so a full-size request averages at least 16 KiB
+/// per chunk (Strata's own senders use 1 MiB chunks).
+pub const DEFAULT_MAX_REQUEST_CHUNKS: u64 = 16_384;
+
+/// At most this many distinct tensor names are kept for [`v1::AgentStatus::received_tensors`].
+pub const MAX_RECEIVED_NAMES: usize = 4096;
+
+/// The names of the tensors this agent accepted for a stage, for privacy audits: distinct, sorted, at most
+/// [`MAX_RECEIVED_NAMES`] (later new names are logged once and not kept), so no caller can grow it without
+/// bound. Only tensors that passed the stage's intake are recorded, and those are names of route tables.
+#[derive(Debug, Default)]
+pub struct ReceivedNames {
+    names: BTreeSet<String>,
+    overflowed: bool,
+}
+
+impl ReceivedNames {
+    /// Records accepted tensor names.
+    pub fn record<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        for name in names {
+            if self.names.contains(name) {
+                continue;
+            }
+            if self.names.len() >= MAX_RECEIVED_NAMES {
+                if !self.overflowed {
+                    self.overflowed = true;
+                    tracing::warn!(
+                        limit = MAX_RECEIVED_NAMES,
+                        tensor = %name,
+                        "the received-tensor audit list is full; new names are no longer listed"
+                    );
+                }
+                continue;
+            }
+            self.names.insert(name.clone());
+        }
+    }
+
+    /// The names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.names.iter().cloned().collect()
     }
 }
 
@@ -178,6 +240,16 @@ pub enum AgentError {
     /// The stage cache cannot be opened.
     #[error("cannot open the stage cache: {0}")]
     Cache(#[from] strata_blob::BlobError),
+    /// The certificate is not a node certificate of the agent's tier.
+    #[error(
+        "the certificate is for {identity}, not a {tier} node: a node's tier comes from its certificate (issue one with `strata cert issue --role {tier}`, or join with a {tier} token)"
+    )]
+    WrongCertificate {
+        /// What the certificate says.
+        identity: String,
+        /// The tier the agent was started for.
+        tier: Tier,
+    },
 }
 
 /// Shared agent state.
@@ -201,7 +273,9 @@ pub struct Agent {
     pub(crate) queued: AtomicU32,
     pub(crate) served: AtomicU64,
     pub(crate) rejected: AtomicU64,
-    pub(crate) received: Mutex<BTreeSet<String>>,
+    /// Requests refused because serving them would break their model's privacy level.
+    pub(crate) denied: AtomicU64,
+    pub(crate) received: Mutex<ReceivedNames>,
     pub(crate) connected: AtomicBool,
     /// Why the last control session ended (shown while disconnected).
     pub(crate) session_error: Mutex<String>,
@@ -213,14 +287,29 @@ pub struct Agent {
 
 impl Agent {
     /// A new agent (not yet registered). Blocking (it opens the stage cache in `data_dir/stages`).
-    pub fn new(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+    ///
+    /// Under mutual TLS the certificate must be a node certificate of `config.tier`; the agent takes its
+    /// name from it.
+    pub fn new(mut config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         if config.control_planes.is_empty() {
             return Err(AgentError::NoControlPlane);
+        }
+        if let Some(identity) = config.transport.identity() {
+            if identity.tier() != Some(config.tier) {
+                return Err(AgentError::WrongCertificate {
+                    identity: identity.to_string(),
+                    tier: config.tier,
+                });
+            }
+            config.name = identity.name;
         }
         let stages = StageStore::open(config.data_dir.join("stages"))?;
         Ok(Arc::new(Agent {
             slots: Semaphore::new(config.slots.max(1) as usize),
-            channels: strata_proto::call::Channels::new(config.connect_timeout),
+            channels: strata_proto::call::Channels::new(
+                config.connect_timeout,
+                config.transport.clone(),
+            ),
             config,
             node_id: RwLock::new(String::new()),
             stages: Arc::new(stages),
@@ -233,7 +322,8 @@ impl Agent {
             queued: AtomicU32::new(0),
             served: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-            received: Mutex::new(BTreeSet::new()),
+            denied: AtomicU64::new(0),
+            received: Mutex::new(ReceivedNames::default()),
             connected: AtomicBool::new(false),
             session_error: Mutex::new("not connected yet".to_string()),
             connected_at: Mutex::new(None),
@@ -266,9 +356,24 @@ impl Agent {
         }
     }
 
-    /// A cached channel to `address`.
+    /// Whether a route table this agent holds (current or previous version) has a device stage `digest`.
+    pub fn routes_device_stage(&self, digest: &str) -> bool {
+        let device = v1::Tier::Device as i32;
+        let holds = |tables: &HashMap<String, v1::RouteTable>| {
+            tables.values().any(|t| {
+                t.plans
+                    .iter()
+                    .flat_map(|p| &p.stages)
+                    .any(|s| s.tier == device && s.digest == digest)
+            })
+        };
+        holds(&self.routes.read()) || holds(&self.previous_routes.read())
+    }
+
+    /// A cached channel to the control plane at `address`.
     pub fn channel(&self, address: &str) -> Result<Channel, ChannelError> {
-        self.channels.get(address)
+        self.channels
+            .get(address, strata_proto::transport::Expect::Controller)
     }
 
     /// The route table of `model` at `version`: the current one, or the one it replaced. Otherwise the
@@ -679,4 +784,20 @@ pub(crate) enum PrepareError {
     /// Caching or loading it failed.
     #[error(transparent)]
     Stage(#[from] StageError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_received_audit_list_is_bounded_and_distinct() {
+        let mut received = ReceivedNames::default();
+        let junk: Vec<String> = (0..100_000).map(|i| format!("junk{i}")).collect();
+        received.record(&junk);
+        received.record(&junk[..10]);
+        let names = received.names();
+        assert_eq!(names.len(), MAX_RECEIVED_NAMES);
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+    }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod join;
 pub mod serve;
 pub mod stages;
 
@@ -48,5 +49,6 @@ pub async fn serve(
         .add_service(health)
         .add_service(InferenceServer::new(service.clone()).with_limits())
         .add_service(RoutesServer::new(service).with_limits());
-    strata_proto::server::run(router, listener, shutdown, &stopping).await
+    let transport = agent.config.transport.clone();
+    strata_proto::server::run(router, listener, transport, shutdown, &stopping).await
 }

@@ -28,7 +28,7 @@ struct Args {
     /// Address others use to reach this node (default: the listen address, with 127.0.0.1 for 0.0.0.0).
     #[arg(long)]
     advertise: Option<String>,
-    /// A name for this node (default: <tier>-<hostname>).
+    /// A name for this node (default: <tier>-<hostname>; under TLS, the certificate's name).
     #[arg(long)]
     name: Option<String>,
     /// Where stage files are cached.
@@ -43,6 +43,29 @@ struct Args {
     /// Cached stage files neither assigned nor routed any more are deleted this long after they were stored.
     #[arg(long, default_value_t = 600_000)]
     cache_grace_ms: u64,
+    /// Largest tensor data one Infer request may carry, all tensors together, in MiB (default 256): a request
+    /// declaring more gets RESOURCE_EXHAUSTED before its data is buffered. Also caps what a forwarded request
+    /// brings back.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_request_mib: Option<u64>,
+    /// Largest single tensor of a request, in MiB (default: the request limit).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tensor_mib: Option<u64>,
+    /// Most tensor chunks one Infer request may be split into (default 16384; Strata's senders use 1 MiB
+    /// chunks).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_request_chunks: Option<u64>,
+    #[command(flatten)]
+    tls: strata_trust::args::TlsArgs,
+    /// Join the cluster with this token (from `strata token create --tier TIER`): get a node certificate
+    /// from the control plane into --tls-dir (default DATA_DIR/tls), unless one is there already.
+    #[arg(
+        long,
+        env = "STRATA_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    join: Option<String>,
 }
 
 #[tokio::main]
@@ -59,6 +82,36 @@ async fn main() -> Result<()> {
         Ok(t @ (Tier::Edge | Tier::Cloud)) => t,
         _ => bail!("--tier must be edge or cloud, not \"{}\"", args.tier),
     };
+    let mut tls = args.tls.clone();
+    if let Some(token) = &args.join {
+        let token = strata_trust::token::Token::parse(token)?;
+        let dir = tls
+            .tls_dir
+            .get_or_insert_with(|| args.data_dir.join("tls"))
+            .clone();
+        if dir.join("cert.pem").exists() {
+            tracing::info!(dir = %dir.display(), "already joined; the token is not used");
+        } else {
+            let name = strata_edge_agent::join::dns_label(
+                &args
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| strata_edge_agent::agent::default_name(tier)),
+            );
+            strata_edge_agent::join::join(
+                &args.control_plane,
+                &token,
+                tier,
+                &name,
+                &dir,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .context("cannot join the cluster")?;
+        }
+    }
+    // Plain HTTP/2 off loopback only with --insecure; under TLS the certificate decides tier and name.
+    let transport = tls.server_transport(&args.listen)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -82,6 +135,21 @@ async fn main() -> Result<()> {
         config.queue = queue;
     }
     config.cache_grace = std::time::Duration::from_millis(args.cache_grace_ms);
+    let mib = |flag: &str, n: u64| {
+        n.checked_mul(1 << 20)
+            .with_context(|| format!("--{flag} {n} is more bytes than this machine can count"))
+    };
+    if let Some(n) = args.max_request_mib {
+        config.max_request_bytes = mib("max-request-mib", n)?;
+        config.max_tensor_bytes = config.max_request_bytes;
+    }
+    if let Some(n) = args.max_tensor_mib {
+        config.max_tensor_bytes = mib("max-tensor-mib", n)?;
+    }
+    if let Some(n) = args.max_request_chunks {
+        config.max_request_chunks = n;
+    }
+    config.transport = transport;
     let agent = Agent::new(config).context("cannot start the agent")?;
     // Tests and scripts read this line to learn the port.
     {

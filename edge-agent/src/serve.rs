@@ -12,12 +12,18 @@ use futures::{Stream, StreamExt};
 use strata_core::{Digest, TensorData};
 use strata_proto::call::{self, HopError, chunks_of};
 use strata_proto::convert;
+use strata_proto::framing::{FrameError, FrameLimits};
 use strata_proto::v1::{self, inference_server::Inference, routes_server::Routes};
 use strata_proto::{TensorAssembler, tensor_chunks};
 use strata_runtime::RuntimeError;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::{Agent, RouteEvent};
+
+mod intake;
+
+use intake::Intake;
+pub use intake::Refusal;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -54,6 +60,22 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Status> {
     }
 }
 
+/// The answer to a tensor stream the assembler refused: `RESOURCE_EXHAUSTED` for a broken limit (with the
+/// flags that set it), `INVALID_ARGUMENT` for a malformed stream.
+fn frame_status(e: FrameError) -> Status {
+    if e.is_limit() {
+        strata_proto::error::status(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "{e} (this agent's limits: --max-request-mib, --max-tensor-mib, --max-request-chunks)"
+            ),
+            strata_proto::error::ErrorReason::RequestTooLarge,
+        )
+    } else {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
 fn runtime_status(stage: u32, e: RuntimeError) -> Status {
     let message = format!("stage {stage}: {e}");
     match e {
@@ -74,6 +96,15 @@ impl AgentService {
                 self.agent.node_id()
             )))
         }
+    }
+
+    /// Answers a refusal; a privacy denial is counted and logged.
+    fn refuse(&self, refusal: Refusal) -> Status {
+        if refusal.is_denial() {
+            self.agent.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %refusal, "request denied: it would break its model's privacy level");
+        }
+        refusal.status()
     }
 
     /// A blob this agent does not cache, from the control planes (then cached here).
@@ -122,6 +153,9 @@ impl AgentService {
                 )),
             }
         })?;
+        // Before anything else about the request: whether anything of this model may reach this tier.
+        let privacy =
+            intake::model_level(&table, agent.config.tier, &node_id).map_err(|r| self.refuse(r))?;
         let plan = table
             .plans
             .iter()
@@ -171,16 +205,20 @@ impl AgentService {
         }
         let _admitted = Admitted(agent);
 
-        let mut assembler = TensorAssembler::new(agent.config.max_request_bytes);
+        // Each tensor's name, dtype and shape are checked on its header, and the limits before its data is kept.
+        let intake = Intake::new(&table, plan, header.stage as usize, privacy, &node_id);
+        let mut assembler = TensorAssembler::with_limits(FrameLimits {
+            max_total_bytes: agent.config.max_request_bytes,
+            max_tensor_bytes: agent.config.max_tensor_bytes,
+            max_chunks: agent.config.max_request_chunks,
+        });
         while let Some(message) = frames.next().await {
             match message?.frame {
                 Some(v1::infer_request::Frame::Tensor(chunk)) => {
                     if let Some(h) = &chunk.header {
-                        agent.received.lock().insert(h.name.clone());
+                        intake.admit(h).map_err(|r| self.refuse(r))?;
                     }
-                    assembler
-                        .push(chunk)
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    assembler.push(chunk).map_err(frame_status)?;
                 }
                 _ => {
                     return Err(Status::invalid_argument(
@@ -191,9 +229,10 @@ impl AgentService {
         }
         let mut values: HashMap<String, TensorData> = assembler
             .finish()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .map_err(frame_status)?
             .into_iter()
             .collect();
+        agent.received.lock().record(values.keys());
         let mut inputs = HashMap::new();
         for name in &stage.inputs {
             let t = values.get(name).ok_or_else(|| {
@@ -324,7 +363,7 @@ impl AgentService {
                 HopError::Refused { status, .. } => status,
                 HopError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
                 HopError::Exhausted { .. } => Status::unavailable(e.to_string()),
-                HopError::Channel(_) => Status::internal(e.to_string()),
+                HopError::Channel(_) | HopError::BadStage { .. } => Status::internal(e.to_string()),
             })
     }
 }
@@ -380,7 +419,8 @@ impl Inference for AgentService {
                 .collect(),
             requests_served: agent.served.load(Ordering::Relaxed),
             requests_rejected: agent.rejected.load(Ordering::Relaxed),
-            received_tensors: agent.received.lock().iter().cloned().collect(),
+            requests_denied: agent.denied.load(Ordering::Relaxed),
+            received_tensors: agent.received.lock().names(),
             control_plane_connected: session.is_ok(),
             control_plane_error: session.err().unwrap_or_default(),
             backends: agent.stages.backends(),
@@ -476,8 +516,31 @@ impl Routes for AgentService {
         &self,
         request: Request<v1::FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let caller = strata_proto::auth::caller(&request);
         let digest = convert::digest(&request.into_inner().digest, "digest")
             .map_err(convert::WireError::into_status)?;
+        // A device fetches only the stages it runs itself (device stages of a table this agent holds); a
+        // node fetches from the control plane, which checks what is assigned to it: never through another
+        // node, which would fetch with its own rights.
+        match caller.identity().map(|id| id.role) {
+            Some(strata_proto::transport::Role::Device)
+                if !self.agent.routes_device_stage(digest.as_str()) =>
+            {
+                return Err(strata_proto::auth::deny(
+                    &caller,
+                    "FetchBlob",
+                    format_args!("blob {digest} is not a device stage of any route table here"),
+                ));
+            }
+            Some(strata_proto::transport::Role::Node(_)) => {
+                return Err(strata_proto::auth::deny(
+                    &caller,
+                    "FetchBlob",
+                    "nodes fetch stage files from the control plane, not from other nodes",
+                ));
+            }
+            _ => {}
+        }
         let cached = self
             .agent
             .stages

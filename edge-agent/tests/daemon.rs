@@ -45,6 +45,26 @@ fn an_unknown_tier_is_refused_by_name() {
 }
 
 #[test]
+fn a_zero_request_limit_is_refused_by_name() {
+    for flag in [
+        "--max-request-mib",
+        "--max-tensor-mib",
+        "--max-request-chunks",
+    ] {
+        let (ok, stderr) = run_to_end(&[
+            "--tier",
+            "edge",
+            "--control-plane",
+            &dead_address(),
+            flag,
+            "0",
+        ]);
+        assert!(!ok, "the agent accepted {flag} 0");
+        assert!(stderr.contains(flag), "stderr: {stderr}");
+    }
+}
+
+#[test]
 fn a_port_in_use_is_refused_with_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let address = taken.local_addr().expect("local address").to_string();

@@ -38,6 +38,9 @@ pub enum InputShapeError {
     /// Nothing before `=`.
     #[error("input shape \"{0}\" has no input name before '='")]
     NoName(String),
+    /// A zero dimension: an empty tensor, nothing to plan or run.
+    #[error("input shape \"{0}\" has a zero dimension: every dimension must be at least 1")]
+    ZeroDim(String),
 }
 
 impl std::str::FromStr for InputShape {
@@ -57,6 +60,9 @@ impl std::str::FromStr for InputShape {
             .collect::<Result<Vec<_>, _>>()?;
         if name.is_empty() {
             return Err(InputShapeError::NoName(s.to_string()));
+        }
+        if dims.contains(&0) {
+            return Err(InputShapeError::ZeroDim(s.to_string()));
         }
         Ok(InputShape {
             name: name.to_string(),

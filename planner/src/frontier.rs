@@ -30,7 +30,9 @@ use crate::analyse::Analysis;
 use crate::cluster::{Cluster, LinkSpec};
 use crate::cost::{self, CostError};
 use crate::model::Model;
-use crate::partition::{self, Constraints, Objective, Problem, TIER_COUNT};
+use crate::partition::{
+    self, Constraints, Infeasibility, Objective, PartitionError, Problem, TIER_COUNT, TierRefusal,
+};
 
 /// How the frontier is searched and bounded.
 #[derive(Debug, Clone, PartialEq)]
@@ -345,7 +347,7 @@ pub fn frontier(
         samples: Vec::new(),
         nominal: Vec::new(),
         single: Vec::new(),
-        notes: Vec::new(),
+        failures: Vec::new(),
         out_of_time: false,
         solves: 0,
     };
@@ -479,7 +481,7 @@ pub fn frontier(
             settings.budget
         ));
     }
-    notes.append(&mut search.notes);
+    notes.append(&mut failure_notes(model, &search.failures));
     let Search {
         candidates,
         samples,
@@ -602,7 +604,8 @@ struct Search<'a> {
     nominal: Vec<usize>,
     /// The single-tier plans (see [`Settings::single_tier`]).
     single: Vec<usize>,
-    notes: Vec<String>,
+    /// The nominal solves that found no plan (said once per cause by [`failure_notes`]).
+    failures: Vec<Failure>,
     out_of_time: bool,
     solves: usize,
 }
@@ -672,17 +675,12 @@ impl Search<'_> {
         };
         let placement = match partition::solve(job.problem, &constraints) {
             Ok(p) => p,
-            Err(e) => {
+            Err(error) => {
                 if point.is_none() {
-                    let model = self.model;
-                    let name = |v: usize| match model.nodes.get(v) {
-                        Some(node) => format!("node \"{}\" ({})", node.name, node.op_type),
-                        None => format!("node {v}"),
-                    };
-                    let note = format!("no {} plan: {}", job.label, e.describe(&name));
-                    if !self.notes.contains(&note) {
-                        self.notes.push(note);
-                    }
+                    self.failures.push(Failure {
+                        label: job.label,
+                        error,
+                    });
                 }
                 return None;
             }
@@ -804,6 +802,83 @@ impl Frontier {
         }
         out
     }
+}
+
+/// A nominal solve of one variant that found no plan.
+struct Failure {
+    label: &'static str,
+    error: PartitionError,
+}
+
+/// The notes for the nominal solves that found no plan, each cause said once. A node that can run on no tier
+/// is one note naming every variant that failed on it and each tier's refusal once: a tier absent from a
+/// variant is the variant's doing (its label says so), and a tier whose memory the node does not fit needs no
+/// other reason. Any other failure is one note per distinct message, naming its variants.
+fn failure_notes(model: &Model, failures: &[Failure]) -> Vec<String> {
+    let name = |v: usize| match model.nodes.get(v) {
+        Some(node) => format!("node \"{}\" ({})", node.name, node.op_type),
+        None => format!("node {v}"),
+    };
+    // Per node that can run on no tier: the variants, and every refusal met.
+    let mut no_tier: Vec<(usize, Vec<&'static str>, Vec<TierRefusal>)> = Vec::new();
+    let mut messages: Vec<(String, &'static str)> = Vec::new();
+    for f in failures {
+        match &f.error {
+            PartitionError::Infeasible(Infeasibility::NodeHasNoTier { node, refusals }) => {
+                let at = match no_tier.iter().position(|(n, ..)| n == node) {
+                    Some(at) => at,
+                    None => {
+                        no_tier.push((*node, Vec::new(), Vec::new()));
+                        no_tier.len() - 1
+                    }
+                };
+                let (_, labels, met) = &mut no_tier[at];
+                if !labels.contains(&f.label) {
+                    labels.push(f.label);
+                }
+                for r in refusals {
+                    if !met.contains(r) {
+                        met.push(r.clone());
+                    }
+                }
+            }
+            other => messages.push((other.describe(&name), f.label)),
+        }
+    }
+    for (node, labels, met) in no_tier {
+        let capped = |tier: &str| {
+            met.iter()
+                .any(|r| matches!(r, TierRefusal::MemoryCap { tier: t, .. } if *t == tier))
+        };
+        let mut refusals: Vec<TierRefusal> = met
+            .iter()
+            .filter(|r| match r {
+                TierRefusal::Absent { .. } => false,
+                TierRefusal::Forbidden { tier, .. } => !capped(tier),
+                TierRefusal::MemoryCap { .. } => true,
+            })
+            .cloned()
+            .collect();
+        if refusals.is_empty() {
+            refusals = met;
+        }
+        let message =
+            PartitionError::from(Infeasibility::NodeHasNoTier { node, refusals }).describe(&name);
+        messages.extend(labels.into_iter().map(|l| (message.clone(), l)));
+    }
+    // One note per distinct message, with its variants in the order they failed.
+    let mut grouped: Vec<(String, Vec<&'static str>)> = Vec::new();
+    for (message, label) in messages {
+        match grouped.iter_mut().find(|(m, _)| *m == message) {
+            Some((_, labels)) if labels.contains(&label) => {}
+            Some((_, labels)) => labels.push(label),
+            None => grouped.push((message, vec![label])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(message, labels)| format!("no {} plan: {message}", labels.join(", ")))
+        .collect()
 }
 
 /// The base cluster at arbitrary goodputs and RTT scale (see the module docs): for experiments and tests.

@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::balance::Balancer;
+use crate::transport::{Connector, Expect, Transport};
 use crate::v1::inference_client::InferenceClient;
 use crate::v1::routes_client::RoutesClient;
 use crate::v1::{
@@ -48,10 +49,15 @@ pub struct ChannelError {
     pub source: tonic::transport::Error,
 }
 
-/// A lazily connecting channel to an agent or control plane (`host:port` or a URL), tuned for large
-/// activations (wide HTTP/2 windows) and quick failure detection (short connect timeout). Every Strata
-/// client connects through here (transport security plugs in here).
-pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, ChannelError> {
+/// A lazily connecting channel to an agent or control plane (`host:port` or a URL) under `transport`, to a
+/// server that must prove the role `expect` (under TLS), tuned for large activations (wide HTTP/2 windows)
+/// and quick failure detection (short connect timeout). Every Strata client connects through here.
+pub fn channel(
+    address: &str,
+    connect_timeout: Duration,
+    transport: &Transport,
+    expect: Expect,
+) -> Result<Channel, ChannelError> {
     let url = if address.contains("://") {
         address.to_string()
     } else {
@@ -63,38 +69,46 @@ pub fn channel(address: &str, connect_timeout: Duration) -> Result<Channel, Chan
     })?;
     Ok(endpoint
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .connect_with_connector_lazy(Connector::new(transport.clone(), expect)))
 }
 
-/// Channels by address, created on first use and shared afterwards (one HTTP/2 connection per peer).
+/// Channels by address and expected role, created on first use and shared afterwards (one HTTP/2
+/// connection per peer).
 #[derive(Debug, Clone)]
 pub struct Channels {
     connect_timeout: Duration,
-    cache: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Channel>>>,
+    transport: Transport,
+    cache: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<(String, Expect), Channel>>>,
 }
 
 impl Channels {
-    /// An empty cache whose channels give up connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Channels {
+    /// An empty cache whose channels use `transport` and give up connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration, transport: Transport) -> Channels {
         Channels {
             connect_timeout,
+            transport,
             cache: Default::default(),
         }
     }
 
-    /// The channel to `address` (see [`channel`]).
-    pub fn get(&self, address: &str) -> Result<Channel, ChannelError> {
+    /// The transport the channels use.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The channel to `address`, which must prove the role `expect` (see [`channel`]).
+    pub fn get(&self, address: &str, expect: Expect) -> Result<Channel, ChannelError> {
         let mut cache = self.cache.lock();
-        if let Some(c) = cache.get(address) {
+        let key = (address.to_string(), expect);
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = channel(address, self.connect_timeout)?;
-        cache.insert(address.to_string(), c.clone());
+        let c = channel(address, self.connect_timeout, &self.transport, expect)?;
+        cache.insert(key, c.clone());
         Ok(c)
     }
 }
@@ -148,6 +162,9 @@ pub async fn infer(
 /// for its own reasons, as opposed to the request being wrong.
 pub fn retryable(status: &Status) -> bool {
     use tonic::Code;
+    if crate::error::reason(status) == Some(crate::error::ErrorReason::RequestTooLarge) {
+        return false; // Every agent would refuse it.
+    }
     matches!(
         status.code(),
         Code::Unavailable
@@ -216,6 +233,12 @@ pub enum HopError {
     /// The request's deadline passed before an agent answered.
     #[error("the request's deadline passed")]
     DeadlineExceeded,
+    /// The route table's stage is not on a remote tier (edge or cloud): no agent may be asked to run it.
+    #[error("stage {stage} is not on the edge or cloud tier; no agent runs it")]
+    BadStage {
+        /// The stage.
+        stage: u32,
+    },
     /// An agent's address in the route table is not an address.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -266,7 +289,13 @@ impl Hop<'_> {
             let Some(node) = table.nodes.iter().find(|n| n.id == id) else {
                 continue;
             };
-            let channel = self.channels.get(&node.address)?;
+            // The agent must prove it is a node of the stage's tier: an edge stage's tensors never reach a
+            // cloud node (or anything else) that a route table, a stale cache or an attacker pointed at.
+            let expect = match crate::convert::tier(stage.tier, "stage.tier") {
+                Ok(tier) if tier != strata_core::Tier::Device => Expect::Node(tier),
+                _ => return Err(HopError::BadStage { stage: stage.index }),
+            };
+            let channel = self.channels.get(&node.address, expect)?;
             let timeout = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -396,6 +425,15 @@ mod tests {
             Duration::from_secs(2)
         );
         assert!(retryable(&Status::unavailable("gone")));
+        let too_large = crate::error::status(
+            tonic::Code::ResourceExhausted,
+            "too large",
+            crate::error::ErrorReason::RequestTooLarge,
+        );
+        assert!(
+            !retryable(&too_large),
+            "a request over the limits is refused anywhere"
+        );
         assert!(!retryable(&Status::invalid_argument("bad input")));
         assert!(!retryable(&Status::deadline_exceeded("late")));
     }
@@ -417,6 +455,7 @@ mod tests {
     fn stage(nodes: &[&str]) -> v1::Stage {
         v1::Stage {
             index: 1,
+            tier: v1::Tier::Edge as i32,
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         }
@@ -424,7 +463,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_hop_with_no_usable_agent_says_so_without_calling_anyone() {
-        let (balancer, channels) = (Balancer::new(), Channels::new(Duration::from_millis(100)));
+        let (balancer, channels) = (
+            Balancer::new(),
+            Channels::new(Duration::from_millis(100), Transport::Plain),
+        );
         let hop = Hop {
             balancer: &balancer,
             channels: &channels,

@@ -20,6 +20,16 @@ pub enum WireError {
         /// The number sent.
         code: i32,
     },
+    /// A required enum field left unspecified (0).
+    #[error("{field}: no {kind} given (the value was unspecified, 0); {expected}")]
+    Missing {
+        /// The field (`"meta.privacy"`).
+        field: &'static str,
+        /// The enum's name.
+        kind: &'static str,
+        /// What to send instead, for the message.
+        expected: &'static str,
+    },
     /// A digest field that is not a lower-case hex SHA-256.
     #[error("{field}: {source}")]
     BadDigest {
@@ -96,6 +106,16 @@ pub fn privacy(code: i32, field: &'static str) -> Result<Option<Privacy>, WireEr
             code,
         }),
     }
+}
+
+/// A model's own privacy level, which must be given: unspecified is [`WireError::Missing`] and an unknown code
+/// [`WireError::BadEnum`]. Never defaulted: a model stored at a wider level than its owner meant would leak.
+pub fn model_privacy(code: i32, field: &'static str) -> Result<Privacy, WireError> {
+    privacy(code, field)?.ok_or(WireError::Missing {
+        field,
+        kind: "privacy level",
+        expected: "send one of device, edge, features, open",
+    })
 }
 
 /// The level's name for display, or `"unspecified"`.
@@ -246,6 +266,10 @@ mod tests {
             assert_eq!(privacy(v1::Privacy::from(p) as i32, "p"), Ok(Some(p)));
         }
         assert_eq!(privacy(0, "p"), Ok(None));
+        assert_eq!(
+            model_privacy(v1::Privacy::Features as i32, "p"),
+            Ok(Privacy::Features)
+        );
         let err = privacy(42, "request.privacy").expect_err("unknown");
         assert_eq!(
             err.to_string(),
@@ -258,5 +282,28 @@ mod tests {
         }
         assert!(dtype(8, "d").is_err(), "strings are not carried");
         assert!(digest("abc", "digest").is_err());
+    }
+
+    #[test]
+    fn a_model_privacy_level_is_never_defaulted() {
+        let unspecified = model_privacy(0, "meta.privacy").expect_err("unspecified");
+        assert!(
+            matches!(unspecified, WireError::Missing { .. }),
+            "{unspecified:?}"
+        );
+        assert!(
+            unspecified
+                .to_string()
+                .contains("meta.privacy: no privacy level given"),
+            "{unspecified}"
+        );
+        assert!(matches!(
+            model_privacy(99, "meta.privacy"),
+            Err(WireError::BadEnum { code: 99, .. })
+        ));
+        assert_eq!(
+            unspecified.into_status().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

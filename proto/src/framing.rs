@@ -1,6 +1,8 @@
 //! Tensors on the wire: a [`TensorChunk`] with a header starts a tensor, and its data plus that of the
 //! header-less chunks after it make up the tensor's little-endian bytes. Splitting shares one buffer (no copy);
-//! reassembly checks dtype, shape, byte counts and a total cap, so a malformed stream is an error, never a panic.
+//! reassembly checks dtype, shape and byte counts, and bounds what one stream may hold ([`FrameLimits`]: bytes
+//! in all, bytes per tensor, chunks) on each tensor's header, before its data is accepted, so a malformed or
+//! oversized stream is an error, never a panic or a buffer grown on a peer's word.
 
 use bytes::Bytes;
 use strata_core::{DType, TensorData};
@@ -66,6 +68,63 @@ pub enum FrameError {
         /// The cap.
         limit: u64,
     },
+    /// One tensor is over the per-tensor cap.
+    #[error(
+        "tensor \"{name}\" declares {bytes} bytes (its dtype and shape), over the limit of {limit} per tensor"
+    )]
+    TensorTooLarge {
+        /// Tensor.
+        name: String,
+        /// Its declared bytes (`u64::MAX` when the shape overflows).
+        bytes: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The stream is split into more chunks than allowed.
+    #[error("the stream has more than {limit} tensor chunks (tensor \"{name}\" went past it)")]
+    TooManyChunks {
+        /// The tensor being received when the limit was passed ("" before any header).
+        name: String,
+        /// The cap.
+        limit: u64,
+    },
+}
+
+impl FrameError {
+    /// Whether the stream broke a size limit (the answer is `RESOURCE_EXHAUSTED`), rather than being
+    /// malformed (`INVALID_ARGUMENT`).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            FrameError::TooLarge { .. }
+                | FrameError::TensorTooLarge { .. }
+                | FrameError::TooManyChunks { .. }
+        )
+    }
+}
+
+/// What one tensor stream may hold. Each bound is checked when a tensor's header arrives (or a chunk is
+/// counted), before any of its data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Tensor bytes of the whole stream, all tensors together.
+    pub max_total_bytes: u64,
+    /// Bytes of any one tensor.
+    pub max_tensor_bytes: u64,
+    /// Chunks in the whole stream, headers and empty chunks included: a flood of tiny chunks costs memory
+    /// and time out of all proportion to its bytes.
+    pub max_chunks: u64,
+}
+
+impl FrameLimits {
+    /// Only a cap on the total bytes (tensors and chunks otherwise unbounded).
+    pub fn total(limit: u64) -> FrameLimits {
+        FrameLimits {
+            max_total_bytes: limit,
+            max_tensor_bytes: u64::MAX,
+            max_chunks: u64::MAX,
+        }
+    }
 }
 
 /// Splits a tensor into chunks of at most [`CHUNK_BYTES`] data, sharing its buffer.
@@ -109,22 +168,41 @@ pub struct TensorAssembler {
     current: Option<Partial>,
     done: Vec<(String, TensorData)>,
     total: u64,
-    limit: u64,
+    chunks: u64,
+    limits: FrameLimits,
 }
 
 impl TensorAssembler {
     /// An assembler that refuses more than `limit` tensor bytes in all.
     pub fn new(limit: u64) -> TensorAssembler {
+        TensorAssembler::with_limits(FrameLimits::total(limit))
+    }
+
+    /// An assembler bounded by `limits`.
+    pub fn with_limits(limits: FrameLimits) -> TensorAssembler {
         TensorAssembler {
             current: None,
             done: Vec::new(),
             total: 0,
-            limit,
+            chunks: 0,
+            limits,
         }
     }
 
     /// Takes the next chunk.
     pub fn push(&mut self, chunk: TensorChunk) -> Result<(), FrameError> {
+        self.chunks += 1;
+        if self.chunks > self.limits.max_chunks {
+            let name = match (&chunk.header, &self.current) {
+                (Some(h), _) => h.name.clone(),
+                (None, Some(p)) => p.name.clone(),
+                (None, None) => String::new(),
+            };
+            return Err(FrameError::TooManyChunks {
+                name,
+                limit: self.limits.max_chunks,
+            });
+        }
         if let Some(header) = chunk.header {
             self.finish_current()?;
             if header.name.is_empty() {
@@ -144,17 +222,26 @@ impl TensorAssembler {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let expected = elements.and_then(|e| e.checked_mul(dt.size() as u64));
-            let total = expected.and_then(|e| e.checked_add(self.total));
-            let expected = match (expected, total) {
-                (Some(e), Some(t)) if t <= self.limit => e,
+            let expected = match expected {
+                Some(e) if e <= self.limits.max_tensor_bytes => e,
                 _ => {
-                    return Err(FrameError::TooLarge {
+                    return Err(FrameError::TensorTooLarge {
                         name: header.name,
-                        total: total.unwrap_or(u64::MAX),
-                        limit: self.limit,
+                        bytes: expected.unwrap_or(u64::MAX),
+                        limit: self.limits.max_tensor_bytes,
                     });
                 }
             };
+            match self.total.checked_add(expected) {
+                Some(t) if t <= self.limits.max_total_bytes => {}
+                total => {
+                    return Err(FrameError::TooLarge {
+                        name: header.name,
+                        total: total.unwrap_or(u64::MAX),
+                        limit: self.limits.max_total_bytes,
+                    });
+                }
+            }
             self.total += expected;
             self.current = Some(Partial {
                 name: header.name,
@@ -269,7 +356,72 @@ mod tests {
             }),
             data: Bytes::new(),
         };
-        assert!(matches!(a.push(chunk), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            a.push(chunk),
+            Err(FrameError::TensorTooLarge {
+                bytes: u64::MAX,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn per_tensor_and_chunk_limits_are_checked_before_data_is_kept() {
+        let limits = FrameLimits {
+            max_total_bytes: 1 << 20,
+            max_tensor_bytes: 64,
+            max_chunks: 3,
+        };
+        // A header alone, claiming a huge tensor: refused on the header, naming the tensor and the limit.
+        let mut a = TensorAssembler::with_limits(limits);
+        let claim = TensorChunk {
+            header: Some(TensorHeader {
+                name: "junk".into(),
+                dtype: DataType::Float32 as i32,
+                shape: vec![250_000_000],
+            }),
+            data: Bytes::new(),
+        };
+        let err = a.push(claim).expect_err("over the per-tensor limit");
+        assert_eq!(
+            err,
+            FrameError::TensorTooLarge {
+                name: "junk".into(),
+                bytes: 1_000_000_000,
+                limit: 64
+            }
+        );
+        assert!(err.is_limit());
+        assert!(err.to_string().contains("\"junk\""), "{err}");
+
+        // A 16-byte tensor in 1-byte chunks: the fourth chunk passes the chunk limit.
+        let mut a = TensorAssembler::with_limits(limits);
+        let mut chunks = tensor_chunks("x", ramp(4));
+        let data = chunks[0].data.clone();
+        chunks[0].data = data.slice(0..1);
+        for i in 1..data.len() {
+            chunks.push(TensorChunk {
+                header: None,
+                data: data.slice(i..i + 1),
+            });
+        }
+        let mut results = chunks.into_iter().map(|c| a.push(c));
+        for _ in 0..3 {
+            results
+                .next()
+                .expect("a chunk")
+                .expect("within the chunk limit");
+        }
+        let err = results.next().expect("a chunk").expect_err("fourth chunk");
+        assert_eq!(
+            err,
+            FrameError::TooManyChunks {
+                name: "x".into(),
+                limit: 3
+            }
+        );
+        assert!(err.is_limit());
+        assert!(!FrameError::DataWithoutHeader.is_limit());
     }
 
     #[test]

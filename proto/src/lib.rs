@@ -1,14 +1,15 @@
 //! The Strata gRPC API, package `strata.v1` (generated messages, clients and servers), and what every endpoint
 //! shares around it: the wire conversions of Strata's types ([`convert`]), tensor framing ([`framing`]: a
 //! header and ≤ [`CHUNK_BYTES`] data chunks), the client side of a hop with its retry policy ([`call`]), the
-//! least-loaded choice of a peer ([`balance`]), the one server builder and shutdown plumbing ([`server`]).
-//! Transport security, authorisation, metrics and trace context plug in at [`call::channel`] and
-//! [`server::builder`].
+//! least-loaded choice of a peer ([`balance`]), the one server builder and shutdown plumbing ([`server`]),
+//! the transport on the sockets ([`transport`]: plain or mutual TLS, the caller's identity) and who may call
+//! what ([`auth`]). Metrics and trace context will plug in at [`call::channel`] and [`server::builder`].
 
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
+pub mod auth;
 pub mod balance;
 pub mod call;
 pub mod convert;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod framing;
 pub mod server;
 pub mod task;
+pub mod transport;
 
 /// Generated code for `strata.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,8 +1,8 @@
 //! What every Strata gRPC server shares: one [`builder`] (HTTP/2 windows for large activations, keep-alive,
 //! `TCP_NODELAY` on accepted sockets), the message-size limits of every service ([`MessageLimits`]), and the
 //! shutdown plumbing ([`shutdown_signal`], [`Stopping`], a bounded drain in [`run`]). The control plane and
-//! the agent both serve through here, so transport security and tower layers (authorisation, metrics, trace
-//! context) are added once, in [`builder`].
+//! the agent both serve through here, so the transport ([`Transport`]: plain or mutual TLS, in [`run`]) and
+//! the tower layers (authorisation, [`AuthLayer`]; metrics and trace context to come) are added once.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,18 +11,29 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 
 use crate::MAX_MESSAGE_BYTES;
+use crate::auth::AuthLayer;
+use crate::transport::Transport;
+
+/// The layers every Strata server runs its services under.
+pub type Layers = tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>;
+
+/// Concurrent HTTP/2 streams one client connection may have open (tonic's default is unbounded): requests
+/// beyond it wait in the client for a stream to finish.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// How long a stopping server waits for in-flight requests before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The server every Strata endpoint runs: wide HTTP/2 windows (activations are megabytes) and keep-alive
-/// pings that find dead clients.
-pub fn builder() -> Server {
+/// The server every Strata endpoint runs: every call authorised ([`AuthLayer`]), wide HTTP/2 windows
+/// (activations are megabytes) and keep-alive pings that find dead clients.
+pub fn builder() -> Server<Layers> {
     Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(AuthLayer)
 }
 
 /// Strata's message-size limits ([`MAX_MESSAGE_BYTES`] each way) on a generated service.
@@ -48,17 +59,19 @@ message_limits!(
     inference_server::InferenceServer<crate::v1::inference_server::Inference>,
 );
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for in-flight
-/// requests for at most [`DRAIN_TIMEOUT`]. Long-lived streams should be bounded by `stopping` (which
-/// `shutdown` should fire) so that they do not hold the drain open.
+/// Serves `router` on `listener` under `transport` until `shutdown` completes, then stops accepting and
+/// waits for in-flight requests for at most [`DRAIN_TIMEOUT`]. Long-lived streams should be bounded by
+/// `stopping` (which `shutdown` should fire) so that they do not hold the drain open.
 pub async fn run(
-    router: Router,
+    router: Router<Layers>,
     listener: tokio::net::TcpListener,
+    transport: Transport,
     shutdown: impl Future<Output = ()> + Send,
     stopping: &Stopping,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = crate::transport::incoming(listener, transport);
     stopping
-        .drain(router.serve_with_incoming_shutdown(incoming(listener), shutdown))
+        .drain(router.serve_with_incoming_shutdown(incoming, shutdown))
         .await
 }
 
@@ -109,19 +122,6 @@ impl Stopping {
             }
         }
     }
-}
-
-/// Accepted connections of `listener` with `TCP_NODELAY` set. tonic sets it only on sockets it binds itself;
-/// without it, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).

@@ -52,10 +52,13 @@ fn descr(d: DType) -> &'static str {
 }
 
 fn parse_descr(s: &str) -> Option<DType> {
-    let (order, code) = s.split_at(1.min(s.len()));
-    if !matches!(order, "<" | "|" | "=") {
+    // By characters, not bytes: a header is text from outside, and its first character may be multi-byte
+    // (found by fuzzing: `split_at(1)` panicked on one).
+    let mut chars = s.chars();
+    if !matches!(chars.next()?, '<' | '|' | '=') {
         return None;
     }
+    let code = chars.as_str();
     Some(match code {
         "f4" => DType::F32,
         "f8" => DType::F64,
@@ -259,5 +262,16 @@ mod tests {
             .expect("descr in header");
         big_endian[at] = b'>';
         assert!(matches!(decode(&big_endian), Err(NpyError::DType(_))));
+    }
+
+    #[test]
+    fn a_descr_starting_with_a_multibyte_character_is_refused_not_a_panic() {
+        // Found by `cargo fuzz` (fuzz/regressions/npy/): slicing the descr by bytes panicked.
+        let header = "{'descr': '\u{4c3}i2', 'fortran_order': False, 'shape': (1,), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        assert!(decode(&bytes).is_err());
     }
 }

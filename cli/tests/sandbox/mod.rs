@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use strata_device_sdk::{Client, ClientConfig, Constraints, Privacy};
+use strata_proto::transport::{Expect, Transport};
 use strata_proto::v1;
 use strata_runtime::{Backend, TensorData, TractBackend, npy};
 
@@ -64,16 +65,20 @@ pub fn corpus(file: &str) -> PathBuf {
 }
 
 /// Runs `strata infer MODEL` through `endpoint` with `input` (NAME=FILE.npy), outputs into `out`, and
-/// `extra` arguments.
+/// `extra` arguments, with the TLS material in `tls` (a device's, say) when given.
 pub fn infer(
     endpoint: &str,
     model: &str,
     input: &str,
     out: &Path,
     extra: &[&str],
+    tls: Option<&Path>,
 ) -> std::process::Output {
-    Command::new(strata_bin())
-        .args(["infer", model, "--endpoint", endpoint, "--input", input])
+    let mut cmd = Command::new(strata_bin());
+    if let Some(dir) = tls {
+        cmd.env("STRATA_TLS_DIR", dir);
+    }
+    cmd.args(["infer", model, "--endpoint", endpoint, "--input", input])
         .arg("--output-dir")
         .arg(out)
         .args(extra)
@@ -252,6 +257,8 @@ pub struct Sandbox {
     store_generation: usize,
     /// Extra `strata control-plane` arguments.
     cp_args: Vec<String>,
+    /// The cluster CA, when the sandbox runs with mutual TLS (the default).
+    pub ca: Option<strata_trust::ca::Ca>,
 }
 
 fn free_address() -> String {
@@ -262,19 +269,84 @@ fn free_address() -> String {
 impl Sandbox {
     /// A control plane on the embedded store (node TTL `ttl_ms`) and agents of the given tiers, all
     /// registered.
+    /// Every process has a certificate from the sandbox's CA, and every call is mutual TLS.
     pub fn start(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms, &[])
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[], true)
+    }
+
+    /// Like [`Sandbox::start`] on the plain transport (no certificates, nothing authorised).
+    pub fn start_plain(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[], false)
     }
 
     /// Like [`Sandbox::start`] with extra `strata control-plane` arguments.
     pub fn start_with(tiers: &[&'static str], ttl_ms: u64, cp_args: &[&str]) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms, cp_args)
+        Sandbox::launch(None, 1, tiers, ttl_ms, cp_args, true)
     }
 
     /// `replicas` control planes on a fresh real etcd, and agents of the given tiers that know every
-    /// replica, all registered.
+    /// replica, all registered (mutual TLS).
     pub fn start_on_etcd(replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms, &[])
+        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms, &[], true)
+    }
+
+    /// The directory of `name`'s credentials as `role` (`ca.pem`, `cert.pem`, `key.pem`), issued by the
+    /// sandbox's CA on first use; `None` on the plain transport.
+    pub fn credentials(&self, role: strata_trust::Role, name: &str) -> Option<PathBuf> {
+        let ca = self.ca.as_ref()?;
+        let dir = self
+            .dir
+            .path()
+            .join("tls")
+            .join(format!("{}-{name}", role.label()));
+        if !dir.join("cert.pem").exists() {
+            let identity = strata_trust::Identity::new(name, role).expect("identity");
+            let issued = ca
+                .issue(&identity, &[], Duration::from_secs(24 * 3600))
+                .expect("issue");
+            strata_trust::ca::write_credentials(&dir, ca.cert_pem(), &issued).expect("write");
+        }
+        Some(dir)
+    }
+
+    /// The transport of a client acting as `name` with `role`.
+    pub fn transport_as(&self, role: strata_trust::Role, name: &str) -> Transport {
+        match self.credentials(role, name) {
+            Some(dir) => {
+                Transport::tls(strata_trust::TlsFiles::in_dir(&dir)).expect("TLS material")
+            }
+            None => Transport::Plain,
+        }
+    }
+
+    /// The administrator's transport (what the helpers and `strata` commands use).
+    pub fn admin(&self) -> Transport {
+        self.transport_as(strata_trust::Role::Admin, "admin")
+    }
+
+    /// A device's credentials directory (for `strata infer`).
+    pub fn device_tls(&self) -> Option<PathBuf> {
+        self.credentials(strata_trust::Role::Device, "device")
+    }
+
+    /// A channel to `address` as the administrator.
+    pub fn channel(&self, address: &str) -> tonic::transport::Channel {
+        let _guard = self.runtime.enter();
+        strata_proto::call::channel(
+            address,
+            Duration::from_secs(2),
+            &self.admin(),
+            Expect::Server,
+        )
+        .expect("channel")
+    }
+
+    /// `--tls-dir DIR` for a process acting as `name` with `role` (nothing on the plain transport).
+    fn tls_args(&self, role: strata_trust::Role, name: &str) -> Vec<std::ffi::OsString> {
+        match self.credentials(role, name) {
+            Some(dir) => vec!["--tls-dir".into(), dir.into()],
+            None => Vec::new(),
+        }
     }
 
     /// Calibration is off unless `cp_args` turn it on: THREE_TIER's speeds are deliberately far from this
@@ -285,8 +357,17 @@ impl Sandbox {
         tiers: &[&'static str],
         ttl_ms: u64,
         cp_args: &[&str],
+        tls: bool,
     ) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
+        let ca = tls.then(|| {
+            let ca = strata_trust::ca::Ca::generate("sandbox", Duration::from_secs(24 * 3600))
+                .expect("CA");
+            // On disk too: the control planes sign the certificates of nodes that join with a token.
+            std::fs::create_dir_all(dir.path().join("ca")).expect("ca dir");
+            ca.write(&dir.path().join("ca")).expect("write the CA");
+            ca
+        });
         std::fs::write(dir.path().join("cluster.toml"), THREE_TIER).expect("cluster file");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -311,6 +392,7 @@ impl Sandbox {
             ttl_ms,
             store_generation: 0,
             cp_args: cp_args.iter().map(|a| a.to_string()).collect(),
+            ca,
         };
         for i in 0..sandbox.replicas.len() {
             sandbox.start_replica(i);
@@ -334,7 +416,11 @@ impl Sandbox {
             .args(["--rollout-grace-ms", &ROLLOUT_GRACE.as_millis().to_string()])
             .arg("--cluster")
             .arg(self.dir.path().join("cluster.toml"))
-            .args(&self.cp_args);
+            .args(self.tls_args(strata_trust::Role::Controller, "cp"));
+        if self.ca.is_some() {
+            cmd.arg("--ca-dir").arg(self.dir.path().join("ca"));
+        }
+        cmd.args(&self.cp_args);
         if !self.cp_args.iter().any(|a| a == "--calibration-band-pct") {
             cmd.args(["--calibration-band-pct", "0"]);
         }
@@ -440,6 +526,7 @@ impl Sandbox {
             &name,
         ])
         .args(["--slots", &slots.to_string(), "--queue", &queue.to_string()])
+        .args(self.tls_args(strata_trust::Role::Node(tier.parse().expect("tier")), &name))
         .arg("--data-dir")
         .arg(self.dir.path().join(&name));
         let proc = Proc::spawn(&name, cmd, &self.dir.path().join(format!("{name}.log")));
@@ -455,10 +542,13 @@ impl Sandbox {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// Runs `strata` with this cluster as endpoint.
+    /// Runs `strata` with this cluster as endpoint, as the administrator.
     pub fn strata(&self, args: &[&str]) -> std::process::Output {
-        Command::new(strata_bin())
-            .args(args)
+        let mut cmd = Command::new(strata_bin());
+        if let Some(dir) = self.credentials(strata_trust::Role::Admin, "admin") {
+            cmd.env("STRATA_TLS_DIR", dir);
+        }
+        cmd.args(args)
             .env("STRATA_ENDPOINT", &self.cp_address)
             .env("STRATA_LOG", "off")
             .output()
@@ -484,8 +574,13 @@ impl Sandbox {
 
     pub fn nodes(&self) -> Vec<v1::NodeInfo> {
         self.runtime.block_on(async {
-            let channel = strata_proto::call::channel(&self.cp_address, Duration::from_secs(2))
-                .expect("channel");
+            let channel = strata_proto::call::channel(
+                &self.cp_address,
+                Duration::from_secs(2),
+                &self.admin(),
+                Expect::Server,
+            )
+            .expect("channel");
             match v1::control_client::ControlClient::new(channel)
                 .list_nodes(v1::ListNodesRequest {})
                 .await
@@ -498,8 +593,13 @@ impl Sandbox {
 
     pub fn routes(&self, model: &str) -> Option<v1::RouteTable> {
         self.runtime.block_on(async {
-            let channel = strata_proto::call::channel(&self.cp_address, Duration::from_secs(2))
-                .expect("channel");
+            let channel = strata_proto::call::channel(
+                &self.cp_address,
+                Duration::from_secs(2),
+                &self.admin(),
+                Expect::Server,
+            )
+            .expect("channel");
             v1::routes_client::RoutesClient::new(channel)
                 .get_routes(v1::GetRoutesRequest {
                     model: model.to_string(),
@@ -559,9 +659,14 @@ impl Sandbox {
             .join("\n")
     }
 
+    /// A device SDK client (a device certificate under TLS).
     pub fn client(&self, endpoints: &[String]) -> Client {
         let _guard = self.runtime.enter();
-        Client::new(ClientConfig::new(endpoints.to_vec())).expect("client")
+        let config = ClientConfig {
+            transport: self.transport_as(strata_trust::Role::Device, "device"),
+            ..ClientConfig::new(endpoints.to_vec())
+        };
+        Client::new(config).expect("client")
     }
 
     /// What `grpc.health.v1` says of `service` at `address` ("" is the server as a whole).
@@ -571,7 +676,13 @@ impl Sandbox {
         service: &str,
     ) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
         self.runtime.block_on(async {
-            let channel = strata_proto::call::channel(address, Duration::from_secs(2)).ok()?;
+            let channel = strata_proto::call::channel(
+                address,
+                Duration::from_secs(2),
+                &self.admin(),
+                Expect::Server,
+            )
+            .ok()?;
             let answer = tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: service.to_string(),
@@ -587,8 +698,13 @@ impl Sandbox {
 
     pub fn status(&self, address: &str) -> v1::AgentStatus {
         self.runtime.block_on(async {
-            let channel =
-                strata_proto::call::channel(address, Duration::from_secs(2)).expect("channel");
+            let channel = strata_proto::call::channel(
+                address,
+                Duration::from_secs(2),
+                &self.admin(),
+                Expect::Server,
+            )
+            .expect("channel");
             v1::inference_client::InferenceClient::new(channel)
                 .status(v1::StatusRequest {})
                 .await
@@ -612,6 +728,20 @@ impl Stream {
         model: &'static str,
         privacy: Privacy,
     ) -> Stream {
+        let constraints = Constraints {
+            privacy: Some(privacy),
+            ..Constraints::default()
+        };
+        Stream::start_with(sandbox, client, model, constraints)
+    }
+
+    /// Like [`Stream::start`], every request with `constraints`.
+    pub fn start_with(
+        sandbox: &Sandbox,
+        client: Client,
+        model: &'static str,
+        constraints: Constraints,
+    ) -> Stream {
         let want = reference(model);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -619,10 +749,6 @@ impl Stream {
         let counter = served.clone();
         let task = sandbox.runtime.spawn(async move {
             let (mut ok, mut failures) = (0, Vec::new());
-            let constraints = Constraints {
-                privacy: Some(privacy),
-                ..Constraints::default()
-            };
             while !stopped.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 match client

@@ -6,7 +6,8 @@
  * RAW_F32_FILE holds little-endian float32 elements in C order; the first output's raw bytes are written to
  * OUT_FILE. privacy is a STRATA_PRIVACY_* code (0 = the model's level, 1 = device, 2 = edge, 3 = features,
  * 4 = open). Exits non-zero with the SDK's message on any error. Also checks two error paths (an unknown input
- * name and a NULL client) and prints the outcome.
+ * name and a NULL client) and prints the outcome. With STRATA_TLS_DIR set (a directory holding ca.pem, cert.pem
+ * and key.pem, as `strata cert issue` writes it), the client speaks mutual TLS.
  *
  * Build (from device-sdk/, after `cargo build -p strata-device-sdk`):
  *   cc -Iinclude examples/c/infer.c ../target/debug/libstrata_device_sdk.a \
@@ -27,6 +28,7 @@ static const char *status_name(int status) {
     case STRATA_OK: return "STRATA_OK";
     case STRATA_ERR_INVALID_ARGUMENT: return "STRATA_ERR_INVALID_ARGUMENT";
     case STRATA_ERR_INVALID_INPUT: return "STRATA_ERR_INVALID_INPUT";
+    case STRATA_ERR_DENIED: return "STRATA_ERR_DENIED";
     case STRATA_ERR_UNKNOWN_MODEL: return "STRATA_ERR_UNKNOWN_MODEL";
     case STRATA_ERR_NO_PLAN: return "STRATA_ERR_NO_PLAN";
     case STRATA_ERR_UNAVAILABLE: return "STRATA_ERR_UNAVAILABLE";
@@ -153,10 +155,20 @@ int main(int argc, char **argv) {
     int code = 1;
     strata_client *client = NULL;
     strata_result *result = NULL;
-    /* A stage cache where STRATA_CACHE_DIR says (unset: none). */
-    int status = strata_client_new_with_cache(endpoint, getenv("STRATA_CACHE_DIR"), 0, &client);
+    /* A stage cache where STRATA_CACHE_DIR says (unset: none); mutual TLS with STRATA_TLS_DIR's material. */
+    const char *tls_dir = getenv("STRATA_TLS_DIR");
+    char ca[4096], cert[4096], key[4096];
+    int status;
+    if (tls_dir && *tls_dir) {
+        snprintf(ca, sizeof ca, "%s/ca.pem", tls_dir);
+        snprintf(cert, sizeof cert, "%s/cert.pem", tls_dir);
+        snprintf(key, sizeof key, "%s/key.pem", tls_dir);
+        status = strata_client_new_tls(endpoint, getenv("STRATA_CACHE_DIR"), 0, ca, cert, key, &client);
+    } else {
+        status = strata_client_new_with_cache(endpoint, getenv("STRATA_CACHE_DIR"), 0, &client);
+    }
     if (status != STRATA_OK) {
-        report("strata_client_new_with_cache", status);
+        report("strata_client_new", status);
         goto done;
     }
     status = strata_prepare(client, model);
