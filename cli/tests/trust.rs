@@ -152,13 +152,14 @@ fn the_cluster_is_closed_to_callers_without_the_right_certificate() {
         DAY,
     );
     let transport = Transport::tls(TlsFiles::in_dir(&forged)).expect("material");
-    // The TLS handshake fails: no call is made (tonic reports a transport error, the TLS alert under it).
+    // The TLS handshake fails: no call is made, tonic reports a transport error (under TLS 1.3 the server
+    // judges the client's certificate after the client's side of the handshake is done, so the client sees
+    // the server's alert or the connection closing under it, whichever comes first).
     let handshake_refused = |r: Result<(), tonic::Status>, what: &str| {
         let e = r.expect_err(what);
         assert!(
             matches!(e.code(), Code::Unavailable | Code::Unknown)
-                && e.message() == "transport error"
-                && format!("{e:?}").contains("alert"),
+                && e.message() == "transport error",
             "{what}: the connection fails: {e:?}"
         );
     };

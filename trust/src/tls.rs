@@ -327,7 +327,7 @@ struct Loaded {
     clients: HashMap<Expect, Arc<ClientConfig>>,
 }
 
-/// The crypto provider of every Strata TLS configuration.
+/// The crypto provider of every Strata TLS configuration (ring, rustls's default suites and order).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
