@@ -137,6 +137,24 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Revoke an identity cluster-wide: its calls and connections are refused (within a heartbeat on
+    /// agents), its nodes deregistered, and its certificates never renewed.
+    Revoke {
+        /// NAME.ROLE, e.g. gw-3.edge or phone-7.device.
+        identity: String,
+        /// Why (kept with the record).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List the revoked identities.
+    Ls,
+    /// Renew this CLI's own certificate (the one --tls-dir or --tls-cert/--tls-key name) through the control
+    /// plane: a new key and a certificate for the same identity (nodes and devices).
+    Renew,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Operators, parameters, FLOPs and activation sizes of a model; unsupported operators by node and op.
     Inspect {
@@ -304,9 +322,22 @@ enum Command {
         /// that join with a token, and signs their certificates.
         #[arg(long, env = "STRATA_CA_DIR", value_name = "DIR")]
         ca_dir: Option<PathBuf>,
-        /// How long a joined node's certificate is valid, days.
-        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        /// How long a certificate issued at a join or a renewal is valid, days (nodes renew theirs when a
+        /// third of it is left).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36500))]
         node_cert_days: u64,
+        /// The same in seconds, for short-lived certificates (overrides --node-cert-days).
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..))]
+        node_cert_ttl_s: Option<u64>,
+        /// Largest model a push may carry, in MiB: a push declaring more gets RESOURCE_EXHAUSTED before its
+        /// data is buffered (a push is held whole in memory while it is checked).
+        #[arg(long, value_name = "MIB", default_value_t = 4096,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_model_mib: u64,
+        /// Concurrent requests (HTTP/2 streams) one client connection may have open; more wait in the client.
+        #[arg(long, value_name = "N", default_value_t = strata_proto::server::MAX_STREAMS_PER_CONNECTION,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_streams_per_connection: u32,
     },
     /// The cluster CA.
     Ca {
@@ -322,6 +353,27 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Get a certificate with a join token (a device, or a node provisioned ahead of its agent): checks the
+    /// control plane's CA against the token, makes a key here, and writes ca.pem, cert.pem and key.pem.
+    Join {
+        /// The token from `strata token create`.
+        #[arg(env = "STRATA_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The tier the token admits: device (default), edge or cloud.
+        #[arg(long, default_value = "device")]
+        tier: strata_core::Tier,
+        /// The name to ask for (a DNS label; must not be taken).
+        #[arg(long)]
+        name: String,
+        /// Where to write the credentials (then use it as --tls-dir / STRATA_TLS_DIR).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issued identities: revoke one, list the revoked, renew this CLI's own certificate.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
     },
     /// Models on the cluster.
     Model {
@@ -537,9 +589,16 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             calibration_period_ms,
             ca_dir,
             node_cert_days,
+            node_cert_ttl_s,
+            max_model_mib,
+            max_streams_per_connection,
         } => up::control_plane(&up::ControlPlaneArgs {
             ca_dir: ca_dir.as_deref(),
-            node_cert_days,
+            node_cert_ttl: std::time::Duration::from_secs(
+                node_cert_ttl_s.unwrap_or(node_cert_days.saturating_mul(24 * 3600)),
+            ),
+            max_model_mib,
+            max_streams_per_connection,
             tls: &cli.tls,
             store: &store,
             blobs: blobs.as_deref(),
@@ -593,6 +652,19 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             } => remote::create_token(&target()?, tier, ttl_minutes, uses, description),
             TokenCommand::Ls => remote::list_tokens(&target()?),
             TokenCommand::Revoke { id } => remote::revoke_token(&target()?, &id),
+        },
+        Command::Join {
+            token,
+            tier,
+            name,
+            out,
+        } => remote::join(&target()?, &token, tier, &name, &out),
+        Command::Identity { command } => match command {
+            IdentityCommand::Revoke { identity, reason } => {
+                remote::revoke_identity(&target()?, &identity, reason)
+            }
+            IdentityCommand::Ls => remote::list_revoked(&target()?),
+            IdentityCommand::Renew => remote::renew(&target()?),
         },
         Command::Nodes => remote::nodes(&target()?),
         Command::Routes {

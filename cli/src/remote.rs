@@ -67,7 +67,9 @@ fn unreachable(s: &tonic::Status) -> bool {
     false
 }
 
-fn status(endpoint: &[String], s: tonic::Status) -> anyhow::Error {
+/// What a failed call to `target` says: whether it reached a server and what that server lacked.
+fn status(target: &Target, s: tonic::Status) -> anyhow::Error {
+    let endpoint = &target.endpoints;
     match s.code() {
         // The control plane answered but its store did not: say so, not "cannot reach".
         tonic::Code::Unavailable if reason(&s) == Some(ErrorReason::StoreUnavailable) => {
@@ -142,7 +144,6 @@ pub fn push(
             bar.inc(d.len() as u64);
         }
     });
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     let info = runtime.block_on(async {
         ControlClient::new(channel)
@@ -154,7 +155,7 @@ pub fn push(
         bar.finish_and_clear();
     }
     let info = info
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner()
         .model
         .unwrap_or_default();
@@ -174,11 +175,10 @@ use futures::StreamExt;
 
 /// `strata model ls`.
 pub fn list(target: &Target) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     let models = runtime
         .block_on(ControlClient::new(channel).list_models(v1::ListModelsRequest {}))
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner()
         .models;
     say!(
@@ -205,7 +205,6 @@ pub fn list(target: &Target) -> Result<()> {
 
 /// `strata model rm`.
 pub fn remove(target: &Target, name: &str) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     runtime
         .block_on(
@@ -213,18 +212,17 @@ pub fn remove(target: &Target, name: &str) -> Result<()> {
                 name: name.to_string(),
             }),
         )
-        .map_err(|s| status(endpoints, s))?;
+        .map_err(|s| status(target, s))?;
     say!("removed {name}")?;
     Ok(())
 }
 
 /// `strata nodes`.
 pub fn nodes(target: &Target) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     let nodes = runtime
         .block_on(ControlClient::new(channel).list_nodes(v1::ListNodesRequest {}))
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner()
         .nodes;
     say!(
@@ -274,12 +272,11 @@ pub fn nodes(target: &Target) -> Result<()> {
 /// `strata routes MODEL --live`: a device's view from this machine: the RTT to the model's agents probed
 /// now, and every allowed plan ranked at those estimates.
 pub fn live_routes(target: &Target, model: &str, constraints: &Constraints) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client = strata_device_sdk::Client::new(strata_device_sdk::ClientConfig {
             transport: target.transport.clone(),
-            ..strata_device_sdk::ClientConfig::new(endpoints.to_vec())
+            ..strata_device_sdk::ClientConfig::new(target.endpoints.clone())
         })?;
         let probed = client.probe(model).await?;
         say!(
@@ -308,13 +305,12 @@ pub fn live_routes(target: &Target, model: &str, constraints: &Constraints) -> R
 }
 
 pub fn routes(target: &Target, model: &str, constraints: &Constraints, json: bool) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect_to(target, Expect::Server)?; // agents serve route tables too
     let table = runtime
         .block_on(RoutesClient::new(channel).get_routes(v1::GetRoutesRequest {
             model: model.to_string(),
         }))
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner();
     // At the profiled conditions: this process has measured nothing (a device's own estimates move it).
     let conditions = strata_core::recost::Conditions::nominal(convert::link_profiles(&table));
@@ -443,7 +439,6 @@ pub fn create_token(
     uses: u32,
     description: String,
 ) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     let answer = runtime
         .block_on(
@@ -454,7 +449,7 @@ pub fn create_token(
                 description,
             }),
         )
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner();
     let info = answer.info.unwrap_or_default();
     say!("{}", answer.token)?;
@@ -465,18 +460,17 @@ pub fn create_token(
         info.uses_left,
         tier_name(info.tier),
         tier_name(info.tier),
-        endpoints.join(",")
+        target.endpoints.join(",")
     );
     Ok(())
 }
 
 /// `strata token ls`.
 pub fn list_tokens(target: &Target) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     let tokens = runtime
         .block_on(ControlClient::new(channel).list_tokens(v1::ListTokensRequest {}))
-        .map_err(|s| status(endpoints, s))?
+        .map_err(|s| status(target, s))?
         .into_inner()
         .tokens;
     if tokens.is_empty() {
@@ -508,13 +502,107 @@ pub fn list_tokens(target: &Target) -> Result<()> {
 
 /// `strata token revoke`.
 pub fn revoke_token(target: &Target, id: &str) -> Result<()> {
-    let endpoints = &target.endpoints[..];
     let (runtime, channel) = connect(target)?;
     runtime
         .block_on(
             ControlClient::new(channel).revoke_token(v1::RevokeTokenRequest { id: id.to_string() }),
         )
-        .map_err(|s| status(endpoints, s))?;
+        .map_err(|s| status(target, s))?;
     say!("join token {id} revoked")?;
+    Ok(())
+}
+
+/// `strata join TOKEN`: a certificate for `name` of `tier` into `out`.
+pub fn join(target: &Target, token: &str, tier: Tier, name: &str, out: &Path) -> Result<()> {
+    let token = strata_trust::token::Token::parse(token)?;
+    if out.join("cert.pem").exists() {
+        bail!(
+            "{} holds a certificate already; joining again would need another name (choose another --out)",
+            out.display()
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime
+        .block_on(strata_edge_agent::join::join(
+            &target.endpoints,
+            &token,
+            tier,
+            name,
+            out,
+            Duration::from_secs(5),
+        ))
+        .context("cannot join the cluster")?;
+    say!(
+        "joined as {name}.{tier}; credentials in {} (use STRATA_TLS_DIR={})",
+        out.display(),
+        out.display()
+    )?;
+    Ok(())
+}
+
+/// `strata identity renew`: this CLI's own certificate, renewed in place.
+pub fn renew(target: &Target) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let not_after = runtime
+        .block_on(strata_edge_agent::join::renew(
+            &target.endpoints,
+            &target.transport,
+            Duration::from_secs(5),
+        ))
+        .context("cannot renew the certificate")?;
+    let left = not_after - strata_trust::tls::unix_now();
+    say!(
+        "certificate renewed: valid {} more days",
+        (left.max(0) as f64 / 86_400.0 * 10.0).round() / 10.0
+    )?;
+    Ok(())
+}
+
+/// `strata identity revoke`.
+pub fn revoke_identity(target: &Target, identity: &str, reason: String) -> Result<()> {
+    let (runtime, channel) = connect(target)?;
+    let answer = runtime
+        .block_on(
+            ControlClient::new(channel).revoke_identity(v1::RevokeIdentityRequest {
+                identity: identity.to_string(),
+                reason,
+            }),
+        )
+        .map_err(|s| status(target, s))?
+        .into_inner();
+    say!(
+        "identity {identity} revoked; {} node(s) deregistered",
+        answer.nodes_removed
+    )?;
+    Ok(())
+}
+
+/// `strata identity ls`.
+pub fn list_revoked(target: &Target) -> Result<()> {
+    let (runtime, channel) = connect(target)?;
+    let revoked = runtime
+        .block_on(ControlClient::new(channel).list_revoked(v1::ListRevokedRequest {}))
+        .map_err(|s| status(target, s))?
+        .into_inner()
+        .revoked;
+    if revoked.is_empty() {
+        say!("no revoked identities")?;
+        return Ok(());
+    }
+    say!(
+        "{:<40} {:>15}  {:<30} reason",
+        "identity",
+        "revoked (unix)",
+        "by"
+    )?;
+    for r in revoked {
+        say!(
+            "{:<40} {:>15}  {:<30} {}",
+            r.identity,
+            r.revoked_unix_ms / 1000,
+            r.by,
+            r.reason
+        )?;
+    }
     Ok(())
 }

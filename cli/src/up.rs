@@ -36,7 +36,12 @@ pub struct ControlPlaneArgs<'a> {
     pub calibration_period_ms: u64,
     /// The cluster CA's directory (admits joining nodes).
     pub ca_dir: Option<&'a Path>,
-    pub node_cert_days: u64,
+    /// How long certificates issued at joins and renewals are valid.
+    pub node_cert_ttl: Duration,
+    /// The largest model a push may carry, MiB (at least 1).
+    pub max_model_mib: u64,
+    /// Concurrent streams one client connection may have open (at least 1).
+    pub max_streams_per_connection: u32,
 }
 
 /// TLS and authentication for etcd.
@@ -119,6 +124,20 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         "--calibration-band-pct {}: expected a percentage ≥ 0 (0 turns calibration off)",
         args.calibration_band_pct
     );
+    anyhow::ensure!(
+        args.max_model_mib > 0,
+        "--max-model-mib 0: expected at least 1 (MiB); a control plane that takes no model serves nothing"
+    );
+    let max_model_bytes = args.max_model_mib.checked_mul(1 << 20).with_context(|| {
+        format!(
+            "--max-model-mib {} is more bytes than this machine can count",
+            args.max_model_mib
+        )
+    })?;
+    anyhow::ensure!(
+        args.max_streams_per_connection > 0,
+        "--max-streams-per-connection 0: expected at least 1; a server that accepts no stream serves nothing"
+    );
     // Plain HTTP/2 off loopback only with --insecure.
     let transport = args.tls.server_transport(args.listen)?;
     if let Some(identity) = transport.identity()
@@ -143,8 +162,10 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         let plane = make_plane(stores, args.cluster, |s| {
             s.transport = transport.clone();
             s.ca = ca.clone();
-            s.node_cert_ttl = Duration::from_secs(args.node_cert_days.max(1) * 24 * 3600);
+            s.node_cert_ttl = args.node_cert_ttl;
             s.node_ttl = Duration::from_millis(args.node_ttl_ms);
+            s.max_model_bytes = max_model_bytes;
+            s.max_streams_per_connection = args.max_streams_per_connection;
             s.rollout_grace = Duration::from_millis(args.rollout_grace_ms);
             s.blob_grace = Duration::from_millis(args.blob_grace_ms);
             s.advertise = args.advertise.map(str::to_string);

@@ -753,6 +753,17 @@ fn device_stages_are_cached_on_disk_shared_by_processes_and_serve_offline() {
     );
 }
 
+/// A channel to `address` under the admin's credentials, as the raw calls straight at a server use.
+fn admin_channel(sandbox: &Sandbox, address: &str) -> tonic::transport::Channel {
+    strata_proto::call::channel(
+        address,
+        Duration::from_secs(2),
+        &sandbox.admin(),
+        strata_proto::transport::Expect::Server,
+    )
+    .expect("channel")
+}
+
 #[test]
 fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     let sandbox = Sandbox::start(&["edge", "cloud"], 3000);
@@ -826,16 +837,9 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     };
     let call = |header: v1::InferHeader, tensors: Vec<(String, TensorData)>| {
         rt.block_on(async {
-            let channel = strata_proto::call::channel(
-                edge,
-                Duration::from_secs(2),
-                &sandbox.admin(),
-                strata_proto::transport::Expect::Server,
-            )
-            .expect("channel");
             let chunks = strata_proto::call::chunks_of(tensors);
             strata_proto::call::infer(
-                channel,
+                admin_channel(&sandbox, edge),
                 header,
                 &chunks,
                 Some(Duration::from_secs(10)),
@@ -864,13 +868,7 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
     .expect_err("plan");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     let oversized = rt.block_on(async {
-        let channel = strata_proto::call::channel(
-            edge,
-            Duration::from_secs(2),
-            &sandbox.admin(),
-            strata_proto::transport::Expect::Server,
-        )
-        .expect("channel");
+        let channel = admin_channel(&sandbox, edge);
         let frames = vec![
             v1::InferRequest {
                 frame: Some(v1::infer_request::Frame::Header(header.clone())),

@@ -668,6 +668,17 @@ fn join_agent(
     name: &str,
     token: &str,
 ) -> Result<sandbox::Proc, String> {
+    join_agent_with(sandbox, tier, name, token, &[])
+}
+
+/// [`join_agent`] with extra agent flags.
+fn join_agent_with(
+    sandbox: &Sandbox,
+    tier: &str,
+    name: &str,
+    token: &str,
+    extra: &[&str],
+) -> Result<sandbox::Proc, String> {
     let dir = sandbox.dir.path().join(format!("joiner-{name}"));
     let mut cmd = std::process::Command::new(sandbox::agent_bin());
     cmd.args(["--tier", tier, "--control-plane", &sandbox.cp_address])
@@ -675,7 +686,8 @@ fn join_agent(
         .arg("--data-dir")
         .arg(&dir)
         .arg("--tls-dir")
-        .arg(dir.join("tls"));
+        .arg(dir.join("tls"))
+        .args(extra);
     let log = sandbox.dir.path().join(format!("joiner-{name}.log"));
     let mut proc = sandbox::Proc::spawn(name, cmd, &log);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -831,4 +843,193 @@ fn nodes_join_with_a_token_of_their_tier_once_and_the_cluster_keeps_only_its_has
         )
         .expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+/// The validity end (unix seconds) and the key of the credentials in `dir`.
+fn credentials_state(dir: &std::path::Path) -> (i64, String) {
+    let cert = std::fs::read_to_string(dir.join("cert.pem")).expect("cert.pem");
+    let der = strata_trust::tls::certificates("cert", dir, cert.as_bytes()).expect("pem");
+    let (_, not_after) = strata_trust::tls::validity(&der[0]).expect("validity");
+    (
+        not_after,
+        std::fs::read_to_string(dir.join("key.pem")).expect("key.pem"),
+    )
+}
+
+/// Waits up to `limit` for `condition`.
+fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn certificates_are_renewed_before_they_expire_and_a_revoked_identity_is_shut_out() {
+    // Certificates from joins and renewals live 12 s; the joined agent renews 9 s before expiry.
+    let sandbox = Sandbox::start_with(&["edge"], 3000, &["--node-cert-ttl-s", "12"]);
+    let token = create_token(&sandbox, "edge", "1");
+    let _agent = join_agent_with(&sandbox, "edge", "gw-r", &token, &["--renew-before-s", "9"])
+        .expect("joins");
+    let tls_dir = sandbox.dir.path().join("joiner-gw-r/tls");
+    let (first_expiry, first_key) = credentials_state(&tls_dir);
+    let address = sandbox
+        .nodes()
+        .into_iter()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.name == "gw-r"))
+        .and_then(|n| n.spec.map(|s| s.address))
+        .expect("registered");
+
+    // Renewed (a new key, a later expiry) before the first certificate expires…
+    eventually(Duration::from_secs(12), "renewal", || {
+        credentials_state(&tls_dir).0 > first_expiry
+    });
+    assert_ne!(credentials_state(&tls_dir).1, first_key, "a new key");
+    // …and after the first certificate's end, the agent is still registered and a new connection to it
+    // succeeds (its server certificate is the renewed one).
+    let wait = first_expiry + 2 - strata_trust::tls::unix_now();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_secs(wait as u64));
+    }
+    let status_of = |address: &str| {
+        let channel = {
+            let _guard = sandbox.runtime.enter();
+            strata_proto::call::channel(
+                address,
+                Duration::from_secs(2),
+                &sandbox.admin(),
+                Expect::Node(strata_core::Tier::Edge),
+            )
+            .expect("channel")
+        };
+        sandbox.runtime.block_on(
+            strata_proto::v1::inference_client::InferenceClient::new(channel)
+                .status(v1::StatusRequest {}),
+        )
+    };
+    status_of(&address).expect("a fresh connection to the renewed agent");
+    assert!(
+        sandbox
+            .nodes()
+            .iter()
+            .any(|n| n.spec.as_ref().is_some_and(|s| s.name == "gw-r")),
+        "still registered after its first certificate expired"
+    );
+
+    // A device joins with the CLI, and renews its certificate with the CLI.
+    let device_token = create_token(&sandbox, "device", "1");
+    let device_dir = sandbox.dir.path().join("phone-1");
+    let out = sandbox.strata(&[
+        "join",
+        &device_token,
+        "--name",
+        "phone-1",
+        "--out",
+        &device_dir.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "device join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (device_expiry, device_key) = credentials_state(&device_dir);
+    let renew = |dir: &std::path::Path| {
+        sandbox.strata(&["--tls-dir", &dir.to_string_lossy(), "identity", "renew"])
+    };
+    std::thread::sleep(Duration::from_secs(1)); // Whole seconds on the certificate.
+    let out = renew(&device_dir);
+    assert!(
+        out.status.success(),
+        "device renew: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (renewed_expiry, renewed_key) = credentials_state(&device_dir);
+    assert!(renewed_expiry > device_expiry && renewed_key != device_key);
+
+    // The device reaches the edge agent (route tables) on one connection, before the revocation…
+    let device = Transport::tls(TlsFiles::in_dir(&device_dir)).expect("device TLS");
+    let edge = sandbox.agents[0].address.clone();
+    let to_edge = {
+        let _guard = sandbox.runtime.enter();
+        strata_proto::call::channel(&edge, Duration::from_secs(2), &device, Expect::Server)
+            .expect("channel")
+    };
+    let routes = |channel: Channel| {
+        sandbox.runtime.block_on(
+            strata_proto::v1::routes_client::RoutesClient::new(channel).get_routes(
+                v1::GetRoutesRequest {
+                    model: "nothing-here".into(),
+                },
+            ),
+        )
+    };
+    let before = routes(to_edge.clone()).expect_err("no such model");
+    assert_eq!(before.code(), Code::NotFound, "{before:?}");
+
+    // Revoked: the node is deregistered and stays out, cannot renew; the device is refused by the control
+    // plane and, within a heartbeat, by the agent — on the connection it already has.
+    for identity in ["gw-r.edge", "phone-1.device"] {
+        let out = sandbox.strata(&["identity", "revoke", identity, "--reason", "stolen"]);
+        assert!(
+            out.status.success(),
+            "revoke {identity}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = String::from_utf8_lossy(&sandbox.strata(&["identity", "ls"]).stdout).to_string();
+    assert!(
+        listed.contains("gw-r.edge.id.strata") && listed.contains("phone-1.device.id.strata"),
+        "{listed}"
+    );
+    let gone = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < gone {
+        assert!(
+            !sandbox
+                .nodes()
+                .iter()
+                .any(|n| n.spec.as_ref().is_some_and(|s| s.name == "gw-r")),
+            "a revoked node registered again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = renew(&tls_dir);
+    assert!(!out.status.success(), "a revoked node renewed");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = routes(channel(&sandbox, &sandbox.cp_address, &device)).expect_err("refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{}", e.message());
+    eventually(
+        Duration::from_secs(10),
+        "the agent refusing the device",
+        || routes(to_edge.clone()).is_err_and(|e| e.code() == Code::Unauthenticated),
+    );
+    // A process that knows of the revocation does not finish a handshake with the revoked node either,
+    // though its certificate is valid (agents dial next hops with such a transport).
+    let admin = sandbox.admin();
+    let told = admin.revocations().expect("TLS").clone();
+    told.insert(&Identity::new("gw-r", Role::Node(strata_core::Tier::Edge)).expect("id"));
+    let e = {
+        let channel = {
+            let _guard = sandbox.runtime.enter();
+            strata_proto::call::channel(
+                &address,
+                Duration::from_secs(2),
+                &admin,
+                Expect::Node(strata_core::Tier::Edge),
+            )
+            .expect("channel")
+        };
+        sandbox.runtime.block_on(
+            strata_proto::v1::inference_client::InferenceClient::new(channel)
+                .status(v1::StatusRequest {}),
+        )
+    }
+    .expect_err("a revoked server is refused");
+    let chain = format!("{e:?}");
+    assert!(chain.contains("RevokedServer"), "{chain}");
 }

@@ -51,6 +51,14 @@ pub fn token(id: &str) -> String {
 /// Identities issued to joining nodes, by DNS name (a name is issued once).
 pub const IDENTITIES: &str = "/strata/v1/identities/";
 
+/// Revoked identities, by DNS name.
+pub const REVOKED: &str = "/strata/v1/revoked/";
+
+/// The key of a revoked identity.
+pub fn revoked(dns_name: &str) -> String {
+    format!("{REVOKED}{dns_name}")
+}
+
 /// The key of an issued identity.
 pub fn identity(dns_name: &str) -> String {
     format!("{IDENTITIES}{dns_name}")

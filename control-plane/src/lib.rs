@@ -12,6 +12,7 @@ pub mod blob;
 pub mod calibration;
 pub mod convert;
 pub mod error;
+pub mod identities;
 pub mod keys;
 pub mod plane;
 pub mod planning;

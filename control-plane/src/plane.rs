@@ -29,8 +29,11 @@ pub struct Settings {
     pub cluster: Cluster,
     /// How long a node stays registered without a heartbeat.
     pub node_ttl: Duration,
-    /// The largest model accepted, bytes.
+    /// The largest model accepted, bytes (`--max-model-mib`): a push declaring more is `RESOURCE_EXHAUSTED`
+    /// before its data is buffered.
     pub max_model_bytes: u64,
+    /// Concurrent HTTP/2 streams one client connection may have open (`--max-streams-per-connection`).
+    pub max_streams_per_connection: u32,
     /// How long a replaced version's stages stay loaded after its successor's route table is published
     /// (for requests already on their way with the old table).
     pub rollout_grace: Duration,
@@ -53,13 +56,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for a cluster profile: node TTL 3 s, models up to 4 GiB, rollout grace 10 s, blob grace
-    /// 10 min, the default frontier (16 plans), calibration on (±25 %), the plain transport, no joining (node certificates for 90 days once a CA is given).
+    /// Defaults for a cluster profile: node TTL 3 s, models up to [`DEFAULT_MAX_MODEL_BYTES`], 256 streams per
+    /// connection ([`strata_proto::server::MAX_STREAMS_PER_CONNECTION`]), rollout grace 10 s, blob grace
+    /// 10 min, the default frontier (16 plans), calibration on (±25 %), the plain transport, no joining (node certificates for 30 days once a CA is given).
     pub fn new(cluster: Cluster) -> Settings {
         Settings {
             cluster,
             node_ttl: Duration::from_secs(3),
-            max_model_bytes: 4 << 30,
+            max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
+            max_streams_per_connection: strata_proto::server::MAX_STREAMS_PER_CONNECTION,
             rollout_grace: Duration::from_secs(10),
             advertise: None,
             blob_grace: Duration::from_secs(600),
@@ -67,10 +72,14 @@ impl Settings {
             calibration: crate::calibration::Settings::default(),
             transport: Default::default(),
             ca: None,
-            node_cert_ttl: Duration::from_secs(90 * 24 * 3600),
+            node_cert_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
+
+/// The default cap on a pushed model's size: 4 GiB (`--max-model-mib 4096`). A push is buffered whole before
+/// it is checked and stored, so this bounds what one push can take of the control plane's memory.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 4 << 30;
 
 /// What the control plane knows about a live node beyond its store record.
 #[derive(Debug, Clone)]

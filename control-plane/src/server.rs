@@ -128,6 +128,7 @@ pub async fn serve(
     let control_loop = AbortOnDrop::spawn(crate::reconcile::run(plane.clone()));
     let route_cache = AbortOnDrop::spawn(plane.route_cache.clone().run(plane.store.clone()));
     let collector = AbortOnDrop::spawn(crate::blob::run_collector(plane.clone()));
+    let revocations = AbortOnDrop::spawn(crate::identities::run_refresh(plane.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
     let service = ControlService::new(plane.clone(), stopping.clone());
@@ -156,13 +157,23 @@ pub async fn serve(
             }
         }
     });
-    let router = strata_proto::server::builder()
+    let limits = strata_proto::server::ServerLimits {
+        max_streams_per_connection: plane.settings.max_streams_per_connection,
+    };
+    let router = strata_proto::server::builder_with(limits)
         .add_service(health)
         .add_service(ControlServer::new(service.clone()).with_limits())
         .add_service(RoutesServer::new(service).with_limits());
     let transport = plane.settings.transport.clone();
     let result = strata_proto::server::run(router, listener, transport, shutdown, &stopping).await;
-    drop((control_loop, election, health_task, route_cache, collector));
+    drop((
+        control_loop,
+        election,
+        health_task,
+        route_cache,
+        collector,
+        revocations,
+    ));
     crate::replica::step_down(&plane).await;
     Ok(result?)
 }

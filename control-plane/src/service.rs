@@ -28,6 +28,16 @@ impl ControlService {
         ControlService { plane, stopping }
     }
 
+    /// The CA bundle this replica hands out with certificates (empty without a CA).
+    fn ca_pem(&self) -> String {
+        self.plane
+            .settings
+            .ca
+            .as_ref()
+            .map(|ca| ca.cert_pem().to_string())
+            .unwrap_or_default()
+    }
+
     /// Whether `caller` may fetch blob `digest`: a node only the stages assigned to it and the device
     /// stages it caches for devices, a device only device stages, a replica (or an administrator)
     /// anything; only a replica may ask as a peer (answered from the local blobs only).
@@ -142,6 +152,7 @@ impl Control for ControlService {
             .inspect_err(|e| denied(&caller, "Heartbeat", e))?;
         Ok(Response::new(v1::HeartbeatResponse {
             ttl_ms: ttl.as_millis() as u64,
+            revoked_identities: self.plane.revoked_names(),
         }))
     }
 
@@ -203,7 +214,8 @@ impl Control for ControlService {
         let limit = self.plane.settings.max_model_bytes;
         if meta.size_bytes > limit {
             return Err(ControlError::TooLarge(format!(
-                "model \"{}\" is {} bytes, over the limit of {limit}",
+                "model \"{}\" is {} bytes, over this control plane's limit of {limit} bytes \
+                 (--max-model-mib); nothing was stored",
                 meta.name, meta.size_bytes
             ))
             .into());
@@ -375,14 +387,59 @@ impl Control for ControlService {
             .join(&r.token, tier, &r.name, &r.csr_pem)
             .await
             .inspect_err(|e| denied(&caller, "Join", e))?;
-        let ca_pem = self
+        Ok(Response::new(v1::JoinResponse {
+            cert_pem,
+            ca_pem: self.ca_pem(),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let caller = auth::caller(&request);
+        let cert_pem = self
             .plane
-            .settings
-            .ca
-            .as_ref()
-            .map(|ca| ca.cert_pem().to_string())
-            .unwrap_or_default();
-        Ok(Response::new(v1::JoinResponse { cert_pem, ca_pem }))
+            .renew(&caller, &request.into_inner().csr_pem)
+            .await
+            .inspect_err(|e| denied(&caller, "Renew", e))?;
+        Ok(Response::new(v1::RenewResponse {
+            cert_pem,
+            ca_pem: self.ca_pem(),
+        }))
+    }
+
+    async fn revoke_identity(
+        &self,
+        request: Request<v1::RevokeIdentityRequest>,
+    ) -> Result<Response<v1::RevokeIdentityResponse>, Status> {
+        let caller = auth::caller(&request);
+        let r = request.into_inner();
+        let identity = crate::identities::parse_identity(&r.identity)?;
+        let nodes_removed = self
+            .plane
+            .revoke_identity(&identity, r.reason, &caller)
+            .await?;
+        Ok(Response::new(v1::RevokeIdentityResponse { nodes_removed }))
+    }
+
+    async fn list_revoked(
+        &self,
+        _request: Request<v1::ListRevokedRequest>,
+    ) -> Result<Response<v1::ListRevokedResponse>, Status> {
+        let revoked = self
+            .plane
+            .revoked()
+            .await?
+            .into_iter()
+            .map(|r| v1::RevokedIdentity {
+                identity: r.identity,
+                revoked_unix_ms: r.revoked_unix_ms,
+                reason: r.reason,
+                by: r.by,
+            })
+            .collect();
+        Ok(Response::new(v1::ListRevokedResponse { revoked }))
     }
 }
 

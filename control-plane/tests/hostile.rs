@@ -1,6 +1,6 @@
 //! The control plane against a hostile client on its gRPC API: a model pushed without a valid privacy level is
-//! refused (never stored as `open`), and a blob asked for by a path-like digest is a bad argument, not a
-//! server fault.
+//! refused (never stored as `open`), a model over the size limit is refused on its declared size, and a blob
+//! asked for by a path-like digest is a bad argument, not a server fault.
 
 use std::time::Duration;
 
@@ -41,10 +41,20 @@ fn relu_model() -> Vec<u8> {
 
 /// A control plane on an embedded store, served on loopback.
 async fn start(dir: &std::path::Path) -> (std::sync::Arc<ControlPlane>, Channel) {
+    start_with(dir, |_| {}).await
+}
+
+/// [`start`], with its settings adjusted.
+async fn start_with(
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut Settings),
+) -> (std::sync::Arc<ControlPlane>, Channel) {
     let (state, blobs) = server::open_embedded(dir, None).expect("stores");
     let cluster =
         Cluster::from_toml(strata_control_plane::server::DEFAULT_CLUSTER).expect("cluster");
-    let plane = ControlPlane::new(state, blobs, Settings::new(cluster));
+    let mut settings = Settings::new(cluster);
+    adjust(&mut settings);
+    let plane = ControlPlane::new(state, blobs, settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(server::serve(
@@ -114,6 +124,51 @@ async fn a_push_without_a_valid_privacy_level_is_refused_and_nothing_is_stored()
         .expect("a push with a level");
     let stored = plane.model("features").await.expect("stored");
     assert_eq!(stored.privacy, strata_core::Privacy::Features);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_the_size_limit_is_refused_before_its_data_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let size = relu_model().len() as u64;
+    let (plane, channel) = start_with(dir.path(), |s| s.max_model_bytes = size - 1).await;
+
+    // A model one byte over the limit.
+    let e = push(&channel, "big", v1::Privacy::Open as i32)
+        .await
+        .expect_err("over the limit");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("limit of {} bytes", size - 1))
+            && e.message().contains("--max-model-mib")
+            && e.message().contains("nothing was stored"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        matches!(
+            plane.model("big").await,
+            Err(ControlError::UnknownModel { .. })
+        ),
+        "the model was stored"
+    );
+
+    // A meta message claiming a terabyte, and no data: refused on the claim, not for a short upload.
+    let claim = v1::PushModelRequest {
+        part: Some(v1::push_model_request::Part::Meta(v1::ModelMeta {
+            name: "claim".into(),
+            digest: Digest::of(b"").to_string(),
+            size_bytes: 1 << 40,
+            privacy: v1::Privacy::Open as i32,
+            input_shapes: vec![],
+        })),
+    };
+    let e = v1::control_client::ControlClient::new(channel.clone())
+        .push_model(futures::stream::iter(vec![claim]))
+        .await
+        .expect_err("a terabyte claim");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-model-mib"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

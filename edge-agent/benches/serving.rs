@@ -30,7 +30,6 @@ use strata_control_plane::{ControlPlane, Settings, server};
 use strata_device_sdk::route::Constraints;
 use strata_device_sdk::{Client, ClientConfig};
 use strata_edge_agent::{Agent, AgentConfig};
-use strata_planner::cluster::Cluster;
 use strata_planner::onnx::{self, proto};
 use strata_proto::call::{self, chunks_of};
 use strata_proto::transport::{Expect, Transport};
@@ -40,30 +39,10 @@ use strata_trust::Role;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-/// A device so slow that every operator belongs on the edge; a link so fast that moving tensors costs
-/// (almost) nothing in the planner's eyes.
-const CLUSTER: &str = r#"
-name = "bench: hopeless device, fast edge"
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-[tiers.device]
-gflops = 0.001
-op_overhead_us = 1000000.0
-memory_mib = 65536.0
-active_w = 1.0
-idle_w = 0.1
-tx_nj_per_byte = 1.0
-rx_nj_per_byte = 1.0
-
-[tiers.edge]
-gflops = 1000.0
-memory_mib = 65536.0
-
-[[links]]
-from = "device"
-to = "edge"
-up_mbps = 100000.0
-rtt_ms = 0.1
-"#;
+use support::{model, node};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -104,7 +83,7 @@ async fn start(tls: bool) -> Bench {
     let [cp_transport, edge_transport, device] = transports(dir.path(), tls);
     let (state, blobs) =
         server::open_embedded(&dir.path().join("control-plane"), None).expect("stores");
-    let mut settings = Settings::new(Cluster::from_toml(CLUSTER).expect("bench cluster parses"));
+    let mut settings = Settings::new(support::cluster(false));
     settings.transport = cp_transport;
     let plane = ControlPlane::new(state, blobs, settings);
     let cp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -313,42 +292,6 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn graph_model(
-    nodes: Vec<proto::NodeProto>,
-    initializers: Vec<proto::TensorProto>,
-    input: proto::ValueInfoProto,
-    output: proto::ValueInfoProto,
-) -> Vec<u8> {
-    proto::ModelProto {
-        ir_version: Some(8),
-        producer_name: Some("strata-bench".into()),
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(proto::GraphProto {
-            name: Some("bench".into()),
-            node: nodes,
-            initializer: initializers,
-            input: vec![input],
-            output: vec![output],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-fn node(op: &str, inputs: &[&str], output: &str) -> proto::NodeProto {
-    proto::NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.to_string()],
-        ..Default::default()
-    }
-}
-
 fn int64s(name: &str, values: &[i64]) -> proto::TensorProto {
     proto::TensorProto {
         name: Some(name.into()),
@@ -361,7 +304,8 @@ fn int64s(name: &str, values: &[i64]) -> proto::TensorProto {
 
 /// `y = Identity(x)` over `[1, elements]` floats.
 fn identity_model(elements: usize) -> Vec<u8> {
-    graph_model(
+    model(
+        "bench",
         vec![node("Identity", &["x"], "y")],
         vec![],
         onnx::tensor_value_info("x", 1, &[1, elements]),
@@ -379,7 +323,8 @@ fn wire_model(input: (&str, &[usize]), output: (&str, &[usize])) -> Vec<u8> {
         "the output must not be larger than the input"
     );
     let shape: Vec<i64> = output.1.iter().map(|&d| d as i64).collect();
-    graph_model(
+    model(
+        "bench",
         vec![
             node("Reshape", &[input.0, "flat_shape"], "flat"),
             node("Slice", &["flat", "starts", "ends", "axes"], "kept"),

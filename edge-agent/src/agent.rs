@@ -51,6 +51,12 @@ pub struct AgentConfig {
     pub max_tensor_bytes: u64,
     /// Cap on the tensor chunks of one request (a flood of tiny chunks costs out of proportion to its bytes).
     pub max_request_chunks: u64,
+    /// Cap on how long one Infer request may take here, from its arrival (waiting for the client's chunks
+    /// included): a request with no deadline, or a longer one, is served under this one (and it is the
+    /// deadline passed on to the next hop), then ended with `DEADLINE_EXCEEDED` and its slot released.
+    pub max_request_time: Duration,
+    /// Concurrent HTTP/2 streams one client connection may have open; more wait in the client.
+    pub max_streams_per_connection: u32,
     /// How long a next-tier agent that failed a forwarded request is avoided.
     pub retry: RetryPolicy,
     /// Give up connecting to a peer (next-tier agent, control plane) after this long.
@@ -65,7 +71,9 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// The defaults: a slot per core, 4 queued requests per slot, named `<tier>-<hostname>`, requests up to
     /// [`DEFAULT_MAX_REQUEST_BYTES`] (any one tensor too) in at most [`DEFAULT_MAX_REQUEST_CHUNKS`] chunks,
-    /// the default [`RetryPolicy`], 500 ms connect timeout, unused
+    /// taking at most [`DEFAULT_MAX_REQUEST_TIME`], 256 streams per connection
+    /// ([`strata_proto::server::MAX_STREAMS_PER_CONNECTION`]), the default [`RetryPolicy`], 500 ms connect
+    /// timeout, unused
     /// cached stages kept 10 minutes, the plain transport.
     pub fn new(
         tier: Tier,
@@ -85,6 +93,8 @@ impl AgentConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_tensor_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_request_chunks: DEFAULT_MAX_REQUEST_CHUNKS,
+            max_request_time: DEFAULT_MAX_REQUEST_TIME,
+            max_streams_per_connection: strata_proto::server::MAX_STREAMS_PER_CONNECTION,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_millis(500),
             cache_grace: Duration::from_secs(600),
@@ -102,6 +112,11 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 256 << 20;
 /// The default cap on one request's tensor chunks: 16,384, so a full-size request averages at least 16 KiB
 /// per chunk (Strata's own senders use 1 MiB chunks).
 pub const DEFAULT_MAX_REQUEST_CHUNKS: u64 = 16_384;
+
+/// The default cap on one request's time at an agent: 60 s (`--max-request-ms 60000`), far above any
+/// stage's compute, so only a client that stalls (or a request with no deadline held up downstream) meets it;
+/// without it, a stalled stream would hold an admission slot for ever.
+pub const DEFAULT_MAX_REQUEST_TIME: Duration = Duration::from_secs(60);
 
 /// At most this many distinct tensor names are kept for [`v1::AgentStatus::received_tensors`].
 pub const MAX_RECEIVED_NAMES: usize = 4096;
@@ -493,7 +508,11 @@ impl Agent {
         } else {
             let request = self.heartbeat_request(&known);
             match tokio::time::timeout(Duration::from_secs(5), control.heartbeat(request)).await {
-                Ok(Ok(answer)) => Some((known, answer.into_inner().ttl_ms)),
+                Ok(Ok(answer)) => {
+                    let answer = answer.into_inner();
+                    self.apply_revocations(answer.revoked_identities);
+                    Some((known, answer.ttl_ms))
+                }
                 Ok(Err(s)) if s.code() == tonic::Code::NotFound => None,
                 Ok(Err(status)) => {
                     return Err(SessionError::Call {
@@ -550,6 +569,14 @@ impl Agent {
         }
     }
 
+    /// Refuses, from now on, the identities the control plane says are revoked (as callers, also on
+    /// connections already open, and as servers of the next hop).
+    fn apply_revocations(&self, revoked: Vec<String>) {
+        if let Some(r) = self.config.transport.revocations() {
+            r.replace(revoked);
+        }
+    }
+
     fn heartbeat_request(&self, node_id: &str) -> v1::HeartbeatRequest {
         v1::HeartbeatRequest {
             node_id: node_id.to_string(),
@@ -578,7 +605,7 @@ impl Agent {
         loop {
             let request = self.heartbeat_request(node_id);
             match tokio::time::timeout(period * 2, control.heartbeat(request)).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(answer)) => self.apply_revocations(answer.into_inner().revoked_identities),
                 Ok(Err(status)) => {
                     return SessionError::Call {
                         call: "heartbeat",

@@ -45,7 +45,10 @@ pub async fn serve(
         drain_agent.deregister().await;
         let _ = stop.send(true);
     };
-    let router = strata_proto::server::builder()
+    let limits = strata_proto::server::ServerLimits {
+        max_streams_per_connection: agent.config.max_streams_per_connection,
+    };
+    let router = strata_proto::server::builder_with(limits)
         .add_service(health)
         .add_service(InferenceServer::new(service.clone()).with_limits())
         .add_service(RoutesServer::new(service).with_limits());

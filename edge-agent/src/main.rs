@@ -55,6 +55,16 @@ struct Args {
     /// chunks).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_request_chunks: Option<u64>,
+    /// Longest one Infer request may take here, in ms, waiting for the client's data included: a request with
+    /// no deadline (grpc-timeout) or a longer one is served under this one, which is also the deadline passed
+    /// on to the next tier, and then gets DEADLINE_EXCEEDED, its slot released.
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_request_ms: u64,
+    /// Concurrent requests (HTTP/2 streams) one client connection may have open; more wait in the client.
+    #[arg(long, value_name = "N", default_value_t = strata_proto::server::MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
     #[command(flatten)]
     tls: strata_trust::args::TlsArgs,
     /// Join the cluster with this token (from `strata token create --tier TIER`): get a node certificate
@@ -66,6 +76,14 @@ struct Args {
         hide_env_values = true
     )]
     join: Option<String>,
+    /// Do not renew this node's certificate through the control plane (when something else rotates the
+    /// files, e.g. cert-manager into a read-only Secret volume).
+    #[arg(long)]
+    no_renew: bool,
+    /// Renew the certificate this many seconds before it expires (default: when a third of its lifetime is
+    /// left).
+    #[arg(long, value_name = "SECONDS")]
+    renew_before_s: Option<u64>,
 }
 
 #[tokio::main]
@@ -149,8 +167,19 @@ async fn main() -> Result<()> {
     if let Some(n) = args.max_request_chunks {
         config.max_request_chunks = n;
     }
-    config.transport = transport;
+    config.max_request_time = std::time::Duration::from_millis(args.max_request_ms);
+    config.max_streams_per_connection = args.max_streams_per_connection;
+    config.transport = transport.clone();
+    let control_planes = config.control_planes.clone();
     let agent = Agent::new(config).context("cannot start the agent")?;
+    // Renewed over the certificate itself, before it expires; the transport reloads the files.
+    let _renewal = (transport.is_tls() && !args.no_renew).then(|| {
+        strata_proto::task::AbortOnDrop::spawn(strata_edge_agent::join::keep_renewed(
+            control_planes,
+            transport,
+            args.renew_before_s,
+        ))
+    });
     // Tests and scripts read this line to learn the port.
     {
         use std::io::Write;

@@ -50,13 +50,51 @@ impl Drop for Admitted<'_> {
     }
 }
 
-fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Status> {
-    match deadline {
-        None => Ok(None),
-        Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(Some(left)),
-            _ => Err(Status::deadline_exceeded("the request's deadline passed")),
-        },
+/// The longest request-time cap honoured (so that adding it to the clock cannot overflow): a year.
+const LONGEST_CAP: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a request must be answered by: the client's deadline (`grpc-timeout`), or this agent's cap
+/// ([`crate::AgentConfig::max_request_time`]) when the client set none or a later one. Either way it is the
+/// deadline passed on to the next hop, so downstream agents see the remaining budget.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    /// The cap, when it (and not the client's deadline) set `at`.
+    cap: Option<Duration>,
+}
+
+impl Deadline {
+    /// The sooner of `client` and `now + cap`.
+    fn new(client: Option<Instant>, cap: Duration, now: Instant) -> Deadline {
+        let cap = cap.min(LONGEST_CAP);
+        let capped = now + cap;
+        match client {
+            Some(at) if at <= capped => Deadline { at, cap: None },
+            _ => Deadline {
+                at: capped,
+                cap: Some(cap),
+            },
+        }
+    }
+
+    /// The time left, or `DEADLINE_EXCEEDED` when none is.
+    fn remaining(&self, context: &str) -> Result<Duration, Status> {
+        match self.at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(self.exceeded(context)),
+        }
+    }
+
+    /// The answer once it has passed; `context` says where (" while queued at agent X"). When the cap set it,
+    /// the message names the limit and its flag.
+    fn exceeded(&self, context: &str) -> Status {
+        match self.cap {
+            None => Status::deadline_exceeded(format!("the request's deadline passed{context}")),
+            Some(cap) => Status::deadline_exceeded(format!(
+                "the request ran past this agent's limit of {} ms per request{context} (--max-request-ms)",
+                cap.as_millis()
+            )),
+        }
     }
 }
 
@@ -137,7 +175,7 @@ impl AgentService {
         &self,
         header: v1::InferHeader,
         mut frames: Streaming<v1::InferRequest>,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<Vec<v1::InferResponse>, Status> {
         let agent = &self.agent;
         let node_id = agent.node_id();
@@ -246,15 +284,12 @@ impl AgentService {
 
         let queued_at = Instant::now();
         agent.queued.fetch_add(1, Ordering::Relaxed);
-        let permit = match remaining(deadline)? {
-            Some(left) => tokio::time::timeout(left, agent.slots.acquire())
+        let queued_context = format!(" while queued at agent {node_id}");
+        let permit = match deadline.remaining(&queued_context) {
+            Ok(left) => tokio::time::timeout(left, agent.slots.acquire())
                 .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "deadline passed while queued at agent {node_id}"
-                    ))
-                }),
-            None => Ok(agent.slots.acquire().await),
+                .map_err(|_| deadline.exceeded(&queued_context)),
+            Err(status) => Err(status),
         };
         agent.queued.fetch_sub(1, Ordering::Relaxed);
         let _permit = permit?.map_err(|_| Status::unavailable("agent is shutting down"))?;
@@ -347,7 +382,7 @@ impl AgentService {
         stage: &v1::Stage,
         header: v1::InferHeader,
         chunks: Vec<v1::TensorChunk>,
-        deadline: Option<Instant>,
+        deadline: Deadline,
     ) -> Result<call::HopResult, Status> {
         let agent = &self.agent;
         let hop = call::Hop {
@@ -356,12 +391,15 @@ impl AgentService {
             retry: agent.config.retry,
             max_response_bytes: agent.config.max_request_bytes,
         };
-        hop.run(table, stage, header, &chunks, deadline)
+        hop.run(table, stage, header, &chunks, Some(deadline.at))
             .await
             .map_err(|e| match e {
                 // The next agent's refusal (a bad input, a passed deadline) is this request's answer.
                 HopError::Refused { status, .. } => status,
-                HopError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+                HopError::DeadlineExceeded => deadline.exceeded(&format!(
+                    " before an agent of stage {} answered",
+                    stage.index
+                )),
                 HopError::Exhausted { .. } => Status::unavailable(e.to_string()),
                 HopError::Channel(_) | HopError::BadStage { .. } => Status::internal(e.to_string()),
             })
@@ -376,26 +414,39 @@ impl Inference for AgentService {
         &self,
         request: Request<Streaming<v1::InferRequest>>,
     ) -> Result<Response<Self::InferStream>, Status> {
-        let deadline = strata_proto::deadline_of(request.metadata());
+        // The client's deadline, capped by this agent's: the whole request (its header and chunks too) runs
+        // under it, so a stalled stream cannot hold an admission slot for ever.
+        let deadline = Deadline::new(
+            strata_proto::deadline_of(request.metadata()),
+            self.agent.config.max_request_time,
+            Instant::now(),
+        );
+        let context = format!(" at agent {}", self.agent.node_id());
+        deadline.remaining(&context)?;
         let mut frames = request.into_inner();
-        let header = match frames.next().await {
-            Some(Ok(v1::InferRequest {
-                frame: Some(v1::infer_request::Frame::Header(h)),
-            })) => h,
-            Some(Err(e)) => return Err(e),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of Infer must be its header",
-                ));
-            }
+        let work = async move {
+            let header = match frames.next().await {
+                Some(Ok(v1::InferRequest {
+                    frame: Some(v1::infer_request::Frame::Header(h)),
+                })) => h,
+                Some(Err(e)) => return Err(e),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message of Infer must be its header",
+                    ));
+                }
+            };
+            self.run_request(header, frames, deadline).await
         };
-        let work = self.run_request(header, frames, deadline);
-        let response = match remaining(deadline)? {
-            Some(left) => tokio::time::timeout(left, work)
-                .await
-                .map_err(|_| Status::deadline_exceeded("the request's deadline passed"))??,
-            None => work.await?,
-        };
+        let response = tokio::time::timeout_at(deadline.at.into(), work)
+            .await
+            .map_err(|_| {
+                let status = deadline.exceeded(&context);
+                if deadline.cap.is_some() {
+                    tracing::warn!(error = %status.message(), "request ended at this agent's time limit");
+                }
+                status
+            })??;
         Ok(Response::new(Box::pin(futures::stream::iter(
             response.into_iter().map(Ok),
         ))))
@@ -553,5 +604,39 @@ impl Routes for AgentService {
         };
         let chunks = strata_proto::call::blob_chunks(bytes).into_iter().map(Ok);
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_bounds_a_request_without_a_deadline_or_with_a_later_one() {
+        let now = Instant::now();
+        let cap = Duration::from_millis(500);
+        for client in [None, Some(now + Duration::from_secs(10))] {
+            let d = Deadline::new(client, cap, now);
+            assert_eq!(d.at, now + cap, "{client:?}");
+            assert_eq!(d.cap, Some(cap));
+            let status = d.exceeded(" at agent a");
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+            assert_eq!(
+                status.message(),
+                "the request ran past this agent's limit of 500 ms per request at agent a (--max-request-ms)"
+            );
+        }
+        // A sooner deadline of the client's is its own, and its message is the client's.
+        let sooner = now + Duration::from_millis(100);
+        let d = Deadline::new(Some(sooner), cap, now);
+        assert_eq!((d.at, d.cap), (sooner, None));
+        assert_eq!(
+            d.exceeded(" at agent a").message(),
+            "the request's deadline passed at agent a"
+        );
+        // A passed deadline has no time left; a cap beyond any clock is bounded.
+        assert!(Deadline::new(Some(now), cap, now).remaining("").is_err());
+        let far = Deadline::new(None, Duration::MAX, now);
+        assert_eq!(far.cap, Some(LONGEST_CAP));
     }
 }

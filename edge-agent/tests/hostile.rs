@@ -6,78 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use strata_control_plane::{ControlPlane, Settings, server};
 use strata_core::{Digest, Tier};
 use strata_edge_agent::{Agent, AgentConfig};
-use strata_planner::cluster::Cluster;
-use strata_planner::onnx::{self, proto};
 use strata_proto::v1;
 use strata_runtime::TensorData;
+use support::two_step_model;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-/// A device so slow per operator that everything it may hand off goes to the edge; a cloud behind it.
-const CLUSTER: &str = r#"
-name = "test: hopeless device, edge, cloud"
-
-[tiers.device]
-gflops = 0.001
-op_overhead_us = 1000000.0
-memory_mib = 65536.0
-active_w = 1.0
-idle_w = 0.1
-tx_nj_per_byte = 1.0
-rx_nj_per_byte = 1.0
-
-[tiers.edge]
-gflops = 1000.0
-memory_mib = 65536.0
-
-[tiers.cloud]
-gflops = 10000.0
-memory_mib = 65536.0
-
-[[links]]
-from = "device"
-to = "edge"
-up_mbps = 100000.0
-rtt_ms = 0.1
-
-[[links]]
-from = "edge"
-to = "cloud"
-up_mbps = 100000.0
-rtt_ms = 0.1
-"#;
-
-/// `x` [1, 4] → Relu → `a` → Sigmoid → `y`: under `features` privacy the Relu (it reads the raw input) stays
-/// on the device and the Sigmoid runs remotely on `a`.
-fn two_step_model() -> Vec<u8> {
-    let node = |op: &str, input: &str, output: &str| proto::NodeProto {
-        op_type: Some(op.into()),
-        name: Some(op.to_lowercase()),
-        input: vec![input.into()],
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    proto::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(proto::GraphProto {
-            name: Some("two_step".into()),
-            node: vec![node("Relu", "x", "a"), node("Sigmoid", "a", "y")],
-            input: vec![onnx::tensor_value_info("x", 1, &[1, 4])],
-            output: vec![onnx::tensor_value_info("y", 1, &[1, 4])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
+mod support;
 
 struct Cluster3 {
     plane: std::sync::Arc<ControlPlane>,
@@ -87,14 +25,15 @@ struct Cluster3 {
 }
 
 async fn start() -> Cluster3 {
+    start_with(|_, _| {}).await
+}
+
+/// [`start`], with each agent's settings adjusted (given its tier).
+async fn start_with(adjust: impl Fn(Tier, &mut AgentConfig)) -> Cluster3 {
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, blobs) =
         server::open_embedded(&dir.path().join("control-plane"), None).expect("stores");
-    let plane = ControlPlane::new(
-        state,
-        blobs,
-        Settings::new(Cluster::from_toml(CLUSTER).expect("test cluster parses")),
-    );
+    let plane = ControlPlane::new(state, blobs, Settings::new(support::cluster(true)));
     let cp_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let cp_addr = cp_listener.local_addr().expect("address").to_string();
     tokio::spawn(server::serve(
@@ -113,6 +52,7 @@ async fn start() -> Cluster3 {
             dir.path().join(tier.name()),
         );
         config.name = format!("test-{tier}");
+        adjust(tier, &mut config);
         let agent = Agent::new(config).expect("agent");
         tokio::spawn(strata_edge_agent::serve(
             agent,
@@ -329,6 +269,107 @@ async fn agents_refuse_what_privacy_or_the_stage_forbids_before_accepting_data()
     assert_eq!(cloud.requests_denied, 1, "{cloud:?}");
     assert_eq!(cloud.requests_served, 0, "{cloud:?}");
     assert!(cloud.received_tensors.is_empty(), "{cloud:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_request_ends_at_the_agents_time_limit_and_frees_its_slot() {
+    use futures::StreamExt;
+    const LIMIT: Duration = Duration::from_secs(4);
+    // One admission place at the edge (1 slot, no queue), requests capped at LIMIT, one stream per connection.
+    let cluster = start_with(|tier, config| {
+        if tier == Tier::Edge {
+            config.slots = 1;
+            config.queue = 0;
+            config.max_request_time = LIMIT;
+            config.max_streams_per_connection = 1;
+        }
+    })
+    .await;
+    push(&cluster.plane, "features_model", v1::Privacy::Features).await;
+    let (table, plan, stage) = served_table(&cluster.edge, "features_model", Tier::Edge).await;
+    let call = header(&table, &plan, &stage);
+
+    // A header, then nothing more and no end, with no grpc-timeout, on a connection of its own.
+    let held = channel(&cluster.edge).await;
+    let frames = futures::stream::iter([v1::InferRequest {
+        frame: Some(v1::infer_request::Frame::Header(call.clone())),
+    }])
+    .chain(futures::stream::pending());
+    let sent = Instant::now();
+    let stalled = tokio::spawn({
+        let held = held.clone();
+        async move {
+            v1::inference_client::InferenceClient::new(held)
+                .infer(frames)
+                .await
+                .map(|_| ())
+        }
+    });
+    loop {
+        let load = status(&cluster.edge).await.load.unwrap_or_default();
+        if load.in_flight == 1 {
+            break;
+        }
+        assert!(
+            sent.elapsed() < LIMIT / 2,
+            "the stalled request was not admitted: {load:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Its connection may have one stream open: a second request on it waits in the client.
+    let mut second = v1::inference_client::InferenceClient::new(held.clone());
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        second.status(v1::StatusRequest {}),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "a second stream on a connection limited to one was served: {waited:?}"
+    );
+    // It holds the edge's one admission place: a correct request is refused meanwhile.
+    let busy = infer(&cluster.edge, call.clone(), ones("a"))
+        .await
+        .expect_err("the agent is at capacity");
+    assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+    assert!(
+        sent.elapsed() < LIMIT,
+        "too slow to check the stall before the limit"
+    );
+
+    // The agent ends it at its limit, naming the limit and the flag.
+    let ended = tokio::time::timeout(LIMIT * 5, stalled)
+        .await
+        .expect("the agent ended the stalled request")
+        .expect("the request task");
+    let elapsed = sent.elapsed();
+    let e = ended.expect_err("a stalled request is not served");
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("limit of {} ms", LIMIT.as_millis()))
+            && e.message().contains("--max-request-ms"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        elapsed >= LIMIT,
+        "ended after {elapsed:?}, before the limit"
+    );
+
+    // The slot is free again and the connection's stream too: the same request is served now.
+    tokio::time::timeout(Duration::from_secs(10), second.status(v1::StatusRequest {}))
+        .await
+        .expect("the held connection serves a stream again")
+        .expect("Status answers");
+    infer(&cluster.edge, call, ones("a"))
+        .await
+        .expect("served once the stalled request's slot was released");
+    let edge = status(&cluster.edge).await;
+    assert_eq!(edge.requests_served, 1, "{edge:?}");
+    assert_eq!(edge.requests_rejected, 1, "{edge:?}");
+    assert_eq!(edge.load.map(|l| l.in_flight), Some(0), "{edge:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,8 @@ use tonic::Status;
 use tonic::codegen::http;
 
 use crate::transport::PeerInfo;
+#[cfg(test)]
+use crate::transport::Revocations;
 
 /// A kind of caller, as the policy names them (nodes of every tier are one kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,9 @@ pub fn rule(path: &str) -> Option<Rule> {
             Some(Rule::Public)
         }
         ("strata.v1.Control", "CreateToken" | "ListTokens" | "RevokeToken") => roles(&[Admin]),
+        ("strata.v1.Control", "RevokeIdentity") => roles(&[Admin]),
+        ("strata.v1.Control", "ListRevoked") => roles(&[Admin, Reader]),
+        ("strata.v1.Control", "Renew") => roles(&[Node, Device]),
         ("strata.v1.Control", "Register" | "Heartbeat" | "WatchAssignments") => roles(&[Node]),
         ("strata.v1.Control", "Deregister") => roles(&[Node, Admin]),
         ("strata.v1.Control", "PushModel" | "DeleteModel") => roles(&[Admin]),
@@ -105,6 +110,8 @@ pub enum Caller {
     Unrecognised(String),
     /// TLS with a certificate that proved this identity.
     Known(Identity),
+    /// TLS with a certificate for an identity the cluster has revoked.
+    Revoked(Identity),
 }
 
 impl Caller {
@@ -114,8 +121,15 @@ impl Caller {
             Some(PeerInfo {
                 tls: true,
                 identity: Some(id),
+                revocations,
                 ..
-            }) => Caller::Known(id.clone()),
+            }) => {
+                if revocations.as_ref().is_some_and(|r| r.contains(id)) {
+                    Caller::Revoked(id.clone())
+                } else {
+                    Caller::Known(id.clone())
+                }
+            }
             Some(PeerInfo {
                 tls: true,
                 unrecognised: Some(why),
@@ -138,7 +152,7 @@ impl Caller {
     pub fn is(&self, class: Class) -> bool {
         match self {
             Caller::Open => true,
-            Caller::Anonymous | Caller::Unrecognised(_) => false,
+            Caller::Anonymous | Caller::Unrecognised(_) | Caller::Revoked(_) => false,
             Caller::Known(id) => Class::of(id.role) == class,
         }
     }
@@ -153,6 +167,7 @@ impl std::fmt::Display for Caller {
                 f.write_str("a caller whose certificate carries no Strata identity")
             }
             Caller::Known(id) => write!(f, "{id}"),
+            Caller::Revoked(id) => write!(f, "{id} (revoked)"),
         }
     }
 }
@@ -184,6 +199,12 @@ pub fn check(path: &str, caller: &Caller) -> Result<(), Status> {
             tracing::warn!(%caller, method, reason = %why, "unauthenticated call refused");
             Err(Status::unauthenticated(format!(
                 "{method}: the client certificate carries no Strata identity ({why})"
+            )))
+        }
+        (Some(Rule::Roles(_)), Caller::Revoked(id)) => {
+            tracing::warn!(%caller, method, "a revoked identity's call refused");
+            Err(Status::unauthenticated(format!(
+                "{method}: the identity {id} has been revoked by the cluster's administrator"
             )))
         }
         (Some(Rule::Roles(allowed)), Caller::Known(id)) => {
@@ -302,5 +323,28 @@ mod tests {
         assert!(check("/strata.v1.Control/Nope", &known(Role::Admin)).is_err());
         assert!(check("/evil", &known(Role::Admin)).is_err());
         assert!(check("/strata.v1.Control/PushModel", &Caller::Open).is_ok());
+    }
+
+    #[test]
+    fn a_revoked_identity_is_refused_on_connections_it_already_has() {
+        let id = Identity::new("gw", Role::Node(Tier::Edge)).expect("id");
+        let revocations = Revocations::default();
+        let peer = PeerInfo {
+            remote: None,
+            tls: true,
+            identity: Some(id.clone()),
+            unrecognised: None,
+            revocations: Some(revocations.clone()),
+        };
+        let register = "/strata.v1.Control/Register";
+        assert!(check(register, &Caller::of(Some(&peer))).is_ok());
+        revocations.insert(&id);
+        let e = check(register, &Caller::of(Some(&peer))).expect_err("revoked");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("revoked"), "{}", e.message());
+        assert!(
+            check("/grpc.health.v1.Health/Check", &Caller::of(Some(&peer))).is_ok(),
+            "public methods stay public"
+        );
     }
 }

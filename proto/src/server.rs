@@ -17,22 +17,45 @@ use crate::transport::Transport;
 /// The layers every Strata server runs its services under.
 pub type Layers = tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>;
 
-/// Concurrent HTTP/2 streams one client connection may have open (tonic's default is unbounded): requests
-/// beyond it wait in the client for a stream to finish.
+/// Concurrent HTTP/2 streams one client connection may have open by default (tonic's default is unbounded):
+/// requests beyond it wait in the client for a stream to finish. [`ServerLimits`] sets another.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// How long a stopping server waits for in-flight requests before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The limits on what one client may hold open at a server that an operator may set
+/// (`--max-streams-per-connection` on the agent and the control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Concurrent HTTP/2 streams one client connection may have open; requests beyond it wait in the client
+    /// for a stream to finish. At least 1 (0 is taken as 1: a server that accepts no stream serves nothing).
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ServerLimits {
+    /// [`MAX_STREAMS_PER_CONNECTION`] streams per connection.
+    fn default() -> ServerLimits {
+        ServerLimits {
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
 /// The server every Strata endpoint runs: every call authorised ([`AuthLayer`]), wide HTTP/2 windows
-/// (activations are megabytes) and keep-alive pings that find dead clients.
+/// (activations are megabytes), keep-alive pings that find dead clients, and the default [`ServerLimits`].
 pub fn builder() -> Server<Layers> {
+    builder_with(ServerLimits::default())
+}
+
+/// [`builder`] under `limits`.
+pub fn builder_with(limits: ServerLimits) -> Server<Layers> {
     Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection.max(1)))
         .layer(AuthLayer)
 }
 

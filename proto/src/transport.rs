@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::codegen::http::Uri;
 use tonic::transport::server::Connected;
 
-pub use strata_trust::{Expect, Identity, Role, TlsFiles, Transport};
+pub use strata_trust::{Expect, Identity, Revocations, Role, TlsFiles, Transport};
 
 /// How long a TLS handshake may take before the connection is dropped (a client that connects and says
 /// nothing must not hold a slot).
@@ -35,6 +35,9 @@ pub struct PeerInfo {
     pub identity: Option<Identity>,
     /// Why a client certificate the CA signed proves no identity (it carries no `NAME.ROLE.id.strata`).
     pub unrecognised: Option<String>,
+    /// The server's list of revoked identities, consulted on every request (a connection opened before a
+    /// revocation is refused after it).
+    pub revocations: Option<Revocations>,
 }
 
 /// An accepted connection.
@@ -192,6 +195,7 @@ pub fn incoming(
                         tls: false,
                         identity: None,
                         unrecognised: None,
+                        revocations: None,
                     },
                 };
                 if tx.send(Ok(conn)).await.is_err() {
@@ -200,6 +204,7 @@ pub fn incoming(
                 continue;
             };
             let tx = tx.clone();
+            let revocations = transport.revocations().cloned();
             let Ok(permit) = handshakes.clone().acquire_owned().await else {
                 return;
             };
@@ -255,6 +260,7 @@ pub fn incoming(
                         tls: true,
                         identity,
                         unrecognised,
+                        revocations: revocations.clone(),
                     },
                 };
                 let _ = tx.send(Ok(conn)).await;

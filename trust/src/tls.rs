@@ -31,6 +31,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use strata_core::Tier;
 
 use crate::identity::{Identity, IdentityError, Role};
+use crate::revocation::Revocations;
 
 /// How often, at most, the files are checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -171,9 +172,11 @@ impl fmt::Debug for Transport {
 impl Transport {
     /// Mutual TLS from `files`, loaded now (so a bad file is an error at start-up, not at the first call).
     pub fn tls(files: TlsFiles) -> Result<Transport, TlsError> {
-        let loaded = Loaded::read(&files)?;
+        let revoked = Revocations::default();
+        let loaded = Loaded::read(&files, &revoked)?;
         Ok(Transport::Tls(Arc::new(Tls {
             files,
+            revoked,
             state: Mutex::new(State {
                 loaded: Arc::new(loaded),
                 checked: Instant::now(),
@@ -193,6 +196,7 @@ impl Transport {
             let verifier = Arc::new(RoleVerifier {
                 webpki: webpki.clone(),
                 expect,
+                revoked: Revocations::default(),
             });
             let client = client_config(&provider, verifier, None)?;
             clients.insert(expect, Arc::new(client));
@@ -226,6 +230,24 @@ impl Transport {
         }
     }
 
+    /// The identities this process refuses, as callers and as servers (mutual TLS only): one set shared by
+    /// every connection, old and new, and kept across certificate rotations.
+    pub fn revocations(&self) -> Option<&Revocations> {
+        match self {
+            Transport::Plain | Transport::Client(_) => None,
+            Transport::Tls(tls) => Some(&tls.revoked),
+        }
+    }
+
+    /// The validity period of this process's certificate, unix seconds `(not_before, not_after)`, as loaded
+    /// now (mutual TLS only).
+    pub fn certificate_validity(&self) -> Option<(i64, i64)> {
+        match self {
+            Transport::Plain | Transport::Client(_) => None,
+            Transport::Tls(tls) => Some(tls.current().validity),
+        }
+    }
+
     /// The server configuration for a new connection (mutual TLS only).
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
         match self {
@@ -247,6 +269,7 @@ impl Transport {
 /// Mutual-TLS material, reloaded when its files change.
 pub struct Tls {
     files: TlsFiles,
+    revoked: Revocations,
     state: Mutex<State>,
 }
 
@@ -266,7 +289,7 @@ impl Tls {
         if state.checked.elapsed() >= RELOAD_CHECK {
             state.checked = Instant::now();
             if stamp(&self.files) != state.loaded.stamp {
-                match Loaded::read(&self.files) {
+                match Loaded::read(&self.files, &self.revoked) {
                     // The process took its name and role from the certificate it started with (an agent its
                     // tier, the control plane its ownership of nodes): a rotation keeps them.
                     Ok(loaded) if loaded.identity != state.loaded.identity => {
@@ -315,6 +338,7 @@ fn clone_loaded(l: &Loaded) -> Loaded {
     Loaded {
         stamp: l.stamp,
         identity: l.identity.clone(),
+        validity: l.validity,
         server: l.server.clone(),
         clients: l.clients.clone(),
     }
@@ -323,6 +347,8 @@ fn clone_loaded(l: &Loaded) -> Loaded {
 struct Loaded {
     stamp: Stamp,
     identity: Identity,
+    /// The certificate's validity, unix seconds.
+    validity: (i64, i64),
     server: Arc<ServerConfig>,
     clients: HashMap<Expect, Arc<ClientConfig>>,
 }
@@ -377,7 +403,7 @@ fn config_error(e: impl fmt::Display) -> TlsError {
 }
 
 impl Loaded {
-    fn read(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    fn read(files: &TlsFiles, revoked: &Revocations) -> Result<Loaded, TlsError> {
         // Stamped before reading: a change while reading is seen at the next check.
         let stamp = stamp(files);
         let ca = read("CA bundle", &files.ca)?;
@@ -390,7 +416,7 @@ impl Loaded {
                 path: files.cert.clone(),
                 source,
             })?;
-        check_validity(&files.cert, &chain[0])?;
+        let validity = check_validity(&files.cert, &chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| TlsError::Pem {
             what: "key",
             path: files.key.clone(),
@@ -418,6 +444,7 @@ impl Loaded {
             let verifier = Arc::new(RoleVerifier {
                 webpki: webpki.clone(),
                 expect,
+                revoked: revoked.clone(),
             });
             let client = client_config(&provider, verifier, Some((&chain, &key)))?;
             clients.insert(expect, Arc::new(client));
@@ -425,6 +452,7 @@ impl Loaded {
         Ok(Loaded {
             stamp,
             identity,
+            validity,
             server: Arc::new(server),
             clients,
         })
@@ -503,19 +531,31 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Refuses a certificate outside its validity period, with the dates (rustls would say only "expired").
-fn check_validity(path: &Path, der: &[u8]) -> Result<(), TlsError> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Ok(()); // Identity parsing already succeeded; rustls will judge the rest.
-    };
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (not_before, not_after) = (
+/// The validity period of a DER certificate, unix seconds `(not_before, not_after)`.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some((
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),
-    );
+    ))
+}
+
+/// The clock, unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Refuses a certificate outside its validity period, with the dates (rustls would say only "expired");
+/// returns the period.
+fn check_validity(path: &Path, der: &[u8]) -> Result<(i64, i64), TlsError> {
+    let Some((not_before, not_after)) = validity(der) else {
+        // Identity parsing already succeeded; rustls will judge the rest.
+        return Ok((i64::MIN, i64::MAX));
+    };
+    let now = unix_now();
     if now < not_before || now > not_after {
         return Err(TlsError::Expired {
             path: path.to_path_buf(),
@@ -524,8 +564,13 @@ fn check_validity(path: &Path, der: &[u8]) -> Result<(), TlsError> {
             now,
         });
     }
-    Ok(())
+    Ok((not_before, not_after))
 }
+
+/// A server whose identity the cluster has revoked.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is {0}, whose identity the cluster has revoked")]
+struct RevokedServer(String);
 
 /// A certificate that does not carry the identity a client expects.
 #[derive(Debug, thiserror::Error)]
@@ -541,6 +586,7 @@ struct WrongRole {
 struct RoleVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     expect: Expect,
+    revoked: Revocations,
 }
 
 impl ServerCertVerifier for RoleVerifier {
@@ -563,6 +609,9 @@ impl ServerCertVerifier for RoleVerifier {
                 found: identity.to_string(),
                 expected: self.expect,
             })));
+        }
+        if self.revoked.contains(&identity) {
+            return Err(other(Arc::new(RevokedServer(identity.to_string()))));
         }
         let name = ServerName::try_from(identity.dns_name())
             .map_err(|e| rustls::Error::General(e.to_string()))?;
