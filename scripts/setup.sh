@@ -18,7 +18,7 @@ done
 
 # System packages: protoc (etcd-client's build), etcd (the store tests), gcc (the C ABI test), openssl (test
 # certificates), procps (`kill` in the cluster tests), python3-venv (the venv below), iproute2 (`ip` and `tc`
-# for the network testbed).
+# for the network testbed), buildah (the container images, deploy/image).
 missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v kill >/dev/null || missing+=(procps)
@@ -27,6 +27,9 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)
 { command -v ip >/dev/null && command -v tc >/dev/null; } || missing+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v buildah >/dev/null || missing+=(buildah)
+# kubectl renders deploy/kubernetes (kubectl kustomize); Debian's kubernetes-client where no newer one is installed.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -338,6 +338,11 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = strata_proto::server::MAX_STREAMS_PER_CONNECTION,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_streams_per_connection: u32,
+        /// Also serve the health service alone, in plain HTTP/2, on this address: for probes that cannot
+        /// speak TLS (Kubernetes' grpc probe). `strata.v1.Control` there is NOT_SERVING while the store is
+        /// unreachable, as on the main port.
+        #[arg(long, value_name = "ADDR")]
+        health_listen: Option<String>,
     },
     /// The cluster CA.
     Ca {
@@ -592,7 +597,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             node_cert_ttl_s,
             max_model_mib,
             max_streams_per_connection,
+            health_listen,
         } => up::control_plane(&up::ControlPlaneArgs {
+            health_listen: health_listen.as_deref(),
             ca_dir: ca_dir.as_deref(),
             node_cert_ttl: std::time::Duration::from_secs(
                 node_cert_ttl_s.unwrap_or(node_cert_days.saturating_mul(24 * 3600)),

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub struct ControlPlaneArgs<'a> {
     /// Its TLS material (and `--insecure`).
     pub tls: &'a strata_trust::args::TlsArgs,
+    /// Where to serve the health service alone, in plain HTTP/2 (probes).
+    pub health_listen: Option<&'a str>,
     /// A directory, or `etcd://…`.
     pub store: &'a str,
     pub blobs: Option<&'a Path>,
@@ -183,7 +185,17 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         )?;
         // Tests and scripts read the address as this line's last word.
         say!("control plane listening on {}", listener.local_addr()?)?;
-        server::serve(plane, listener, strata_proto::shutdown_signal())
+        let probes = match args.health_listen {
+            Some(address) => {
+                let probes = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (--health-listen)"))?;
+                say!("health probes (plain) on {}", probes.local_addr()?)?;
+                Some(probes)
+            }
+            None => None,
+        };
+        server::serve_with_probes(plane, listener, probes, strata_proto::shutdown_signal())
             .await
             .context("control plane failed")
     })

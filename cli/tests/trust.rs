@@ -1033,3 +1033,60 @@ fn certificates_are_renewed_before_they_expire_and_a_revoked_identity_is_shut_ou
     let chain = format!("{e:?}");
     assert!(chain.contains("RevokedServer"), "{chain}");
 }
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn the_plain_probe_port_answers_health_checks_and_nothing_else() {
+    let cp_probes = format!("127.0.0.1:{}", free_port());
+    let sandbox = Sandbox::start_with(&[], 3000, &["--health-listen", &cp_probes]);
+    let agent_probes = format!("127.0.0.1:{}", free_port());
+    let token = create_token(&sandbox, "edge", "1");
+    let _agent = join_agent_with(
+        &sandbox,
+        "edge",
+        "probed",
+        &token,
+        &["--health-listen", &agent_probes],
+    )
+    .expect("joins");
+    let check = |address: &str, service: &str| {
+        let channel = channel(&sandbox, address, &Transport::Plain);
+        sandbox.runtime.block_on(
+            tonic_health::pb::health_client::HealthClient::new(channel).check(
+                tonic_health::pb::HealthCheckRequest {
+                    service: service.to_string(),
+                },
+            ),
+        )
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    for (address, service) in [
+        (&cp_probes, ""),
+        (&cp_probes, "strata.v1.Control"),
+        (&agent_probes, ""),
+        (&agent_probes, "strata.v1.Inference"),
+    ] {
+        let answer = check(address, service)
+            .unwrap_or_else(|e| panic!("health of {service:?} at {address}: {e:?}"))
+            .into_inner();
+        assert_eq!(answer.status, serving, "{service:?} at {address}");
+    }
+    // Nothing but health is served there, even to a caller the plain transport cannot identify.
+    let e = list_models(&sandbox, channel(&sandbox, &cp_probes, &Transport::Plain))
+        .expect_err("not served on the probe port");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    // The main port stays mutual TLS only.
+    let e = list_models(
+        &sandbox,
+        channel(&sandbox, &sandbox.cp_address, &Transport::Plain),
+    )
+    .expect_err("plain refused");
+    assert_ne!(e.code(), Code::Ok);
+}

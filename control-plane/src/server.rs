@@ -113,6 +113,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_probes(plane, listener, None, shutdown).await
+}
+
+/// [`serve`], with the health service also on `probes` in plain HTTP/2 (`--health-listen`: for probes that
+/// cannot speak TLS, such as Kubernetes' `grpc` probe; `strata.v1.Control` there follows the store too).
+pub async fn serve_with_probes(
+    plane: Arc<ControlPlane>,
+    listener: TcpListener,
+    probes: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let address = match &plane.settings.advertise {
         Some(a) => a.clone(),
         None => {
@@ -132,6 +143,14 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
     let service = ControlService::new(plane.clone(), stopping.clone());
+    let probes = probes.map(|listener| {
+        let router = tonic::transport::Server::builder().add_service(health.clone());
+        AbortOnDrop::spawn(strata_proto::server::run_probes(
+            router,
+            listener,
+            stopping.clone(),
+        ))
+    });
     let shutdown = async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -173,6 +192,7 @@ pub async fn serve(
         route_cache,
         collector,
         revocations,
+        probes,
     ));
     crate::replica::step_down(&plane).await;
     Ok(result?)

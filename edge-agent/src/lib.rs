@@ -28,13 +28,34 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_probes(agent, listener, None, shutdown).await
+}
+
+/// [`serve`], with the health service also on `probes` in plain HTTP/2 (`--health-listen`: for probes that
+/// cannot speak TLS, such as Kubernetes' `grpc` probe), until the drain begins. In-flight requests get the
+/// agent's longest request time (`--max-request-ms`) to finish.
+pub async fn serve_with_probes(
+    agent: Arc<Agent>,
+    listener: TcpListener,
+    probes: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let _session = AbortOnDrop::spawn(agent.clone().run_control_session());
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<InferenceServer<AgentService>>()
         .await;
     let (stop, stopping) = strata_proto::Stopping::new();
+    let stopping = stopping.with_drain_timeout(agent.config.max_request_time);
     let service = AgentService::new(agent.clone(), stopping.clone());
+    let _probes = probes.map(|listener| {
+        let router = tonic::transport::Server::builder().add_service(health.clone());
+        AbortOnDrop::spawn(strata_proto::server::run_probes(
+            router,
+            listener,
+            stopping.clone(),
+        ))
+    });
     let drain_agent = agent.clone();
     let shutdown = async move {
         shutdown.await;

@@ -84,6 +84,10 @@ struct Args {
     /// left).
     #[arg(long, value_name = "SECONDS")]
     renew_before_s: Option<u64>,
+    /// Also serve the health service alone, in plain HTTP/2, on this address: for probes that cannot speak
+    /// TLS (Kubernetes' grpc probe).
+    #[arg(long, value_name = "ADDR")]
+    health_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -185,7 +189,17 @@ async fn main() -> Result<()> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "listening on {bound}");
     }
-    strata_edge_agent::serve(agent, listener, strata_proto::shutdown_signal())
+    let probes = match &args.health_listen {
+        Some(address) => {
+            let probes = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--health-listen)"))?;
+            tracing::info!(address = %probes.local_addr()?, "health probes (plain HTTP/2)");
+            Some(probes)
+        }
+        None => None,
+    };
+    strata_edge_agent::serve_with_probes(agent, listener, probes, strata_proto::shutdown_signal())
         .await
         .context("server failed")?;
     Ok(())

@@ -87,6 +87,11 @@ pub fn stored_records(data: &[u8]) {
     let _ = serde_json::from_slice::<PlansRecord>(data);
     let _ = serde_json::from_slice::<NodeRecord>(data);
     let _ = serde_json::from_slice::<strata_control_plane::tokens::TokenRecord>(data);
+    let _ = serde_json::from_slice::<strata_control_plane::tokens::IssuedRecord>(data);
+    let _ = serde_json::from_slice::<strata_control_plane::identities::RevokedRecord>(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = strata_control_plane::identities::parse_identity(text);
+    }
 }
 
 /// A cluster description.

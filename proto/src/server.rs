@@ -98,16 +98,37 @@ pub async fn run(
         .await
 }
 
+/// Serves `router` (built with [`tonic::transport::Server::builder`] and only the health service) in plain
+/// HTTP/2 on `listener` until `stopping` fires: the port for probes that cannot speak TLS (Kubernetes' `grpc`
+/// probe, load balancers' health checks). It answers from the same health reporter as the main port; the
+/// statuses it tells are no secret, and nothing else is served there.
+pub async fn run_probes(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    stopping: Stopping,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = crate::transport::incoming(listener, Transport::Plain);
+    router
+        .serve_with_incoming_shutdown(incoming, async move { stopping.wait().await })
+        .await
+}
+
 /// Tells long-lived response streams (route and assignment watches) that the server is stopping, so a graceful
 /// shutdown is not held open by watchers that never hang up.
 #[derive(Debug, Clone)]
-pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+pub struct Stopping(tokio::sync::watch::Receiver<bool>, Duration);
 
 impl Stopping {
     /// A signal and its sender: send `true` to stop.
     pub fn new() -> (tokio::sync::watch::Sender<bool>, Stopping) {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Stopping(rx))
+        (tx, Stopping(rx, DRAIN_TIMEOUT))
+    }
+
+    /// The same signal, with in-flight requests given `timeout` to finish once it fires (an agent gives them
+    /// its longest request time, `--max-request-ms`).
+    pub fn with_drain_timeout(self, timeout: Duration) -> Stopping {
+        Stopping(self.0, timeout)
     }
 
     /// Completes once stopping (or once the sender is gone).
@@ -129,7 +150,8 @@ impl Stopping {
 
 impl Stopping {
     /// Runs `server` (a tonic server future that stops accepting on this signal) to its end, but no longer than
-    /// [`DRAIN_TIMEOUT`] after the signal: requests still in flight then are abandoned.
+    /// the drain timeout ([`DRAIN_TIMEOUT`] unless set) after the signal: requests still in flight then are
+    /// abandoned.
     pub async fn drain<E>(
         &self,
         server: impl std::future::Future<Output = Result<(), E>>,
@@ -138,7 +160,7 @@ impl Stopping {
             r = server => r,
             _ = async {
                 self.wait().await;
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
+                tokio::time::sleep(self.1).await;
             } => {
                 tracing::warn!("requests still in flight after the drain timeout; stopping anyway");
                 Ok(())
