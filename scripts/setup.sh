@@ -18,7 +18,9 @@ done
 
 # System packages: protoc (etcd-client's build), etcd (the store tests), gcc (the C ABI test), openssl (test
 # certificates), procps (`kill` in the cluster tests), python3-venv (the venv below), iproute2 (`ip` and `tc`
-# for the network testbed), buildah (the container images, deploy/image).
+# for the network testbed), buildah (the container images, deploy/image), qemu-user-static, dpkg-dev and
+# systemd (the ARM gateway's smoke test under qemu, its .deb's dependencies, `systemd-analyze` on its unit;
+# deploy/gateway/cross-build installs the cross toolchain itself).
 missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v kill >/dev/null || missing+=(procps)
@@ -30,6 +32,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v buildah >/dev/null || missing+=(buildah)
 # kubectl renders deploy/kubernetes (kubectl kustomize); Debian's kubernetes-client where no newer one is installed.
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -26,44 +26,58 @@ fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// The cargo profile the tests were built with (`dev` or `release`), which the images are built from.
+fn profile() -> String {
+    let profile_dir = sandbox::strata_bin()
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .expect("profile directory")
+        .to_string();
+    if profile_dir == "debug" {
+        "dev".to_string()
+    } else {
+        profile_dir
+    }
+}
+
+/// Runs `deploy/image/build` with `args` into `out`, and fails the test with its output if it fails.
+fn image_build(out: &Path, args: &[&str]) {
+    assert!(
+        Command::new("buildah").arg("--version").output().is_ok(),
+        "buildah is missing: run scripts/setup.sh"
+    );
+    let result = Command::new(sandbox::root().join("deploy/image/build"))
+        .args(["--profile", &profile(), "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("deploy/image/build runs");
+    assert!(
+        result.status.success(),
+        "deploy/image/build failed:\n{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
 /// Builds both images once, from the binaries of the profile the tests run with.
 fn build_images() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        assert!(
-            Command::new("buildah").arg("--version").output().is_ok(),
-            "buildah is missing: run scripts/setup.sh"
-        );
-        let profile_dir = sandbox::strata_bin()
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str())
-            .expect("profile directory")
-            .to_string();
-        let profile = if profile_dir == "debug" {
-            "dev"
-        } else {
-            &profile_dir
-        };
         let out = out_dir();
-        let result = Command::new(sandbox::root().join("deploy/image/build"))
-            .args(["--profile", profile, "--out"])
-            .arg(&out)
-            .output()
-            .expect("deploy/image/build runs");
-        assert!(
-            result.status.success(),
-            "deploy/image/build failed:\n{}\n{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
+        image_build(&out, &[]);
         out
     })
 }
 
 /// `buildah` on the test's private store.
 fn buildah(args: &[&str]) -> Output {
-    let out = build_images();
+    buildah_in(build_images(), args)
+}
+
+/// `buildah` on the private store under `out`.
+fn buildah_in(out: &Path, args: &[&str]) -> Output {
     Command::new("buildah")
         .arg("--root")
         .arg(out.join("storage"))
@@ -75,34 +89,53 @@ fn buildah(args: &[&str]) -> Output {
         .expect("buildah runs")
 }
 
-/// A working container of `image`, removed on drop.
-struct Container(String);
+/// A working container in the buildah store under `out`, removed on drop.
+struct Container {
+    id: String,
+    out: PathBuf,
+}
 
 impl Container {
+    /// A container of `image` in the test's store.
     fn of(image: &str) -> Container {
-        let from = buildah(&["from", &format!("strata/{image}:{}", version())]);
+        Container::from(build_images(), &[&format!("strata/{image}:{}", version())])
+    }
+
+    /// `buildah from FROM_ARGS` in the store under `out`.
+    fn from(out: &Path, from_args: &[&str]) -> Container {
+        let mut args = vec!["from"];
+        args.extend_from_slice(from_args);
+        let from = buildah_in(out, &args);
         assert!(
             from.status.success(),
             "buildah from: {}",
             String::from_utf8_lossy(&from.stderr)
         );
-        Container(String::from_utf8_lossy(&from.stdout).trim().to_string())
+        Container {
+            id: String::from_utf8_lossy(&from.stdout).trim().to_string(),
+            out: out.to_path_buf(),
+        }
     }
 
     /// `buildah run` arguments for a command in this container.
     fn run_args<'a>(&'a self, extra: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec!["run", "--isolation", "chroot"];
         args.extend_from_slice(extra);
-        args.push(&self.0);
+        args.push(&self.id);
         args.push("--");
         args.extend_from_slice(command);
         args
+    }
+
+    /// Runs `command` in this container (`extra`: `buildah run` options).
+    fn run(&self, extra: &[&str], command: &[&str]) -> Output {
+        buildah_in(&self.out, &self.run_args(extra, command))
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = buildah(&["rm", &self.0]);
+        let _ = buildah_in(&self.out, &["rm", &self.id]);
     }
 }
 
@@ -112,6 +145,78 @@ impl Drop for Container {
 fn the_images_are_small_non_root_and_shell_less_and_the_agent_image_serves_a_stage() {
     each_image_is_small_runs_its_binary_as_non_root_and_has_no_shell();
     the_agent_image_serves_a_stage_for_a_control_plane_on_the_host();
+}
+
+/// The aarch64 agent image, from `deploy/gateway/cross-build`'s binary (CI builds it before the tests), runs
+/// its binary inside its own root filesystem under qemu user-mode emulation (bind-mounted in: this machine
+/// has no binfmt_misc registration, and the image must not carry qemu). Inside the container the loader can
+/// find only the image's own libraries, so this fails if a library is missing or staged where an ARM
+/// machine's loader would not look.
+#[test]
+fn the_arm64_agent_image_runs_its_binary_under_qemu_with_only_its_own_libraries() {
+    let out = out_dir().with_file_name("images-test-arm64");
+    let binary = sandbox::root().join(format!(
+        "target/aarch64-unknown-linux-gnu/{}/strata-edge-agent",
+        if profile() == "dev" {
+            "debug"
+        } else {
+            "release"
+        }
+    ));
+    assert!(
+        binary.exists(),
+        "{} is missing: run deploy/gateway/cross-build --profile {}",
+        binary.display(),
+        profile()
+    );
+    image_build(&out, &["--arch", "arm64", "--image", "strata-edge-agent"]);
+    let tag = format!("strata/strata-edge-agent:{}", version());
+    let config = buildah_in(
+        &out,
+        &[
+            "inspect",
+            "--format",
+            "{{.OCIv1.Architecture}} {{.OCIv1.Config.User}} {{index .OCIv1.Config.Entrypoint 0}}",
+            &tag,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&config.stdout).trim(),
+        "arm64 65532:65532 /usr/bin/strata-edge-agent"
+    );
+    let archive = out.join(format!("strata-edge-agent-{}-arm64.oci.tar", version()));
+    let size = std::fs::metadata(&archive)
+        .unwrap_or_else(|e| panic!("{}: {e}", archive.display()))
+        .len();
+    assert!(size < 40 << 20, "the arm64 agent archive is {size} bytes");
+    let qemu = which("qemu-aarch64-static");
+    let container = Container::from(&out, &["--arch", "arm64", &tag]);
+    let mount = format!("{}:/qemu:ro", qemu.display());
+    let ran = container.run(
+        &["-v", &mount],
+        &["/qemu", "/usr/bin/strata-edge-agent", "--version"],
+    );
+    assert!(
+        ran.status.success(),
+        "the arm64 agent in its image: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        format!("strata-edge-agent {}", version())
+    );
+    let shell = container.run(&["-v", &mount], &["/qemu", "/bin/sh", "-c", "id"]);
+    assert!(!shell.status.success(), "the arm64 image has a shell");
+}
+
+/// `name`'s path in PATH, or a failed test that says what to install.
+fn which(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is missing: run scripts/setup.sh (qemu-user-static)"))
 }
 
 fn each_image_is_small_runs_its_binary_as_non_root_and_has_no_shell() {
@@ -140,7 +245,7 @@ fn each_image_is_small_runs_its_binary_as_non_root_and_has_no_shell() {
             "{image}'s user and entrypoint"
         );
         let container = Container::of(image);
-        let ran = buildah(&container.run_args(&[], &[binary, "--version"]));
+        let ran = container.run(&[], &[binary, "--version"]);
         assert!(
             ran.status.success(),
             "{image} --version: {}",
@@ -150,7 +255,7 @@ fn each_image_is_small_runs_its_binary_as_non_root_and_has_no_shell() {
             String::from_utf8_lossy(&ran.stdout).trim(),
             format!("{image} {}", version())
         );
-        let whoami = buildah(&container.run_args(&[], &["/bin/sh", "-c", "id"]));
+        let whoami = container.run(&[], &["/bin/sh", "-c", "id"]);
         assert!(!whoami.status.success(), "{image} has a shell");
         // Nothing in the root filesystem but the binary, its libraries, certificates and identities.
         let rootfs = out.join(format!("context/{image}-amd64/rootfs"));
