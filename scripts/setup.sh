@@ -20,7 +20,7 @@ done
 # certificates), procps (`kill` in the cluster tests), python3-venv (the venv below), iproute2 (`ip` and `tc`
 # for the network testbed), buildah (the container images, deploy/image), qemu-user-static, dpkg-dev and
 # systemd (the ARM gateway's smoke test under qemu, its .deb's dependencies, `systemd-analyze` on its unit;
-# deploy/gateway/cross-build installs the cross toolchain itself).
+# deploy/gateway/cross-build installs the cross toolchain itself), prometheus (the metrics test, the alert rules).
 missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v kill >/dev/null || missing+=(procps)
@@ -35,6 +35,8 @@ command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# Prometheus and promtool: the metrics test scrapes a cluster with a real Prometheus and checks the alert rules.
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo

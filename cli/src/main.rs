@@ -43,6 +43,20 @@ struct Cli {
 /// Where `strata up` serves its control plane by default, and where commands look for one.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
 
+/// The plain side ports of `strata control-plane`.
+#[derive(clap::Args, Debug)]
+struct SidePortArgs {
+    /// Also serve the health service alone, in plain HTTP/2, on this address: for probes that cannot speak
+    /// TLS (Kubernetes' grpc probe). `strata.v1.Control` there is NOT_SERVING while the store is
+    /// unreachable, as on the main port.
+    #[arg(long, value_name = "ADDR")]
+    health_listen: Option<String>,
+    /// Serve Prometheus metrics at /metrics, in plain HTTP/1.1, on this address (e.g. 0.0.0.0:9400; off when
+    /// not given). docs/observability.md lists them.
+    #[arg(long, value_name = "ADDR", env = "STRATA_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
     /// Upload a model (content-addressed; pushing new content bumps the version).
@@ -338,11 +352,8 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = strata_proto::server::MAX_STREAMS_PER_CONNECTION,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_streams_per_connection: u32,
-        /// Also serve the health service alone, in plain HTTP/2, on this address: for probes that cannot
-        /// speak TLS (Kubernetes' grpc probe). `strata.v1.Control` there is NOT_SERVING while the store is
-        /// unreachable, as on the main port.
-        #[arg(long, value_name = "ADDR")]
-        health_listen: Option<String>,
+        #[command(flatten)]
+        side: Box<SidePortArgs>,
     },
     /// The cluster CA.
     Ca {
@@ -466,14 +477,12 @@ enum ObjectiveArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Commands print their own output and log only warnings; the control plane logs what it does.
+    strata_proto::logging::init(match cli.command {
+        Command::ControlPlane { .. } => "info",
+        _ => "warn",
+    });
     match run_command(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`strata ... | head`): nothing left to say.
@@ -597,9 +606,10 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             node_cert_ttl_s,
             max_model_mib,
             max_streams_per_connection,
-            health_listen,
+            side,
         } => up::control_plane(&up::ControlPlaneArgs {
-            health_listen: health_listen.as_deref(),
+            health_listen: side.health_listen.as_deref(),
+            metrics_listen: side.metrics_listen.as_deref(),
             ca_dir: ca_dir.as_deref(),
             node_cert_ttl: std::time::Duration::from_secs(
                 node_cert_ttl_s.unwrap_or(node_cert_days.saturating_mul(24 * 3600)),

@@ -23,6 +23,8 @@ pub struct ControlPlaneArgs<'a> {
     pub tls: &'a strata_trust::args::TlsArgs,
     /// Where to serve the health service alone, in plain HTTP/2 (probes).
     pub health_listen: Option<&'a str>,
+    /// Where to serve Prometheus metrics at `/metrics` (plain HTTP/1.1).
+    pub metrics_listen: Option<&'a str>,
     /// A directory, or `etcd://…`.
     pub store: &'a str,
     pub blobs: Option<&'a Path>,
@@ -185,17 +187,18 @@ pub fn control_plane(args: &ControlPlaneArgs) -> Result<()> {
         )?;
         // Tests and scripts read the address as this line's last word.
         say!("control plane listening on {}", listener.local_addr()?)?;
-        let probes = match args.health_listen {
-            Some(address) => {
-                let probes = TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen on {address} (--health-listen)"))?;
-                say!("health probes (plain) on {}", probes.local_addr()?)?;
-                Some(probes)
-            }
-            None => None,
-        };
-        server::serve_with_probes(plane, listener, probes, strata_proto::shutdown_signal())
+        let side =
+            strata_proto::server::SidePorts::bind(args.health_listen, args.metrics_listen).await?;
+        if let Some(probes) = &side.health {
+            say!("health probes (plain) on {}", probes.local_addr()?)?;
+        }
+        if let Some(metrics) = &side.metrics {
+            say!(
+                "metrics (Prometheus) on http://{}/metrics",
+                metrics.local_addr()?
+            )?;
+        }
+        server::serve_with(plane, listener, side, strata_proto::shutdown_signal())
             .await
             .context("control plane failed")
     })

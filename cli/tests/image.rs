@@ -61,12 +61,14 @@ fn image_build(out: &Path, args: &[&str]) {
     );
 }
 
-/// Builds both images once, from the binaries of the profile the tests run with.
+/// Builds both images once, from the binaries the tests run (`--no-build`: a plain `cargo build` would
+/// build another set, its features unified without the tests' dev-dependencies).
 fn build_images() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        sandbox::agent_bin();
         let out = out_dir();
-        image_build(&out, &[]);
+        image_build(&out, &["--no-build"]);
         out
     })
 }

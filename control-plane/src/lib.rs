@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod identities;
 pub mod keys;
+pub mod metrics;
 pub mod plane;
 pub mod planning;
 pub mod reconcile;

@@ -120,6 +120,8 @@ pub struct ControlPlane {
     pub(crate) corrupt: CorruptRecords,
     /// Models whose planning failed, by name: the version, and when to try again (with the pause that grows).
     pub(crate) replan_backoff: Mutex<HashMap<String, (u64, Instant, Duration)>>,
+    /// Prometheus metrics (served when `--metrics-listen` is given); `store` reports into them.
+    pub(crate) metrics: Arc<crate::metrics::ControlMetrics>,
 }
 
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -142,7 +144,16 @@ impl ControlPlane {
     /// A control plane over a store and a blob store. Call [`crate::reconcile::run`] to plan and publish.
     pub fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, settings: Settings) -> Arc<Self> {
         let corrupt = CorruptRecords::default();
-        Arc::new(ControlPlane {
+        // The metric definitions are constants, checked by this crate's tests: a failure is a bug.
+        #[allow(clippy::expect_used)]
+        let metrics = Arc::new(
+            crate::metrics::ControlMetrics::new()
+                .expect("the control plane's metrics are well defined"),
+        );
+        let store: Arc<dyn Store> =
+            Arc::new(crate::metrics::MeteredStore::new(store, metrics.clone()));
+        let plane = Arc::new(ControlPlane {
+            metrics,
             store,
             blobs,
             settings,
@@ -163,7 +174,18 @@ impl ControlPlane {
             route_cache: Arc::new(crate::route_cache::RouteCache::new(corrupt.clone())),
             corrupt,
             replan_backoff: Mutex::new(HashMap::new()),
-        })
+        });
+        #[allow(clippy::expect_used)]
+        plane
+            .metrics
+            .pull_from(Arc::downgrade(&plane))
+            .expect("the control plane's metrics are well defined");
+        plane
+    }
+
+    /// The control plane's Prometheus metrics.
+    pub fn metrics(&self) -> &prometheus::Registry {
+        self.metrics.registry()
     }
 
     /// This replica's id.

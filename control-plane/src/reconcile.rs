@@ -29,10 +29,14 @@ pub async fn run(plane: Arc<ControlPlane>) {
     let _store_changes = AbortOnDrop::spawn(forward_store_changes(plane.clone()));
     let _calibration = AbortOnDrop::spawn(look_for_drift(plane.clone()));
     loop {
-        let pass = match plane.leadership() {
-            Some(leadership) => reconcile_once(&plane, &leadership).await,
-            None => follow_once(&plane).await,
+        let started = Instant::now();
+        let (role, pass) = match plane.leadership() {
+            Some(leadership) => ("leader", reconcile_once(&plane, &leadership).await),
+            None => ("follower", follow_once(&plane).await),
         };
+        plane
+            .metrics
+            .reconciled(role, pass.is_ok(), started.elapsed());
         if let Err(e) = pass {
             tracing::warn!(error = %e, "reconcile failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -121,6 +125,7 @@ async fn forward_store_changes(plane: Arc<ControlPlane>) {
 #[tracing::instrument(skip_all)]
 pub async fn follow_once(plane: &Arc<ControlPlane>) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
+    plane.metrics.saw_nodes(&nodes);
     let (plans, _) = all_plans(plane).await?;
     refresh_assignments(plane, &nodes, &plans).await
 }
@@ -169,6 +174,8 @@ pub async fn reconcile_once(
 ) -> Result<(), ControlError> {
     let nodes = plane.nodes().await?;
     let models = plane.models().await?;
+    plane.metrics.saw_nodes(&nodes);
+    plane.metrics.saw_models(models.len());
     // What exists (corrupt model records included): only what belongs to models absent here is deleted.
     let names = plane.model_names().await?;
     let mut tiers: BTreeSet<Tier> = nodes.iter().map(|n| n.tier).collect();

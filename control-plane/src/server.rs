@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strata_blob::{BlobError, BlobStore, DirBlobStore};
-use strata_proto::server::MessageLimits;
+use strata_proto::server::{MessageLimits, SidePorts};
 use strata_proto::task::AbortOnDrop;
 use strata_proto::v1::{control_server::ControlServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
@@ -113,15 +113,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_with_probes(plane, listener, None, shutdown).await
+    serve_with(plane, listener, SidePorts::default(), shutdown).await
 }
 
-/// [`serve`], with the health service also on `probes` in plain HTTP/2 (`--health-listen`: for probes that
-/// cannot speak TLS, such as Kubernetes' `grpc` probe; `strata.v1.Control` there follows the store too).
-pub async fn serve_with_probes(
+/// [`serve`], with the side ports: the health service in plain HTTP/2 on `side.health` (`--health-listen`:
+/// for probes that cannot speak TLS, such as Kubernetes' `grpc` probe; `strata.v1.Control` there follows the
+/// store too), and the Prometheus metrics on `side.metrics` (`--metrics-listen`).
+pub async fn serve_with(
     plane: Arc<ControlPlane>,
     listener: TcpListener,
-    probes: Option<TcpListener>,
+    side: SidePorts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let address = match &plane.settings.advertise {
@@ -143,7 +144,13 @@ pub async fn serve_with_probes(
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopping) = strata_proto::Stopping::new();
     let service = ControlService::new(plane.clone(), stopping.clone());
-    let probes = probes.map(|listener| {
+    let metrics = side.metrics.map(|listener| {
+        AbortOnDrop::spawn(strata_proto::metrics::serve(
+            listener,
+            plane.metrics().clone(),
+        ))
+    });
+    let probes = side.health.map(|listener| {
         let router = tonic::transport::Server::builder().add_service(health.clone());
         AbortOnDrop::spawn(strata_proto::server::run_probes(
             router,
@@ -193,6 +200,7 @@ pub async fn serve_with_probes(
         collector,
         revocations,
         probes,
+        metrics,
     ));
     crate::replica::step_down(&plane).await;
     Ok(result?)

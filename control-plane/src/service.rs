@@ -318,6 +318,7 @@ impl Control for ControlService {
                 }
             }
         });
+        let stream = self.plane.metrics.watched("assignments", stream);
         Ok(Response::new(self.stopping.bound(stream)))
     }
 
@@ -534,6 +535,7 @@ impl Routes for ControlService {
                 }
             }
         });
+        let stream = self.plane.metrics.watched("routes", stream);
         Ok(Response::new(self.stopping.bound(stream)))
     }
 

@@ -11,6 +11,10 @@
 //! 3. **Mutual TLS on the hop** (issue 10): the same hops on a second cluster whose control plane, agent and
 //!    device have certificates from a fresh CA, interleaved with the plain ones; then a 1 KiB hop on a new
 //!    connection each call (the handshake, both certificates verified).
+//! 4. **Metrics** (issue 12): what an agent records for one served request that it forwards (the request
+//!    counted by model, plan, stage and code; queue, compute, forward and request times; three byte
+//!    counters), timed over many repetitions, against part 1's served squeezenet median from the same run;
+//!    and the time to render a scrape.
 //!
 //! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
 //! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
@@ -347,14 +351,15 @@ fn root() -> PathBuf {
 }
 
 /// Part 1: squeezenet served versus raw tract.
-async fn overhead(bench: &Bench, iterations: usize) {
+/// Part 1; returns the device SDK's served median, ms (`None` without the corpus).
+async fn overhead(bench: &Bench, iterations: usize) -> Option<f64> {
     let model_path = root().join("corpus/models/squeezenet.onnx");
     if !model_path.exists() {
         println!(
             "agent overhead: skipped, {} is missing (run `python3 corpus/fetch.py`)",
             model_path.display()
         );
-        return;
+        return None;
     }
     let bytes = std::fs::read(&model_path).expect("read squeezenet");
     bench.push("squeezenet", bytes).await;
@@ -461,6 +466,65 @@ async fn overhead(bench: &Bench, iterations: usize) {
         "agent compute / raw tract (medians): {:.3}",
         median(&sdk.compute) / raw_med
     );
+    Some(median(&sdk.total))
+}
+
+/// Part 4: the cost of recording one served, forwarded request's metrics, and of a scrape.
+fn metrics_cost(served_ms: Option<f64>, repetitions: usize) {
+    use strata_edge_agent::metrics::{AgentMetrics, RequestLabels};
+    let metrics = AgentMetrics::new(strata_core::Tier::Edge).expect("metrics");
+    let labels = RequestLabels {
+        model: "squeezenet".to_string(),
+        plan: "p3".to_string(),
+        stage: "1".to_string(),
+    };
+    let record = |i: usize| {
+        let ms = (i % 7) as f64 + 0.5;
+        metrics.bytes(&labels.model, "received", 602_112);
+        metrics.ran(&labels, ms * 0.01, ms);
+        metrics.forwarded(&labels.model, 2, ms);
+        metrics.bytes(&labels.model, "forwarded", 401_408);
+        metrics.bytes(&labels.model, "answered", 4_000);
+        metrics.finished(
+            Some(&labels),
+            tonic::Code::Ok,
+            Duration::from_secs_f64(ms * 2e-3),
+        );
+    };
+    for i in 0..1000.min(repetitions) {
+        record(i);
+    }
+    let mut per_request_ns = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for i in 0..repetitions {
+            record(i);
+        }
+        per_request_ns.push(started.elapsed().as_secs_f64() * 1e9 / repetitions as f64);
+    }
+    let recording_ns = median(&per_request_ns);
+    let mut render_ms = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (text, _) = strata_proto::metrics::render(metrics.registry());
+        render_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        assert!(!text.is_empty());
+    }
+    println!(
+        "\n## metrics: recording one served, forwarded request ({repetitions} repetitions × 5)"
+    );
+    println!(
+        "| recording, ns per request (median of 5) | served squeezenet median, ms (part 1) | share | render a scrape, ms |"
+    );
+    println!("|---:|---:|---:|---:|");
+    match served_ms {
+        Some(served) => println!(
+            "| {recording_ns:.0} | {served:.2} | {:.4} % | {:.3} |",
+            recording_ns / (served * 1e6) * 100.0,
+            median(&render_ms)
+        ),
+        None => println!("| {recording_ns:.0} | — | — | {:.3} |", median(&render_ms)),
+    }
 }
 
 /// Part 2: one hop for each activation size.
@@ -633,14 +697,8 @@ fn label(bytes: usize) -> String {
 fn main() {
     // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) is a quick smoke run.
     let full = std::env::args().any(|a| a == "--bench");
-    // Quiet unless asked (`RUST_LOG=info`): logging is not what is measured.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Quiet unless asked (`STRATA_LOG=info`): logging is not what is measured.
+    strata_proto::logging::init("error");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -653,7 +711,7 @@ fn main() {
             (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)])
         };
         let bench = start(false).await;
-        overhead(&bench, overhead_iterations).await;
+        let served_ms = overhead(&bench, overhead_iterations).await;
         hops(&bench, &hop_iterations).await;
         // Two fresh clusters, plain and mutual TLS, neither of whose clients has learnt anything yet.
         let (plain, secured) = (start(false).await, start(true).await);
@@ -664,6 +722,7 @@ fn main() {
             if full { 200 } else { 2 },
         )
         .await;
+        metrics_cost(served_ms, if full { 200_000 } else { 10 });
         println!(
             "\n(machine: {} cores; whole bench {:.1} s)",
             std::thread::available_parallelism().map_or(1, |n| n.get()),

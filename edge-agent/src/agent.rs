@@ -265,6 +265,9 @@ pub enum AgentError {
         /// The tier the agent was started for.
         tier: Tier,
     },
+    /// A metric could not be defined (a bug: metric names are fixed in the code).
+    #[error("cannot define the agent's metrics: {0}")]
+    Metrics(#[from] strata_proto::metrics::MetricError),
 }
 
 /// Shared agent state.
@@ -298,6 +301,8 @@ pub struct Agent {
     connected_at: Mutex<Option<std::time::Instant>>,
     pub(crate) recent_ms: Mutex<f64>,
     ready_changed: Notify,
+    /// Prometheus metrics (served when `--metrics-listen` is given).
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 impl Agent {
@@ -319,7 +324,9 @@ impl Agent {
             config.name = identity.name;
         }
         let stages = StageStore::open(config.data_dir.join("stages"))?;
-        Ok(Arc::new(Agent {
+        let metrics = crate::metrics::AgentMetrics::new(config.tier)?;
+        let agent = Arc::new(Agent {
+            metrics,
             slots: Semaphore::new(config.slots.max(1) as usize),
             channels: strata_proto::call::Channels::new(
                 config.connect_timeout,
@@ -344,7 +351,14 @@ impl Agent {
             connected_at: Mutex::new(None),
             recent_ms: Mutex::new(0.0),
             ready_changed: Notify::new(),
-        }))
+        });
+        agent.metrics.pull_from(Arc::downgrade(&agent))?;
+        Ok(agent)
+    }
+
+    /// The agent's Prometheus metrics.
+    pub fn metrics(&self) -> &prometheus::Registry {
+        self.metrics.registry()
     }
 
     /// This agent's node id ("" until registered).
@@ -702,6 +716,7 @@ impl Agent {
         self.cache_blob(channel, digest).await?;
         let started = std::time::Instant::now();
         self.stages.load(digest).await?;
+        self.metrics.stage_loaded(started.elapsed());
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "stage loaded");
         Ok(())
     }

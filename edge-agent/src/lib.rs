@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod join;
+pub mod metrics;
 pub mod serve;
 pub mod stages;
 
@@ -14,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use strata_proto::server::MessageLimits;
+pub use strata_proto::server::SidePorts;
 use strata_proto::task::AbortOnDrop;
 use strata_proto::v1::{inference_server::InferenceServer, routes_server::RoutesServer};
 use tokio::net::TcpListener;
@@ -28,16 +30,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with_probes(agent, listener, None, shutdown).await
+    serve_with(agent, listener, SidePorts::default(), shutdown).await
 }
 
-/// [`serve`], with the health service also on `probes` in plain HTTP/2 (`--health-listen`: for probes that
-/// cannot speak TLS, such as Kubernetes' `grpc` probe), until the drain begins. In-flight requests get the
-/// agent's longest request time (`--max-request-ms`) to finish.
-pub async fn serve_with_probes(
+/// [`serve`], with the side ports: the health service in plain HTTP/2 on `side.health` (`--health-listen`:
+/// for probes that cannot speak TLS, such as Kubernetes' `grpc` probe) until the drain begins, and the
+/// Prometheus metrics on `side.metrics` (`--metrics-listen`) until the agent stops. In-flight requests get
+/// the agent's longest request time (`--max-request-ms`) to finish.
+pub async fn serve_with(
     agent: Arc<Agent>,
     listener: TcpListener,
-    probes: Option<TcpListener>,
+    side: SidePorts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let _session = AbortOnDrop::spawn(agent.clone().run_control_session());
@@ -48,7 +51,13 @@ pub async fn serve_with_probes(
     let (stop, stopping) = strata_proto::Stopping::new();
     let stopping = stopping.with_drain_timeout(agent.config.max_request_time);
     let service = AgentService::new(agent.clone(), stopping.clone());
-    let _probes = probes.map(|listener| {
+    let _metrics = side.metrics.map(|listener| {
+        AbortOnDrop::spawn(strata_proto::metrics::serve(
+            listener,
+            agent.metrics().clone(),
+        ))
+    });
+    let _probes = side.health.map(|listener| {
         let router = tonic::transport::Server::builder().add_service(health.clone());
         AbortOnDrop::spawn(strata_proto::server::run_probes(
             router,

@@ -88,17 +88,15 @@ struct Args {
     /// TLS (Kubernetes' grpc probe).
     #[arg(long, value_name = "ADDR")]
     health_listen: Option<String>,
+    /// Serve Prometheus metrics at /metrics, in plain HTTP/1.1, on this address (e.g. 0.0.0.0:9410; off when
+    /// not given). docs/observability.md lists them.
+    #[arg(long, value_name = "ADDR", env = "STRATA_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    strata_proto::logging::init("info");
     let args = Args::parse();
     let tier = match args.tier.parse::<Tier>() {
         Ok(t @ (Tier::Edge | Tier::Cloud)) => t,
@@ -189,17 +187,12 @@ async fn main() -> Result<()> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "listening on {bound}");
     }
-    let probes = match &args.health_listen {
-        Some(address) => {
-            let probes = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (--health-listen)"))?;
-            tracing::info!(address = %probes.local_addr()?, "health probes (plain HTTP/2)");
-            Some(probes)
-        }
-        None => None,
-    };
-    strata_edge_agent::serve_with_probes(agent, listener, probes, strata_proto::shutdown_signal())
+    let side = strata_edge_agent::SidePorts::bind(
+        args.health_listen.as_deref(),
+        args.metrics_listen.as_deref(),
+    )
+    .await?;
+    strata_edge_agent::serve_with(agent, listener, side, strata_proto::shutdown_signal())
         .await
         .context("server failed")?;
     Ok(())

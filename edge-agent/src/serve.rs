@@ -19,6 +19,7 @@ use strata_runtime::RuntimeError;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::{Agent, RouteEvent};
+use crate::metrics::RequestLabels;
 
 mod intake;
 
@@ -136,10 +137,11 @@ impl AgentService {
         }
     }
 
-    /// Answers a refusal; a privacy denial is counted and logged.
-    fn refuse(&self, refusal: Refusal) -> Status {
+    /// Answers a refusal of a request for `model`; a privacy denial is counted and logged.
+    fn refuse(&self, refusal: Refusal, model: &str) -> Status {
         if refusal.is_denial() {
             self.agent.denied.fetch_add(1, Ordering::Relaxed);
+            self.agent.metrics.denied(model);
             tracing::warn!(error = %refusal, "request denied: it would break its model's privacy level");
         }
         refusal.status()
@@ -174,6 +176,7 @@ impl AgentService {
     async fn run_request(
         &self,
         header: v1::InferHeader,
+        labels: &RequestLabels,
         mut frames: Streaming<v1::InferRequest>,
         deadline: Deadline,
     ) -> Result<Vec<v1::InferResponse>, Status> {
@@ -192,8 +195,8 @@ impl AgentService {
             }
         })?;
         // Before anything else about the request: whether anything of this model may reach this tier.
-        let privacy =
-            intake::model_level(&table, agent.config.tier, &node_id).map_err(|r| self.refuse(r))?;
+        let privacy = intake::model_level(&table, agent.config.tier, &node_id)
+            .map_err(|r| self.refuse(r, &header.model))?;
         let plan = table
             .plans
             .iter()
@@ -236,6 +239,7 @@ impl AgentService {
         if agent.in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
             agent.in_flight.fetch_sub(1, Ordering::Relaxed);
             agent.rejected.fetch_add(1, Ordering::Relaxed);
+            agent.metrics.shed(&header.model);
             return Err(Status::resource_exhausted(format!(
                 "agent {node_id} is at capacity ({} slots, {} queued); retry on another agent",
                 agent.config.slots, agent.config.queue
@@ -254,7 +258,7 @@ impl AgentService {
             match message?.frame {
                 Some(v1::infer_request::Frame::Tensor(chunk)) => {
                     if let Some(h) = &chunk.header {
-                        intake.admit(h).map_err(|r| self.refuse(r))?;
+                        intake.admit(h).map_err(|r| self.refuse(r, &header.model))?;
                     }
                     assembler.push(chunk).map_err(frame_status)?;
                 }
@@ -271,6 +275,8 @@ impl AgentService {
             .into_iter()
             .collect();
         agent.received.lock().record(values.keys());
+        let received: u64 = values.values().map(|t| t.data.len() as u64).sum();
+        agent.metrics.bytes(&header.model, "received", received);
         let mut inputs = HashMap::new();
         for name in &stage.inputs {
             let t = values.get(name).ok_or_else(|| {
@@ -302,6 +308,7 @@ impl AgentService {
             .map_err(|e| runtime_status(stage.index, e))?;
         let compute_ms = started.elapsed().as_secs_f64() * 1e3;
         drop(_permit);
+        agent.metrics.ran(labels, queue_ms, compute_ms);
         agent.stages.record_run(&digest, compute_ms);
         {
             let mut recent = agent.recent_ms.lock();
@@ -313,8 +320,10 @@ impl AgentService {
         }
 
         let mut response = Vec::new();
+        let mut answered = 0u64;
         for (name, t) in &outputs {
             if table.outputs.contains(name) {
+                answered += t.data.len() as u64;
                 for chunk in tensor_chunks(name, t.clone()) {
                     response.push(v1::InferResponse {
                         frame: Some(v1::infer_response::Frame::Tensor(chunk)),
@@ -345,6 +354,11 @@ impl AgentService {
             let down_bytes: u64 = hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
             // The call that succeeded only: failed attempts on other agents are not network time.
             forward = (hop.elapsed_ms, up_bytes, down_bytes);
+            answered += down_bytes;
+            agent
+                .metrics
+                .forwarded(&header.model, next.index, hop.elapsed_ms);
+            agent.metrics.bytes(&header.model, "forwarded", up_bytes);
             for (name, t) in hop.tensors {
                 for chunk in tensor_chunks(&name, t) {
                     response.push(v1::InferResponse {
@@ -372,7 +386,54 @@ impl AgentService {
             })),
         });
         agent.served.fetch_add(1, Ordering::Relaxed);
+        agent.metrics.bytes(&header.model, "answered", answered);
         Ok(response)
+    }
+
+    /// Reads the header and runs the request, all under the client's deadline capped by this agent's: the
+    /// whole request (its header and chunks too) runs under it, so a stalled stream cannot hold an admission
+    /// slot for ever. `labels` is set once the header is read.
+    async fn infer_within_deadline(
+        &self,
+        request: Request<Streaming<v1::InferRequest>>,
+        labels: &mut Option<RequestLabels>,
+    ) -> Result<Vec<v1::InferResponse>, Status> {
+        let deadline = Deadline::new(
+            strata_proto::deadline_of(request.metadata()),
+            self.agent.config.max_request_time,
+            Instant::now(),
+        );
+        let context = format!(" at agent {}", self.agent.node_id());
+        deadline.remaining(&context)?;
+        let mut frames = request.into_inner();
+        let work = async move {
+            let header = match frames.next().await {
+                Some(Ok(v1::InferRequest {
+                    frame: Some(v1::infer_request::Frame::Header(h)),
+                })) => h,
+                Some(Err(e)) => return Err(e),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message of Infer must be its header",
+                    ));
+                }
+            };
+            let labels = labels.insert(RequestLabels {
+                model: header.model.clone(),
+                plan: header.plan_id.clone(),
+                stage: header.stage.to_string(),
+            });
+            self.run_request(header, labels, frames, deadline).await
+        };
+        tokio::time::timeout_at(deadline.at.into(), work)
+            .await
+            .map_err(|_| {
+                let status = deadline.exceeded(&context);
+                if deadline.cap.is_some() {
+                    tracing::warn!(error = %status.message(), "request ended at this agent's time limit");
+                }
+                status
+            })?
     }
 
     /// Sends the carried tensors to an agent of the next stage, trying each candidate once.
@@ -414,39 +475,16 @@ impl Inference for AgentService {
         &self,
         request: Request<Streaming<v1::InferRequest>>,
     ) -> Result<Response<Self::InferStream>, Status> {
-        // The client's deadline, capped by this agent's: the whole request (its header and chunks too) runs
-        // under it, so a stalled stream cannot hold an admission slot for ever.
-        let deadline = Deadline::new(
-            strata_proto::deadline_of(request.metadata()),
-            self.agent.config.max_request_time,
-            Instant::now(),
-        );
-        let context = format!(" at agent {}", self.agent.node_id());
-        deadline.remaining(&context)?;
-        let mut frames = request.into_inner();
-        let work = async move {
-            let header = match frames.next().await {
-                Some(Ok(v1::InferRequest {
-                    frame: Some(v1::infer_request::Frame::Header(h)),
-                })) => h,
-                Some(Err(e)) => return Err(e),
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "the first message of Infer must be its header",
-                    ));
-                }
-            };
-            self.run_request(header, frames, deadline).await
-        };
-        let response = tokio::time::timeout_at(deadline.at.into(), work)
-            .await
-            .map_err(|_| {
-                let status = deadline.exceeded(&context);
-                if deadline.cap.is_some() {
-                    tracing::warn!(error = %status.message(), "request ended at this agent's time limit");
-                }
-                status
-            })??;
+        let arrived = Instant::now();
+        let mut labels: Option<RequestLabels> = None;
+        let result = self.infer_within_deadline(request, &mut labels).await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.agent
+            .metrics
+            .finished(labels.as_ref(), code, arrived.elapsed());
+        let response = result?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             response.into_iter().map(Ok),
         ))))

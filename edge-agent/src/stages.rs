@@ -77,6 +77,11 @@ impl StageStore {
         self.loaded.lock().get(digest).cloned()
     }
 
+    /// How many stages are loaded.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.lock().len()
+    }
+
     /// Digests of the loaded stages, sorted.
     pub fn ready(&self) -> Vec<Digest> {
         let mut v: Vec<Digest> = self.loaded.lock().keys().cloned().collect();

@@ -3,7 +3,8 @@
 //! header and ≤ [`CHUNK_BYTES`] data chunks), the client side of a hop with its retry policy ([`call`]), the
 //! least-loaded choice of a peer ([`balance`]), the one server builder and shutdown plumbing ([`server`]),
 //! the transport on the sockets ([`transport`]: plain or mutual TLS, the caller's identity) and who may call
-//! what ([`auth`]). Metrics and trace context will plug in at [`call::channel`] and [`server::builder`].
+//! what ([`auth`]), and the Prometheus `/metrics` endpoint ([`metrics`]). Trace context will plug in at
+//! [`call::channel`] and [`server::builder`].
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,10 @@ pub mod call;
 pub mod convert;
 pub mod error;
 pub mod framing;
+#[cfg(feature = "logging")]
+pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod server;
 pub mod task;
 pub mod transport;

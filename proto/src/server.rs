@@ -98,6 +98,65 @@ pub async fn run(
         .await
 }
 
+/// The plain side ports a server may open besides its main (mutual-TLS) one, for what cannot speak TLS or
+/// has no certificate: probes and metric scrapers.
+#[derive(Debug, Default)]
+pub struct SidePorts {
+    /// `--health-listen`: the gRPC health service alone, in plain HTTP/2 ([`run_probes`]).
+    pub health: Option<tokio::net::TcpListener>,
+    /// `--metrics-listen`: Prometheus metrics at `/metrics`, in plain HTTP/1.1 (`metrics::serve`, with the
+    /// `metrics` feature).
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
+/// A side port that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({flag}): {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub address: String,
+    /// The flag that asked for it.
+    pub flag: &'static str,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl SidePorts {
+    /// Opens the side ports asked for: `health` (`--health-listen`) and `metrics` (`--metrics-listen`).
+    pub async fn bind(health: Option<&str>, metrics: Option<&str>) -> Result<SidePorts, BindError> {
+        async fn open(
+            address: Option<&str>,
+            flag: &'static str,
+            what: &str,
+        ) -> Result<Option<tokio::net::TcpListener>, BindError> {
+            let Some(address) = address else {
+                return Ok(None);
+            };
+            let failed = |source| BindError {
+                address: address.to_string(),
+                flag,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(failed)?;
+            let bound = listener.local_addr().map_err(failed)?;
+            tracing::info!(address = %bound, "{what}");
+            Ok(Some(listener))
+        }
+        Ok(SidePorts {
+            health: open(health, "--health-listen", "health probes (plain HTTP/2)").await?,
+            metrics: open(
+                metrics,
+                "--metrics-listen",
+                "Prometheus metrics at /metrics (plain HTTP/1.1)",
+            )
+            .await?,
+        })
+    }
+}
+
 /// Serves `router` (built with [`tonic::transport::Server::builder`] and only the health service) in plain
 /// HTTP/2 on `listener` until `stopping` fires: the port for probes that cannot speak TLS (Kubernetes' `grpc`
 /// probe, load balancers' health checks). It answers from the same health reporter as the main port; the

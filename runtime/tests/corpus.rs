@@ -310,27 +310,40 @@ fn manual_cuts(model: &Model, analysis: &Analysis) -> Vec<Vec<Vec<String>>> {
 }
 
 fn check_ort(model_path: &Path, inputs_dir: &Path, dirs: &[PathBuf]) {
-    // The repository's venv (scripts/setup.sh) when there is one, else the python3 on the PATH.
+    // STRATA_PYTHON when set, else the repository's venv (scripts/setup.sh), else the python3 on the PATH.
     let venv = root().join(".venv/bin/python3");
-    let python = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    };
-    let mut cmd = std::process::Command::new(python);
+    let python = std::env::var_os("STRATA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        });
+    let mut cmd = std::process::Command::new(&python);
     cmd.arg(root().join("corpus/check_ort.py")).arg(model_path);
     for d in dirs {
         cmd.arg(d);
     }
     cmd.arg("--inputs").arg(inputs_dir);
-    let out = cmd
-        .output()
-        .expect("python3 runs (install corpus/requirements.txt)");
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {} ({e}): run scripts/setup.sh (it makes .venv), or set STRATA_PYTHON",
+            python.display()
+        )
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "{} lacks the corpus tools (corpus/requirements.txt): run scripts/setup.sh, which installs them \
+         into .venv, or set STRATA_PYTHON to a Python that has them\n{stderr}",
+        python.display()
+    );
     assert!(
         out.status.success(),
-        "onnxruntime cross-check failed:\n{}\n{}",
+        "onnxruntime cross-check failed:\n{}\n{stderr}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -512,6 +512,23 @@ impl Sandbox {
         queue: u32,
         control_planes: &str,
     ) {
+        self.add_agent_full(tier, slots, queue, control_planes, &[]);
+    }
+
+    /// An agent with `extra` flags (`--metrics-listen ADDR`, say).
+    pub fn add_agent_args(&mut self, tier: &'static str, extra: &[&str]) {
+        let control_planes = self.replica_addresses();
+        self.add_agent_full(tier, 2, 64, &control_planes, extra);
+    }
+
+    fn add_agent_full(
+        &mut self,
+        tier: &'static str,
+        slots: u32,
+        queue: u32,
+        control_planes: &str,
+        extra: &[&str],
+    ) {
         let n = self.agents.len();
         let name = format!("{tier}{n}");
         let mut cmd = Command::new(agent_bin());
@@ -527,6 +544,7 @@ impl Sandbox {
         ])
         .args(["--slots", &slots.to_string(), "--queue", &queue.to_string()])
         .args(self.tls_args(strata_trust::Role::Node(tier.parse().expect("tier")), &name))
+        .args(extra)
         .arg("--data-dir")
         .arg(self.dir.path().join(&name));
         let proc = Proc::spawn(&name, cmd, &self.dir.path().join(format!("{name}.log")));

@@ -367,13 +367,7 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    strata_proto::logging::init("warn");
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
