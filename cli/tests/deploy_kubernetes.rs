@@ -79,7 +79,8 @@ fn every_overlay_renders_validates_and_meets_the_workload_rules() {
 }
 
 #[test]
-fn the_check_fails_on_a_workload_without_probes_on_an_unknown_field_and_on_wrong_probes() {
+fn the_check_fails_on_a_workload_without_probes_on_an_unknown_field_on_wrong_probes_and_open_metrics()
+ {
     let out = check(&["--self-test"]);
     let text = stdout(&out);
     assert!(out.status.success(), "the self-test failed: {text}");
@@ -104,6 +105,9 @@ fn the_check_fails_on_a_workload_without_probes_on_an_unknown_field_and_on_wrong
         "caught: wrong-probes: StatefulSet/strata-control-plane: livenessProbe of control-plane asks for service 'strata.v1.Control'",
         "caught: wrong-probes: Deployment/strata-edge-agent: container agent has no --health-listen=0.0.0.0:7401",
         "caught: wrong-probes: Service/strata-control-plane: port probes exposes the probe port (7401)",
+        "caught: open-metrics: NetworkPolicy/metrics-for-all: ingress rule 0 opens a metrics port (['9410']) to any source",
+        "caught: open-metrics: Service/strata-control-plane-metrics: port metrics exposes a metrics port",
+        "caught: open-metrics: Deployment/strata-cloud-agent: pod annotations must announce the metrics port",
     ] {
         assert!(
             text.contains(caught),
@@ -142,6 +146,13 @@ fn the_dev_and_production_command_lines_run_on_loopback_over_mutual_tls() {
     ] {
         assert!(text.contains(passes), "{passes:?} missing: {text}");
     }
+    // Every Strata container serves Prometheus metrics on its declared metrics port (dev: three of them).
+    assert!(
+        text.matches("serves Prometheus metrics on its metrics port")
+            .count()
+            >= 3,
+        "{text}"
+    );
     // ...and with its store gone, a replica is not ready but alive, and ready again once the store is back.
     assert!(
         text.contains("its readinessProbe fails: strata.v1.Control answers NOT_SERVING"),

@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +73,9 @@ MIN_GRACE = {"agent": 75, "control-plane": 15, "store": 10}
 # for the server as a whole (""), which a control plane waiting for its store still answers SERVING.
 PROBE_PORT = 7401
 READY_SERVICE = {"control-plane": "strata.v1.Control", "agent": "strata.v1.Inference"}
+# The metrics port (`--metrics-listen`): Prometheus text at /metrics, plain HTTP/1.1. Open to Prometheus alone
+# (a NetworkPolicy rule with a `from`), exposed by no Service, and announced with prometheus.io annotations.
+METRICS_PORT = {"control-plane": 9400, "agent": 9410}
 # A liveness probe must allow this long without an answer (failureThreshold x periodSeconds) before a restart.
 MIN_LIVENESS_WINDOW = 30
 USER = 65532
@@ -282,8 +286,7 @@ def check_probe(probe: dict | None, kind: str, container: dict, where: str, rep:
 
 def health_listen(args: list[str]) -> list[str]:
     """The values of --health-listen in args (`--health-listen=ADDR` or `--health-listen ADDR`)."""
-    return [a.split("=", 1)[1] for a in args if a.startswith("--health-listen=")] + \
-        [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--health-listen"]
+    return flag_values(args, "--health-listen")
 
 
 def check_strata_probes(c: dict, role: str, where: str, rep: Report) -> None:
@@ -323,6 +326,27 @@ def check_strata_probes(c: dict, role: str, where: str, rep: Report) -> None:
                f"answer (failureThreshold x periodSeconds): allow at least {MIN_LIVENESS_WINDOW} s")
 
 
+def flag_values(args: list[str], flag: str) -> list[str]:
+    """The values of `flag` in args (`FLAG=VALUE` or `FLAG VALUE`)."""
+    return [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")] + \
+        [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+
+
+def check_strata_metrics(c: dict, role: str, annotations: dict, where: str, rep: Report) -> None:
+    """A Strata server serves its metrics on its metrics port (--metrics-listen), declared as `metrics`, and
+    the pod says so to annotation-based Prometheus discovery."""
+    name, port = c["name"], METRICS_PORT[role]
+    declared = [p for p in c.get("ports") or [] if p.get("name") == "metrics"]
+    rep.ok(len(declared) == 1 and declared[0].get("containerPort") == port and declared[0].get("protocol", "TCP") == "TCP",
+           where, f"container {name} must declare the metrics port: name metrics, containerPort {port}, TCP")
+    listen = flag_values(c.get("args") or [], "--metrics-listen")
+    rep.ok(listen == [f"0.0.0.0:{port}"], where, f"container {name} must serve its metrics with --metrics-listen=0.0.0.0:{port} "
+           f"(one, in args), has {listen}")
+    want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    got = {k: annotations.get(k) for k in want}
+    rep.ok(got == want, where, f"pod annotations must announce the metrics port: {want}, are {got}")
+
+
 def check_workload(doc: dict, docs: list[dict], overlay: str, version: str, rep: Report, summary: list[str]) -> None:
     where = f"{overlay}: {name_of(doc)}"
     spec = doc["spec"]
@@ -350,6 +374,7 @@ def check_workload(doc: dict, docs: list[dict], overlay: str, version: str, rep:
         check_probe(c.get("livenessProbe"), "livenessProbe", c, where, rep)
         if role in READY_SERVICE:
             check_strata_probes(c, role, where, rep)
+            check_strata_metrics(c, role, spec["template"]["metadata"].get("annotations") or {}, where, rep)
         # Resources.
         res = c.get("resources") or {}
         for part in ("requests", "limits"):
@@ -431,9 +456,12 @@ def check_overlay(overlay: str, docs: list[dict], version: str, rep: Report) -> 
             for w in matched:
                 declared = {q.get(k) for c in w["spec"]["template"]["spec"]["containers"] for q in c.get("ports") or [] for k in ("name", "containerPort")}
                 rep.ok(target in declared, where, f"targetPort {target!r} is not a port of {name_of(w)}")
-            # The probe port is the kubelet's alone.
+            # The probe port is the kubelet's alone, the metrics port Prometheus's.
             rep.ok(target not in ("probes", PROBE_PORT) and p.get("port") != PROBE_PORT, where,
                    f"port {p.get('name') or p.get('port')} exposes the probe port ({PROBE_PORT}): it is for the kubelet only")
+            metrics_ports = set(METRICS_PORT.values())
+            rep.ok(target != "metrics" and target not in metrics_ports and p.get("port") not in metrics_ports, where,
+                   f"port {p.get('name') or p.get('port')} exposes a metrics port: Prometheus scrapes pods directly")
     # NetworkPolicies open no probe port to pods: the kubelet probes from the node, which is always allowed.
     strata_pods = [t["metadata"].get("labels") or {} for _, t in pods if role_of(t["metadata"].get("labels") or {}) in READY_SERVICE]
     for np in by_kind.get("NetworkPolicy", []):
@@ -446,6 +474,23 @@ def check_overlay(overlay: str, docs: list[dict], version: str, rep: Report) -> 
             rep.ok(bool(ports) and not opens,
                    f"{overlay}: {name_of(np)}", f"ingress rule {i} opens the probe port {PROBE_PORT} to pods (list its ports, "
                    "without the probe port: the kubelet's probes come from the node, which NetworkPolicy always allows)")
+    # The metrics ports: opened only to named sources (Prometheus), and opened for every Strata workload.
+    metrics_ports = set(METRICS_PORT.values())
+    scraped: set[str] = set()
+    for np in by_kind.get("NetworkPolicy", []):
+        selected = [labels for labels in strata_pods if selects(np["spec"].get("podSelector"), labels)]
+        if not selected:
+            continue
+        for i, rule in enumerate(np["spec"].get("ingress") or []):
+            opens = {q.get("port") for q in rule.get("ports") or []} & (metrics_ports | {"metrics"})
+            if not opens:
+                continue
+            rep.ok(bool(rule.get("from")), f"{overlay}: {name_of(np)}",
+                   f"ingress rule {i} opens a metrics port ({sorted(map(str, opens))}) to any source: allow Prometheus alone")
+            if rule.get("from"):
+                scraped |= {role_of(labels) for labels in selected if METRICS_PORT[role_of(labels)] in opens}
+    for role in sorted({role_of(labels) for labels in strata_pods} - scraped):
+        rep.ok(False, overlay, f"no NetworkPolicy lets Prometheus reach the {role}'s metrics port {METRICS_PORT[role]}")
     # PodDisruptionBudgets select something.
     for p in by_kind.get("PodDisruptionBudget", []):
         rep.ok(any(selects(p["spec"].get("selector"), t["metadata"].get("labels") or {}) for _, t in pods), f"{overlay}: {name_of(p)}", "selects no workload")
@@ -565,13 +610,16 @@ SELF_TEST_EXPECT = [
     ("wrong-probes: StatefulSet/strata-control-plane", "livenessProbe of control-plane asks for service 'strata.v1.Control', must ask for ''"),
     ("wrong-probes: Deployment/strata-edge-agent", "container agent has no --health-listen=0.0.0.0:7401"),
     ("wrong-probes: Service/strata-control-plane", "exposes the probe port (7401)"),
+    ("open-metrics: NetworkPolicy/metrics-for-all", "opens a metrics port (['9410']) to any source"),
+    ("open-metrics: Service/strata-control-plane-metrics", "exposes a metrics port"),
+    ("open-metrics: Deployment/strata-cloud-agent", "pod annotations must announce the metrics port"),
 ]
 
 
 def main_self_test(args) -> int:
     need_modules()
     kubectl = kubectl_path("KUBECTL", True)
-    print("self-test: the check must fail on testdata/ (a workload without probes; a misspelt field; probes gone wrong)")
+    print("self-test: the check must fail on testdata/ (a workload without probes; a misspelt field; probes gone wrong; metrics opened too widely)")
     dirs = [(d.name, d) for d in sorted((HERE / "testdata").iterdir()) if (d / "kustomization.yaml").exists()]
     rep = run_checks(dirs, kubectl, None)
     for f in rep.failures:
@@ -780,7 +828,11 @@ class Smoke:
         configmaps = {d["metadata"]["name"]: {k: v.encode() for k, v in (d.get("data") or {}).items()} for d in docs if d["kind"] == "ConfigMap"}
         c = pod["containers"][0]
         label = f"{name_of(w)}/{c['name']}"
-        probe_ports = {q["containerPort"]: free_port() for q in c.get("ports") or [] if q.get("name") == "probes"}
+        # The plain side ports (--health-listen, --metrics-listen), each mapped to a loopback port of its own.
+        # (etcd's own metrics port is mapped by the caller, through `replace`.)
+        strata = c["image"].rsplit(":", 1)[0] in STRATA_IMAGES
+        probe_ports = {q["containerPort"]: free_port() for q in c.get("ports") or []
+                       if q.get("name") == "probes" or (strata and q.get("name") == "metrics")}
         self.probe_ports[label] = probe_ports
         mounts = lay_out_volumes(pod, c, self.secrets, configmaps, self.tmp / w["metadata"]["name"] / c["name"])
         env = {"PATH": os.environ.get("PATH", "")}
@@ -801,7 +853,7 @@ class Smoke:
             for old, new in replace.items():  # Service and member names, and their ports
                 a = re.sub(old, new, a)
             a = re.sub(r"(?<=:)(7400|7410|30741)\b", str(port), a)  # the listen and advertised port: this process's
-            for declared, local in probe_ports.items():  # the probe port (--health-listen): its own
+            for declared, local in probe_ports.items():  # the probe and metrics ports: their own
                 a = re.sub(rf"(?<=:){declared}\b", str(local), a)
             a = a.replace("0.0.0.0:", "127.0.0.1:")  # a pod's own network namespace; here, loopback only
             for path in sorted(mounts, key=len, reverse=True):
@@ -816,7 +868,7 @@ class Smoke:
         self.procs.append((label, p, pod.get("terminationGracePeriodSeconds", 30)))
         for q in [port] + list(probe_ports.values()):
             if not wait_port(q, time.time() + 20):
-                self.failures.append(f"{label}: port {q}{' (its probe port)' if q != port else ''} never accepted a connection")
+                self.failures.append(f"{label}: port {q}{' (a side port)' if q != port else ''} never accepted a connection")
                 return None
         if p.poll() is not None:
             self.failures.append(f"{label}: exited with {p.returncode}")
@@ -824,6 +876,20 @@ class Smoke:
         print(f"    {label}: accepts TCP connections on its port" + (" and its probe port" if probe_ports else ""))
         if not self.grpc_probes(label, c):
             return None
+        for q in c.get("ports") or []:
+            if q.get("name") != "metrics" or not strata:
+                continue
+            url = f"http://127.0.0.1:{probe_ports[q['containerPort']]}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    body = r.read().decode()
+            except (OSError, ValueError) as e:
+                self.failures.append(f"{label}: GET {url} failed: {e}")
+                return None
+            if "strata_build_info{" not in body:
+                self.failures.append(f"{label}: {url} does not serve Strata's metrics: {body[:200]!r}")
+                return None
+            print(f"    serves Prometheus metrics on its metrics port ({len(body.splitlines())} lines)")
         if probe_ports:
             try:
                 answer = grpc_health(port, "", 2)
@@ -900,7 +966,6 @@ def strata_nodes(strata: str, port: int, admin: Path, want: list[str], failures:
 
 
 def http_ok(url: str, deadline: float) -> bool:
-    import urllib.request
     while time.time() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
