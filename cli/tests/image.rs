@@ -149,66 +149,96 @@ fn the_images_are_small_non_root_and_shell_less_and_the_agent_image_serves_a_sta
     the_agent_image_serves_a_stage_for_a_control_plane_on_the_host();
 }
 
-/// The aarch64 agent image, from `deploy/gateway/cross-build`'s binary (CI builds it before the tests), runs
-/// its binary inside its own root filesystem under qemu user-mode emulation (bind-mounted in: this machine
-/// has no binfmt_misc registration, and the image must not carry qemu). Inside the container the loader can
-/// find only the image's own libraries, so this fails if a library is missing or staged where an ARM
-/// machine's loader would not look.
+/// The aarch64 images, from `deploy/gateway/cross-build`'s binaries (CI cross-builds both before the tests),
+/// run their binaries inside their own root filesystems under qemu user-mode emulation (bind-mounted in: this
+/// machine has no binfmt_misc registration, and the images must not carry qemu). Inside a container the loader
+/// can find only the image's own libraries, so this fails if a library is missing or staged where an ARM
+/// machine's loader would not look. The `strata` image also plans a real model there, as a control plane's
+/// planner would.
 #[test]
-fn the_arm64_agent_image_runs_its_binary_under_qemu_with_only_its_own_libraries() {
+fn the_arm64_images_run_their_binaries_under_qemu_with_only_their_own_libraries() {
     let out = out_dir().with_file_name("images-test-arm64");
-    let binary = sandbox::root().join(format!(
-        "target/aarch64-unknown-linux-gnu/{}/strata-edge-agent",
-        if profile() == "dev" {
-            "debug"
-        } else {
-            "release"
-        }
-    ));
-    assert!(
-        binary.exists(),
-        "{} is missing: run deploy/gateway/cross-build --profile {}",
-        binary.display(),
-        profile()
-    );
-    image_build(&out, &["--arch", "arm64", "--image", "strata-edge-agent"]);
-    let tag = format!("strata/strata-edge-agent:{}", version());
-    let config = buildah_in(
-        &out,
-        &[
-            "inspect",
-            "--format",
-            "{{.OCIv1.Architecture}} {{.OCIv1.Config.User}} {{index .OCIv1.Config.Entrypoint 0}}",
-            &tag,
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&config.stdout).trim(),
-        "arm64 65532:65532 /usr/bin/strata-edge-agent"
-    );
-    let archive = out.join(format!("strata-edge-agent-{}-arm64.oci.tar", version()));
-    let size = std::fs::metadata(&archive)
-        .unwrap_or_else(|e| panic!("{}: {e}", archive.display()))
-        .len();
-    assert!(size < 40 << 20, "the arm64 agent archive is {size} bytes");
+    for image in ["strata", "strata-edge-agent"] {
+        let binary = sandbox::root().join(format!(
+            "target/aarch64-unknown-linux-gnu/{}/{image}",
+            if profile() == "dev" {
+                "debug"
+            } else {
+                "release"
+            }
+        ));
+        assert!(
+            binary.exists(),
+            "{} is missing: run deploy/gateway/cross-build --profile {} --bins strata-edge-agent,strata",
+            binary.display(),
+            profile()
+        );
+    }
+    image_build(&out, &["--arch", "arm64"]);
     let qemu = which("qemu-aarch64-static");
-    let container = Container::from(&out, &["--arch", "arm64", &tag]);
     let mount = format!("{}:/qemu:ro", qemu.display());
-    let ran = container.run(
-        &["-v", &mount],
-        &["/qemu", "/usr/bin/strata-edge-agent", "--version"],
-    );
-    assert!(
-        ran.status.success(),
-        "the arm64 agent in its image: {}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&ran.stdout).trim(),
-        format!("strata-edge-agent {}", version())
-    );
-    let shell = container.run(&["-v", &mount], &["/qemu", "/bin/sh", "-c", "id"]);
-    assert!(!shell.status.success(), "the arm64 image has a shell");
+    for image in ["strata", "strata-edge-agent"] {
+        let tag = format!("strata/{image}:{}", version());
+        let config = buildah_in(
+            &out,
+            &[
+                "inspect",
+                "--format",
+                "{{.OCIv1.Architecture}} {{.OCIv1.Config.User}} {{index .OCIv1.Config.Entrypoint 0}}",
+                &tag,
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&config.stdout).trim(),
+            format!("arm64 65532:65532 /usr/bin/{image}")
+        );
+        let archive = out.join(format!("{image}-{}-arm64.oci.tar", version()));
+        let size = std::fs::metadata(&archive)
+            .unwrap_or_else(|e| panic!("{}: {e}", archive.display()))
+            .len();
+        assert!(size < 40 << 20, "the arm64 {image} archive is {size} bytes");
+        let container = Container::from(&out, &["--arch", "arm64", &tag]);
+        let binary = format!("/usr/bin/{image}");
+        let ran = container.run(&["-v", &mount], &["/qemu", &binary, "--version"]);
+        assert!(
+            ran.status.success(),
+            "the arm64 {image} in its image: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&ran.stdout).trim(),
+            format!("{image} {}", version())
+        );
+        let shell = container.run(&["-v", &mount], &["/qemu", "/bin/sh", "-c", "id"]);
+        assert!(
+            !shell.status.success(),
+            "the arm64 {image} image has a shell"
+        );
+        if image == "strata" {
+            // The planner and tract on ARM: inspect a real model mounted into the container.
+            let model = format!("{}:/model.onnx:ro", corpus("squeezenet.onnx").display());
+            let inspected = container.run(
+                &["-v", &mount, "-v", &model],
+                &["/qemu", &binary, "inspect", "/model.onnx"],
+            );
+            let text = String::from_utf8_lossy(&inspected.stdout);
+            assert!(
+                inspected.status.success(),
+                "strata inspect in the arm64 image: {text}{}",
+                String::from_utf8_lossy(&inspected.stderr)
+            );
+            // The same analysis as this machine's build (all but the first line, which names the path).
+            let host = Command::new(sandbox::strata_bin())
+                .arg("inspect")
+                .arg(corpus("squeezenet.onnx"))
+                .output()
+                .expect("strata inspect runs");
+            let host = String::from_utf8_lossy(&host.stdout);
+            let body = |t: &str| t.lines().skip(1).collect::<Vec<_>>().join("\n");
+            assert!(text.contains("Conv"), "{text}");
+            assert_eq!(body(&text), body(&host), "arm64 and x86 analyses differ");
+        }
+    }
 }
 
 /// `name`'s path in PATH, or a failed test that says what to install.
