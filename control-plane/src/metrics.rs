@@ -110,9 +110,8 @@ impl ControlMetrics {
 
     /// Adds the gauges read from `plane` at scrape time (a weak reference: the metrics never keep a control
     /// plane alive).
-    pub(crate) fn pull_from(&self, plane: Weak<ControlPlane>) -> Result<(), MetricError> {
-        type Read = fn(&ControlPlane) -> f64;
-        let gauges: [(&str, &str, Read); 3] = [
+    pub(crate) fn pull_from(&self, plane: &Weak<ControlPlane>) -> Result<(), MetricError> {
+        let gauges: [m::PulledGauge<'_, ControlPlane>; 3] = [
             (
                 "strata_control_plane_leader",
                 "1 while this replica leads (plans, assigns and publishes); exactly one replica should.",
@@ -129,13 +128,7 @@ impl ControlMetrics {
                 |p| p.corrupt_records() as f64,
             ),
         ];
-        for (name, help, read) in gauges {
-            let plane = plane.clone();
-            m::pulled(&self.registry, name, help, move || {
-                plane.upgrade().map_or(0.0, |p| read(&p))
-            })?;
-        }
-        Ok(())
+        m::pulled_from(&self.registry, plane, &gauges)
     }
 
     /// The registry to serve.

@@ -178,7 +178,7 @@ impl ControlPlane {
         #[allow(clippy::expect_used)]
         plane
             .metrics
-            .pull_from(Arc::downgrade(&plane))
+            .pull_from(&Arc::downgrade(&plane))
             .expect("the control plane's metrics are well defined");
         plane
     }

@@ -352,7 +352,7 @@ impl Agent {
             recent_ms: Mutex::new(0.0),
             ready_changed: Notify::new(),
         });
-        agent.metrics.pull_from(Arc::downgrade(&agent))?;
+        agent.metrics.pull_from(&Arc::downgrade(&agent))?;
         Ok(agent)
     }
 

@@ -123,9 +123,8 @@ impl AgentMetrics {
 
     /// Adds the gauges read from `agent` at scrape time (a weak reference: the metrics never keep an agent
     /// alive).
-    pub(crate) fn pull_from(&self, agent: Weak<Agent>) -> Result<(), MetricError> {
-        type Read = fn(&Agent) -> f64;
-        let gauges: [(&str, &str, Read); 5] = [
+    pub(crate) fn pull_from(&self, agent: &Weak<Agent>) -> Result<(), MetricError> {
+        let gauges: [m::PulledGauge<'_, Agent>; 5] = [
             (
                 "strata_agent_in_flight_requests",
                 "Requests admitted and not yet answered (queued or running).",
@@ -152,13 +151,7 @@ impl AgentMetrics {
                 |a| f64::from(u8::from(a.connected.load(Ordering::Relaxed))),
             ),
         ];
-        for (name, help, read) in gauges {
-            let agent = agent.clone();
-            m::pulled(&self.registry, name, help, move || {
-                agent.upgrade().map_or(0.0, |a| read(&a))
-            })?;
-        }
-        Ok(())
+        m::pulled_from(&self.registry, agent, &gauges)
     }
 
     /// The registry to serve.

@@ -127,6 +127,25 @@ pub fn pulled(
     registry.register(Box::new(gauge))
 }
 
+/// A gauge read at scrape time: its name, its help, and how to read it from its source.
+pub type PulledGauge<'a, T> = (&'a str, &'a str, fn(&T) -> f64);
+
+/// A gauge read from `source` at each scrape, per `(name, help, read)` in `gauges`: `source` is held weakly
+/// (the metrics never keep their server alive), and a gone server reads 0.
+pub fn pulled_from<T: Send + Sync + 'static>(
+    registry: &Registry,
+    source: &std::sync::Weak<T>,
+    gauges: &[PulledGauge<'_, T>],
+) -> Result<(), MetricError> {
+    for &(name, help, read) in gauges {
+        let source = source.clone();
+        pulled(registry, name, help, move || {
+            source.upgrade().map_or(0.0, |s| read(&s))
+        })?;
+    }
+    Ok(())
+}
+
 /// The registry's metrics in the Prometheus text format (version 0.0.4), and that format's content type.
 pub fn render(registry: &Registry) -> (Vec<u8>, String) {
     let encoder = TextEncoder::new();
