@@ -1,4 +1,5 @@
-//! Compiles the strata.v1 protos with protox (no `protoc` needed) and generates tonic clients and servers.
+//! Compiles the strata.v1 protos, and the vendored Open Inference Protocol v2 (`proto/grpc_predict_v2.proto`,
+//! package `inference`), with protox (no `protoc` needed) and generates tonic clients and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -6,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "strata/v1/routes.proto",
         "strata/v1/control.proto",
         "strata/v1/inference.proto",
+        "proto/grpc_predict_v2.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -37,6 +37,10 @@ command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 # Prometheus and promtool: the metrics test scrapes a cluster with a real Prometheus and checks the alert rules.
 command -v promtool >/dev/null || missing+=(prometheus)
+# rsvg-convert and Graphviz's dot: the pictures test renders `strata plan --svg`/`routes --svg` to PNG and lays
+# out `strata plan --dot` (the CLI itself needs neither).
+command -v rsvg-convert >/dev/null || missing+=(librsvg2-bin)
+command -v dot >/dev/null || missing+=(graphviz)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo

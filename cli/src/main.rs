@@ -14,6 +14,7 @@ mod certs;
 mod infer;
 mod inspect;
 mod io;
+mod picture;
 mod plan;
 mod profile;
 mod remote;
@@ -226,6 +227,17 @@ enum Command {
         /// Print plan.json instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also draw the plan as SVG: nodes coloured by tier, boundaries labelled with the bytes that cross
+        /// them, predicted latency and energy in the legend (docs/pictures.md).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Also write the plan as Graphviz DOT (one cluster per tier; `dot -Tsvg` draws it).
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Also draw the frontier of plans a control plane would publish for this model and cluster, as
+        /// `strata routes --svg` draws a route table (docs/pictures.md).
+        #[arg(long, value_name = "FILE")]
+        frontier_svg: Option<PathBuf>,
     },
     /// Split a model by hand at the given tensors; stages get tiers device, edge, cloud in order.
     Split {
@@ -418,6 +430,10 @@ enum Command {
         /// the estimates and every allowed plan ranked at them.
         #[arg(long, conflicts_with = "json")]
         live: bool,
+        /// Also draw the plans as SVG here: latency against device energy, the frontier, the privacy levels
+        /// each satisfies (docs/pictures.md).
+        #[arg(long, value_name = "FILE", conflicts_with = "live")]
+        svg: Option<PathBuf>,
     },
     /// Run a model as a device: the device stage here, the rest on the cluster.
     Infer {
@@ -479,10 +495,10 @@ enum ObjectiveArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands print their own output and log only warnings; the control plane logs what it does.
-    strata_proto::logging::init(match cli.command {
-        Command::ControlPlane { .. } => "info",
-        _ => "warn",
-    });
+    let _telemetry = match cli.command {
+        Command::ControlPlane { .. } => strata_proto::logging::init("strata-control-plane", "info"),
+        _ => strata_proto::logging::init("strata", "warn"),
+    };
     match run_command(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`strata ... | head`): nothing left to say.
@@ -530,6 +546,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             inputs,
             out,
             json,
+            svg,
+            dot,
+            frontier_svg,
         } => {
             let objective = match objective {
                 ObjectiveArg::Latency => strata_planner::partition::Objective::Latency,
@@ -545,6 +564,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 inputs: &inputs,
                 out: &out,
                 json,
+                svg: svg.as_deref(),
+                dot: dot.as_deref(),
+                frontier_svg: frontier_svg.as_deref(),
             })
         }
         Command::Split {
@@ -691,6 +713,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             privacy,
             json,
             live,
+            svg,
         } => {
             let constraints = strata_device_sdk::Constraints {
                 latency_ms,
@@ -701,7 +724,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             if live {
                 remote::live_routes(&target()?, &model, &constraints)
             } else {
-                remote::routes(&target()?, &model, &constraints, json)
+                remote::routes(&target()?, &model, &constraints, json, svg.as_deref())
             }
         }
         Command::Infer {

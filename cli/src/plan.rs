@@ -1,20 +1,26 @@
 //! `strata plan` and `strata split`: write `plan.json` and one ONNX file per stage.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use prost::Message;
 use strata_core::Privacy;
 use strata_core::Tier;
-use strata_planner::analyse::{self, InputShape};
+use strata_core::recost::Conditions;
+use strata_planner::analyse::{self, Analysis, InputShape};
 use strata_planner::cluster::Cluster;
 use strata_planner::cost::{self, Profile};
+use strata_planner::frontier;
+use strata_planner::model::Model;
 use strata_planner::onnx::ModelProto;
 use strata_planner::partition::{self, Objective};
 use strata_planner::plan::{self as planner, PlanFile, PlanOptions, Predicted, Timings};
 use strata_planner::split;
 
 use crate::io::{human_bytes, load_model};
+use crate::picture::graph::PlanGraph;
+use crate::picture::routes::{RouteChart, RoutePlan};
 
 /// Arguments of `strata plan`.
 pub struct PlanArgs<'a> {
@@ -27,6 +33,12 @@ pub struct PlanArgs<'a> {
     pub inputs: &'a [InputShape],
     pub out: &'a Path,
     pub json: bool,
+    /// Also draw the plan as SVG here.
+    pub svg: Option<&'a Path>,
+    /// Also write the plan as Graphviz DOT here.
+    pub dot: Option<&'a Path>,
+    /// Also draw the frontier of plans (what a control plane would publish) as SVG here.
+    pub frontier_svg: Option<&'a Path>,
 }
 
 pub fn plan(args: &PlanArgs) -> Result<()> {
@@ -53,18 +65,123 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
         objective: args.objective,
         latency_budget_ms: args.latency_ms,
     };
-    let planned = planner::plan(
+    // Analysed here rather than inside `planner::plan`: the pictures need the tensor sizes too.
+    let started = std::time::Instant::now();
+    let analysis = analyse::analyse(&model, &bytes, args.inputs)
+        .with_context(|| format!("cannot plan {}", args.model.display()))?;
+    let analyse_ms = started.elapsed().as_secs_f64() * 1e3;
+    let planned = planner::plan_analysed(
         &model_name(args.model),
         &model,
-        &bytes,
-        args.inputs,
+        &analysis,
         &cluster,
         profile.as_ref(),
         &options,
+        analyse_ms,
     )
     .with_context(|| format!("cannot plan {}", args.model.display()))?;
     write_plan(args.out, &planned.plan, &planned.stage_models)?;
+    if args.svg.is_some() || args.dot.is_some() {
+        let tier_names: Vec<(Tier, String)> = Tier::ALL
+            .into_iter()
+            .filter_map(|t| cluster.tier(t).map(|spec| (t, spec.name.clone())))
+            .collect();
+        let graph = PlanGraph::from_plan(&model, &analysis, &planned.plan, &tier_names)?;
+        if let Some(path) = args.svg {
+            write_picture(path, &graph.svg())?;
+        }
+        if let Some(path) = args.dot {
+            write_picture(path, &graph.dot())?;
+        }
+    }
+    if let Some(path) = args.frontier_svg {
+        let chart = frontier_chart(&model, &analysis, &cluster, args.privacy, &planned.plan)
+            .with_context(|| format!("cannot find the frontier of {}", args.model.display()))?;
+        write_picture(path, &chart.svg())?;
+    }
     report(&planned.plan, args.json)
+}
+
+/// The frontier a control plane would publish as the route table for this model on every tier of `cluster`
+/// (default search settings, no profile, at the cluster's own network figures), as a chart; the plan
+/// `strata plan` chose is ringed when the frontier holds it.
+fn frontier_chart(
+    model: &Model,
+    analysis: &Analysis,
+    cluster: &Cluster,
+    privacy: Privacy,
+    chosen: &PlanFile,
+) -> Result<RouteChart> {
+    let tiers: BTreeSet<Tier> = Tier::ALL
+        .into_iter()
+        .filter(|&t| cluster.tier(t).is_some())
+        .collect();
+    let found = frontier::frontier(
+        model,
+        analysis,
+        cluster,
+        &tiers,
+        privacy,
+        &frontier::Settings::default(),
+    )?;
+    let conditions = Conditions::nominal(found.links);
+    // The chosen plan's tier per node that runs (folded nodes are in no stage).
+    let mut chosen_tier: HashMap<&str, Tier> = HashMap::new();
+    for stage in &chosen.stages {
+        for name in &stage.node_names {
+            chosen_tier.insert(name.as_str(), stage.tier);
+        }
+    }
+    let is_chosen = |tier: &[u8]| {
+        model.nodes.iter().enumerate().all(|(v, node)| {
+            analysis.is_folded(v)
+                || chosen_tier.get(node.name.as_str()).map(|t| t.index())
+                    == tier.get(v).map(|&t| usize::from(t))
+        })
+    };
+    let plans: Vec<RoutePlan> = found
+        .plans
+        .iter()
+        .filter(|fp| fp.levels.contains(&privacy))
+        .enumerate()
+        .map(|(i, fp)| {
+            let predicted = fp.cost.predict(&conditions, &found.power);
+            RoutePlan {
+                id: format!("plan {}", i + 1),
+                latency_ms: predicted.latency_ms,
+                energy_mj: predicted.energy_mj,
+                satisfies: fp.levels.clone(),
+                tiers: fp.cost.stages.iter().map(|s| s.tier).collect(),
+                chosen: is_chosen(&fp.tier),
+            }
+        })
+        .collect();
+    let mut lines = vec![
+        format!(
+            "cluster {}, privacy {}: the {} plan(s) a control plane would publish",
+            cluster.name,
+            privacy.name(),
+            plans.len()
+        ),
+        "predicted at the cluster file's network figures; ring: the plan `strata plan` chose"
+            .to_string(),
+    ];
+    lines.extend(found.notes.iter().map(|n| format!("note: {n}")));
+    Ok(RouteChart {
+        title: format!("{}: frontier of plans", chosen.model),
+        lines,
+        plans,
+    })
+}
+
+/// Writes a picture (SVG or DOT text), creating its directory.
+pub fn write_picture(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn split(

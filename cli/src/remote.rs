@@ -304,7 +304,13 @@ pub fn live_routes(target: &Target, model: &str, constraints: &Constraints) -> R
     })
 }
 
-pub fn routes(target: &Target, model: &str, constraints: &Constraints, json: bool) -> Result<()> {
+pub fn routes(
+    target: &Target,
+    model: &str,
+    constraints: &Constraints,
+    json: bool,
+    svg: Option<&std::path::Path>,
+) -> Result<()> {
     let (runtime, channel) = connect_to(target, Expect::Server)?; // agents serve route tables too
     let table = runtime
         .block_on(RoutesClient::new(channel).get_routes(v1::GetRoutesRequest {
@@ -326,6 +332,9 @@ pub fn routes(target: &Target, model: &str, constraints: &Constraints, json: boo
     };
     let chosen =
         route::choose(&table, constraints, &situation, |_| false).map(|(p, _)| p.id.clone());
+    if let Some(path) = svg {
+        crate::plan::write_picture(path, &route_chart(&table, chosen.as_deref()).svg())?;
+    }
     if json {
         let plans: Vec<serde_json::Value> = table
             .plans
@@ -406,6 +415,50 @@ pub fn routes(target: &Target, model: &str, constraints: &Constraints, json: boo
     }
     say!("* = what a request with these constraints gets now; [n] = ready agents")?;
     Ok(())
+}
+
+/// A route table as `strata routes --svg` draws it. Levels and tiers the wire gets wrong are left out (the
+/// table prints them as "unspecified").
+fn route_chart(table: &v1::RouteTable, chosen: Option<&str>) -> crate::picture::routes::RouteChart {
+    use crate::picture::routes::{RouteChart, RoutePlan};
+    let plans = table
+        .plans
+        .iter()
+        .map(|p| RoutePlan {
+            id: p.id.clone(),
+            latency_ms: p.latency_ms,
+            energy_mj: p.device_energy_mj,
+            satisfies: p
+                .satisfies
+                .iter()
+                .filter_map(|&l| {
+                    strata_proto::convert::privacy(l, "satisfies")
+                        .ok()
+                        .flatten()
+                })
+                .collect(),
+            tiers: p
+                .stages
+                .iter()
+                .filter_map(|s| strata_proto::convert::tier(s.tier, "tier").ok())
+                .collect(),
+            chosen: Some(p.id.as_str()) == chosen,
+        })
+        .collect();
+    let mut lines = vec![
+        format!(
+            "model privacy {}, {} plan(s); predicted at the profiled network conditions",
+            privacy_name(table.privacy),
+            table.plans.len()
+        ),
+        "ring: what a request with these constraints gets now".to_string(),
+    ];
+    lines.extend(table.notes.iter().map(|n| format!("note: {n}")));
+    RouteChart {
+        title: format!("{} version {}: plans", table.model, table.version),
+        lines,
+        plans,
+    }
 }
 
 /// A model's state as `strata model ls` and `push` print it.

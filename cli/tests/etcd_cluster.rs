@@ -27,10 +27,9 @@ fn device(sandbox: &Sandbox, model: &str) -> Client {
     let mut endpoints: Vec<String> = sandbox.agents.iter().map(|a| a.address.clone()).collect();
     endpoints.extend(sandbox.replicas.iter().map(|r| r.address.clone()));
     let client = sandbox.client(&endpoints);
-    sandbox
-        .runtime
-        .block_on(client.prepare(model))
-        .expect("prepare");
+    if let Err(e) = sandbox.runtime.block_on(client.prepare(model)) {
+        panic!("prepare: {e}\n{}", sandbox.log_tails(40));
+    }
     client
 }
 

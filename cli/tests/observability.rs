@@ -287,6 +287,29 @@ fn prometheus_scrapes_every_server_and_its_counts_match_the_requests_made() {
     }
     let served: f64 = ran.values().sum();
 
+    // The device's own counters (what an app reads from the SDK) say the same.
+    let requests = (plans.len() * REQUESTS_PER_PLAN) as u64;
+    let counters = client.counters();
+    assert_eq!(
+        (
+            counters.requests,
+            counters.succeeded,
+            counters.failed,
+            counters.offloaded
+        ),
+        (requests, requests, 0, requests),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.bytes_sent as f64,
+        received.values().sum::<f64>() - forwarded_by_edge,
+        "the device's bytes sent: {counters:?}"
+    );
+    assert!(
+        counters.bytes_received > 0 && counters.latency_ms > 0.0,
+        "{counters:?}"
+    );
+
     // Prometheus has scraped the last of them once its total matches; then every series must.
     prometheus.wait_for(
         &format!("sum(strata_agent_requests_total{{model=\"{MODEL}\",code=\"OK\"}})"),

@@ -219,7 +219,14 @@ impl MeteredStore {
 macro_rules! metered {
     ($self:ident, $operation:literal, $call:expr) => {{
         let started = Instant::now();
-        let result = $call.await;
+        let span = tracing::info_span!(
+            "store",
+            otel.name = concat!("store ", $operation),
+            otel.kind = "client",
+            db.system = $self.inner.name(),
+            db.operation = $operation,
+        );
+        let result = tracing::Instrument::instrument($call, span).await;
         $self.metrics.store_call($operation, started, &result);
         result
     }};

@@ -282,6 +282,14 @@ fn wake_at(plane: &Arc<ControlPlane>, at: Instant) {
     });
 }
 
+#[tracing::instrument(skip_all, fields(
+    otel.name = "plan model",
+    model = %model.name,
+    version = strata_proto::trace::int(model.version),
+    privacy = ?model.privacy,
+    tiers = ?tiers,
+    plans = tracing::field::Empty,
+))]
 async fn replan(
     plane: &Arc<ControlPlane>,
     leadership: &Leadership,
@@ -304,7 +312,9 @@ async fn replan(
     let (cluster, tiers_owned) = (plane.settings.cluster.clone(), tiers.clone());
     let frontier = plane.settings.frontier.clone();
     let started = std::time::Instant::now();
+    let planning = tracing::info_span!("planner", model = %model.name);
     let planned = tokio::task::spawn_blocking(move || {
+        let _planning = planning.entered();
         plan_model(
             &name,
             version,
@@ -328,6 +338,7 @@ async fn replan(
         plane.blobs.put(digest, bytes.clone()).await?;
     }
     let record = planned.record;
+    tracing::Span::current().record("plans", record.plans.len() as i64);
     tracing::info!(
         model = %model.name,
         version = model.version,

@@ -111,9 +111,14 @@ impl RouteCache {
     }
 
     /// Follows the store for ever: list, then watch from the list's revision; after a broken or compacted
-    /// watch, list again (after a backoff of 500 ms doubling to 5 s while it keeps failing) and pass on only
-    /// what changed meanwhile. The break and the recovery are logged once each.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+    /// watch, list again (after a backoff of 500 ms doubling to 5 s while it keeps failing, cut short when
+    /// `reachable` turns true: the replica saw the store answer again) and pass on only what changed
+    /// meanwhile. The break and the recovery are logged once each.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        mut reachable: tokio::sync::watch::Receiver<bool>,
+    ) {
         use std::sync::atomic::Ordering;
         let mut backoff =
             strata_proto::task::Backoff::new(Duration::from_millis(500), Duration::from_secs(5), 1);
@@ -134,7 +139,24 @@ impl RouteCache {
                 tracing::warn!(error = %why, "route watch broke; watchers keep the last tables; listing again");
                 logged = true;
             }
-            tokio::time::sleep(backoff.failed()).await;
+            let pause = tokio::time::sleep(backoff.failed());
+            tokio::pin!(pause);
+            // After an outage, tables published as the store came back must reach watchers at once, not a
+            // backoff later.
+            let down = !*reachable.borrow();
+            if down {
+                tokio::select! {
+                    () = &mut pause => {}
+                    gone = async { reachable.wait_for(|up| *up).await.is_err() } => {
+                        if gone {
+                            // The replica is gone: nothing will say so again.
+                            pause.await;
+                        }
+                    }
+                }
+            } else {
+                pause.await;
+            }
         }
     }
 

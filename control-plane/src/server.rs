@@ -138,7 +138,12 @@ pub async fn serve_with(
     };
     let election = AbortOnDrop::spawn(crate::replica::run(plane.clone(), address));
     let control_loop = AbortOnDrop::spawn(crate::reconcile::run(plane.clone()));
-    let route_cache = AbortOnDrop::spawn(plane.route_cache.clone().run(plane.store.clone()));
+    let route_cache = AbortOnDrop::spawn(
+        plane
+            .route_cache
+            .clone()
+            .run(plane.store.clone(), plane.store_reachable.subscribe()),
+    );
     let collector = AbortOnDrop::spawn(crate::blob::run_collector(plane.clone()));
     let revocations = AbortOnDrop::spawn(crate::identities::run_refresh(plane.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -122,6 +122,46 @@ typedef struct {
 } strata_constraints;
 
 /**
+ * What a client's requests have done since it was made (strata_client_counters). Every field is a running
+ * total, so a rate is the difference of two reads over their interval; export them to the app's own metrics
+ * if wanted (the SDK exports nothing itself).
+ */
+typedef struct {
+    /** Requests made. */
+    uint64_t requests;
+    /** Requests that returned outputs. */
+    uint64_t succeeded;
+    /** Requests that failed, for any reason. */
+    uint64_t failed;
+    /** Of the failures: no plan satisfied the constraints. */
+    uint64_t failed_no_plan;
+    /** Of the failures: the deadline passed. */
+    uint64_t failed_deadline;
+    /** Of the failures: no agent could serve. */
+    uint64_t failed_unavailable;
+    /** Succeeded requests that ran wholly on the device. */
+    uint64_t on_device;
+    /** Succeeded requests with a stage on an agent. */
+    uint64_t offloaded;
+    /** Plans that failed and were replaced by the next, over all requests. */
+    uint64_t fallbacks;
+    /** Requests that ran a close runner-up to refresh its estimates. */
+    uint64_t explored;
+    /** Succeeded requests slower than their latency budget. */
+    uint64_t over_latency_budget;
+    /** Tensor bytes the device sent to agents. */
+    uint64_t bytes_sent;
+    /** Tensor bytes the device received from agents. */
+    uint64_t bytes_received;
+    /** End-to-end time of the succeeded requests, summed, ms. */
+    double latency_ms;
+    /** Compute on the device, summed, ms. */
+    double device_compute_ms;
+    /** Device energy the chosen plans were predicted to use, summed, mJ. */
+    double predicted_energy_mj;
+} strata_counters;
+
+/**
  * The message of the last failed call on this thread ("" after a successful one). Never NULL. The string is
  * valid until the next Strata call on this thread: copy it to keep it.
  */
@@ -156,6 +196,9 @@ int strata_client_new_tls(const char *endpoints, const char *cache_dir, uint64_t
 
 /** Frees a client and its caches. NULL is a no-op. No other thread may be using it. */
 void strata_client_free(strata_client *client);
+
+/** Copies client's counters into *out. */
+int strata_client_counters(const strata_client *client, strata_counters *out);
 
 /**
  * Reports the device's power state: battery_pct in 0..100 (negative: unknown), charging non-zero on external

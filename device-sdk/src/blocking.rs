@@ -43,6 +43,11 @@ impl Client {
         self.runtime.block_on(self.inner.prepare(model))
     }
 
+    /// See [`client::Client::counters`].
+    pub fn counters(&self) -> crate::Counters {
+        self.inner.counters()
+    }
+
     /// The async client inside.
     pub fn as_async(&self) -> &client::Client {
         &self.inner

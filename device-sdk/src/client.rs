@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
@@ -162,6 +163,8 @@ struct Inner {
     probed: Mutex<[Option<Instant>; 3]>,
     /// When a request last explored a runner-up.
     explored: Mutex<Option<Instant>>,
+    /// What the requests did ([`Client::counters`]).
+    tally: crate::counters::Tally,
 }
 
 /// A device's connection to a Strata cluster. Cheap to clone; all clones share caches.
@@ -217,6 +220,7 @@ impl Client {
             fetching: Mutex::new(HashSet::new()),
             probed: Mutex::new([None; 3]),
             explored: Mutex::new(None),
+            tally: Default::default(),
         });
         if !inner.config.prefetch.is_empty() && inner.cache.is_none() {
             return Err(SdkError::InvalidArgument(
@@ -412,8 +416,41 @@ impl Client {
     }
 
     /// Runs a model on `inputs` under `constraints`.
-    #[tracing::instrument(skip_all, fields(model = %model, privacy = ?constraints.privacy))]
+    #[tracing::instrument(skip_all, fields(
+        otel.name = "infer",
+        model = %model,
+        privacy = ?constraints.privacy,
+        tier = "device",
+        version = tracing::field::Empty,
+        plan = tracing::field::Empty,
+        predicted_ms = tracing::field::Empty,
+        measured_ms = tracing::field::Empty,
+        fallbacks = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    ))]
     pub async fn infer(
+        &self,
+        model: &str,
+        inputs: HashMap<String, TensorData>,
+        constraints: Constraints,
+    ) -> Result<Inference, SdkError> {
+        let budget_ms = constraints.latency_ms;
+        let outcome = self.infer_once(model, inputs, constraints).await;
+        self.inner.tally.record(&outcome, budget_ms);
+        if let Err(e) = &outcome {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+            tracing::debug!(error = %e, "request failed");
+        }
+        outcome
+    }
+
+    /// What this client's requests have done since it was made: counters to read, and to export to the
+    /// app's own metrics if it wants ([`Counters`](crate::Counters)).
+    pub fn counters(&self) -> crate::Counters {
+        self.inner.tally.snapshot()
+    }
+
+    async fn infer_once(
         &self,
         model: &str,
         inputs: HashMap<String, TensorData>,
@@ -497,6 +534,12 @@ impl Client {
             {
                 Ok((outputs, stages, hops)) => {
                     let outputs = order_outputs(&table, outputs)?;
+                    let span = tracing::Span::current();
+                    span.record("version", strata_proto::trace::int(table.version));
+                    span.record("plan", plan.id.as_str());
+                    span.record("predicted_ms", predicted.latency_ms);
+                    span.record("measured_ms", started.elapsed().as_secs_f64() * 1e3);
+                    span.record("fallbacks", attempt as i64);
                     let hops = hops
                         .into_iter()
                         .map(|mut h: HopTiming| {
@@ -1279,11 +1322,24 @@ impl Inner {
                 .filter_map(|n| values.get(n).map(|t| (n.clone(), t.clone())))
                 .collect();
             let started = Instant::now();
+            let compute = tracing::info_span!(
+                "compute",
+                otel.name = format!("stage {}", stage.index),
+                model = %table.model,
+                plan = %plan.id,
+                stage = i64::from(stage.index),
+                tier = "device",
+                bytes_in = strata_proto::trace::int(feed.values().map(|t| t.data.len() as u64).sum()),
+                predicted_ms = stage.predicted_ms,
+                measured_ms = tracing::field::Empty,
+            );
             let produced = tokio::task::spawn_blocking(move || loaded.run(&feed))
+                .instrument(compute.clone())
                 .await
                 .map_err(|e| SdkError::Local(format!("stage task failed: {e}")))?
                 .map_err(|e| SdkError::Local(format!("device stage {}: {e}", stage.index)))?;
             let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+            compute.record("measured_ms", compute_ms);
             self.device_sample(table, stage, compute_ms);
             timings.push(StageTiming {
                 index: stage.index,

@@ -474,6 +474,25 @@ pub unsafe extern "C" fn strata_set_power_state(
     })
 }
 
+/// Copies `client`'s counters ([`crate::Counters`], `strata_counters` in C) into `*out`.
+///
+/// # Safety
+/// `client` is NULL or a live client; `out` is NULL or valid for one `strata_counters` write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_client_counters(
+    client: *const StrataClient,
+    out: *mut crate::Counters,
+) -> c_int {
+    status(|| {
+        // SAFETY: `as_mut` handles NULL; the rest is the caller's contract.
+        let out = unsafe { out.as_mut() }.ok_or_else(|| invalid("out is NULL"))?;
+        // SAFETY: the caller's contract.
+        let client = unsafe { deref(client, "client")? };
+        *out = client.inner.counters();
+        Ok(())
+    })
+}
+
 /// Fetches and loads the device stages of every plan of `model`, so that it keeps working offline.
 ///
 /// # Safety

@@ -10,12 +10,14 @@
 
 pub mod blocking;
 pub mod client;
+pub mod counters;
 pub mod error;
 pub mod estimate;
 pub mod ffi;
 pub mod route;
 
 pub use client::{Client, ClientConfig, HopTiming, Inference, Prefetched, StageTiming};
+pub use counters::Counters;
 pub use error::SdkError;
 pub use route::{Constraints, Objective, PowerState};
 pub use strata_core::{DType, Privacy, TensorData};

@@ -249,6 +249,32 @@ fn c_program_runs_squeezenet_on_a_cluster_like_rust_locally() {
                 "privacy {privacy}: no \"{needle}\" in:\n{stdout}"
             );
         }
+        // The counters (strata_client_counters): one request served, one refused.
+        let counters: std::collections::HashMap<&str, f64> = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("counters "))
+            .unwrap_or_else(|| panic!("privacy {privacy}: no counters line in:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|kv| (kv[0], kv[1].parse().expect("a number")))
+            .collect();
+        assert_eq!(
+            (
+                counters["requests"],
+                counters["succeeded"],
+                counters["failed"]
+            ),
+            (2.0, 1.0, 1.0),
+            "privacy {privacy}: {counters:?}"
+        );
+        assert_eq!(counters["on_device"] + counters["offloaded"], 1.0);
+        assert_eq!(
+            counters["offloaded"] == 1.0,
+            counters["bytes_sent"] > 0.0 && counters["bytes_received"] > 0.0,
+            "privacy {privacy}: bytes move exactly when a stage ran on an agent: {counters:?}"
+        );
+        assert!(counters["latency_ms"] > 0.0, "{counters:?}");
         let got = f32s(&std::fs::read(&out_file).expect("the C program wrote its output"));
         assert_eq!(
             got.len(),

@@ -16,6 +16,12 @@
 //!    counters), timed over many repetitions, against part 1's served squeezenet median from the same run;
 //!    and the time to render a scrape.
 //!
+//! 5. **Tracing** (issue 12): the served squeezenet path (part 1's device SDK request) on three clusters in
+//!    this process, each on a runtime of its own whose threads run under one subscriber: none at all, the
+//!    binaries' subscriber with tracing off (logs only), and with tracing on (OpenTelemetry layer, every
+//!    request sampled, exported over OTLP/gRPC to a real receiver, `cli/tests/otlp_receiver.py`, which
+//!    writes every span to a file). Requests alternate between the three in rotating order.
+//!
 //! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
 //! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
 //! a single edge stage. The kinds of measurement are interleaved, in rotating order, so that drift in the
@@ -694,39 +700,228 @@ fn label(bytes: usize) -> String {
     }
 }
 
+/// Part 5: the served squeezenet path with no subscriber, with tracing off, and with tracing on.
+fn tracing_cost(iterations: usize) {
+    use std::io::BufRead;
+    use strata_proto::logging::{self, Export, Telemetry};
+
+    let model_path = root().join("corpus/models/squeezenet.onnx");
+    if !model_path.exists() {
+        println!("tracing: skipped, {} is missing", model_path.display());
+        return;
+    }
+    let bytes = std::fs::read(&model_path).expect("read squeezenet");
+    let npy = root().join("corpus/models/squeezenet.inputs/data_0.npy");
+    let input = strata_runtime::npy::decode(&std::fs::read(&npy).expect("read the sample input"))
+        .expect("decode the sample input");
+    let inputs: HashMap<String, TensorData> = [("data_0".to_string(), input)].into();
+
+    // The receiver: a real OTLP/gRPC server on the official protobufs, in its own process.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spans_file = dir.path().join("spans.jsonl");
+    let venv = root().join(".venv/bin/python3");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let mut receiver = std::process::Command::new(python)
+        .arg(root().join("cli/tests/otlp_receiver.py"))
+        .arg("--out")
+        .arg(&spans_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the OTLP receiver (cli/tests/otlp_receiver.py; scripts/setup.sh installs its packages)");
+    let mut line = String::new();
+    std::io::BufReader::new(receiver.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the receiver's first line");
+    let port = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let endpoint = format!("http://127.0.0.1:{port}");
+
+    struct Setup {
+        label: &'static str,
+        exporting: bool,
+        dispatch: tracing::Dispatch,
+        runtime: tokio::runtime::Runtime,
+        bench: Bench,
+        served: Target,
+        telemetry: Telemetry,
+    }
+    let configs = [
+        ("no subscriber", None),
+        ("tracing off (logs only)", Some(Export::Nothing)),
+        (
+            "tracing on (OTLP/gRPC, every request sampled)",
+            Some(Export::Otlp {
+                endpoint: Some(endpoint),
+            }),
+        ),
+    ];
+    let mut setups: Vec<Setup> = configs
+        .into_iter()
+        .map(|(label, export)| {
+            let exporting = matches!(export, Some(Export::Otlp { .. }));
+            let (dispatch, telemetry) = match export {
+                None => (tracing::Dispatch::none(), Telemetry::default()),
+                Some(export) => {
+                    let (d, t, failed) =
+                        logging::subscriber("strata-bench", "error", std::io::sink, export);
+                    assert!(failed.is_none(), "{label}: {failed:?}");
+                    (d, t)
+                }
+            };
+            let on_threads = dispatch.clone();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .on_thread_start(move || {
+                    // For the thread's life: every task of this cluster runs under this subscriber.
+                    std::mem::forget(tracing::dispatcher::set_default(&on_threads));
+                })
+                .build()
+                .expect("tokio runtime");
+            strata_proto::trace::set_exporting(exporting);
+            let (bench, served) = tracing::dispatcher::with_default(&dispatch, || {
+                runtime.block_on(async {
+                    let bench = start(false).await;
+                    bench.push("squeezenet", bytes.clone()).await;
+                    let served = bench.ready("squeezenet").await;
+                    (bench, served)
+                })
+            });
+            Setup {
+                label,
+                exporting,
+                dispatch,
+                runtime,
+                bench,
+                served,
+                telemetry,
+            }
+        })
+        .collect();
+
+    let warmup = 5.min(iterations);
+    let mut series: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for i in 0..warmup + iterations {
+        for k in 0..setups.len() {
+            let c = (i + k) % setups.len();
+            let setup = &setups[c];
+            strata_proto::trace::set_exporting(setup.exporting);
+            let sample = tracing::dispatcher::with_default(&setup.dispatch, || {
+                setup
+                    .runtime
+                    .block_on(setup.served.sdk(&setup.bench.client, &inputs))
+            });
+            if i >= warmup {
+                series[c].push(sample.total_ms);
+            }
+        }
+    }
+    strata_proto::trace::set_exporting(false);
+    // Flush the exporter, then count what the receiver got.
+    for setup in &mut setups {
+        drop(std::mem::take(&mut setup.telemetry));
+    }
+    let count = || {
+        let text = std::fs::read_to_string(&spans_file).unwrap_or_default();
+        let roots = text
+            .lines()
+            .filter(|l| l.contains("\"name\": \"infer\""))
+            .count();
+        (text.lines().count(), roots)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut received = count();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let again = count();
+        if again == received && received.0 > 0 {
+            break;
+        }
+        received = again;
+    }
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+
+    println!(
+        "\n## tracing: squeezenet served through the device SDK ({iterations} requests each, interleaved)"
+    );
+    println!(
+        "| subscriber | median ms | mean ms | p99 ms | median / no subscriber | paired median ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let base = &series[0];
+    for (setup, s) in setups.iter().zip(&series) {
+        let paired: Vec<f64> = s.iter().zip(base).map(|(x, b)| x / b).collect();
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.4} | {:.4} |",
+            setup.label,
+            median(s),
+            s.iter().sum::<f64>() / s.len().max(1) as f64,
+            quantile(s, 0.99),
+            median(s) / median(base),
+            median(&paired)
+        );
+    }
+    println!(
+        "the OTLP receiver got {} request traces (one per traced request, warm-up included: {}) and {} spans \
+         in all (the requests', and the traced cluster's background work: heartbeats, reconcile passes, \
+         store calls)",
+        received.1,
+        warmup + iterations,
+        received.0
+    );
+    for setup in setups {
+        setup.runtime.shutdown_background();
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) is a quick smoke run.
     let full = std::env::args().any(|a| a == "--bench");
+    // `cargo bench -p strata-edge-agent --bench serving -- tracing`: part 5 alone.
+    let only_tracing = std::env::args().any(|a| a == "tracing");
     // Quiet unless asked (`STRATA_LOG=info`): logging is not what is measured.
-    strata_proto::logging::init("error");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        let started = Instant::now();
-        let (overhead_iterations, hop_iterations) = if full {
-            (60, vec![(1 << 10, 2000), (1 << 20, 400), (16 << 20, 60)])
-        } else {
-            (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)])
-        };
-        let bench = start(false).await;
-        let served_ms = overhead(&bench, overhead_iterations).await;
-        hops(&bench, &hop_iterations).await;
-        // Two fresh clusters, plain and mutual TLS, neither of whose clients has learnt anything yet.
-        let (plain, secured) = (start(false).await, start(true).await);
-        tls_cost(
-            &plain,
-            &secured,
-            &hop_iterations,
-            if full { 200 } else { 2 },
-        )
-        .await;
-        metrics_cost(served_ms, if full { 200_000 } else { 10 });
-        println!(
-            "\n(machine: {} cores; whole bench {:.1} s)",
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            started.elapsed().as_secs_f64()
-        );
-    });
+    let _telemetry = strata_proto::logging::init("strata-bench", "error");
+    let started = Instant::now();
+    if !only_tracing {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let (overhead_iterations, hop_iterations) = if full {
+                (60, vec![(1 << 10, 2000), (1 << 20, 400), (16 << 20, 60)])
+            } else {
+                (2, vec![(1 << 10, 3), (1 << 20, 2), (16 << 20, 1)])
+            };
+            let bench = start(false).await;
+            let served_ms = overhead(&bench, overhead_iterations).await;
+            hops(&bench, &hop_iterations).await;
+            // Two fresh clusters, plain and mutual TLS, neither of whose clients has learnt anything yet.
+            let (plain, secured) = (start(false).await, start(true).await);
+            tls_cost(
+                &plain,
+                &secured,
+                &hop_iterations,
+                if full { 200 } else { 2 },
+            )
+            .await;
+            metrics_cost(served_ms, if full { 200_000 } else { 10 });
+        });
+        runtime.shutdown_background();
+    }
+    // Its clusters run on runtimes of their own, outside the one above.
+    tracing_cost(if full { 300 } else { 2 });
+    println!(
+        "\n(machine: {} cores; whole bench {:.1} s)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        started.elapsed().as_secs_f64()
+    );
 }

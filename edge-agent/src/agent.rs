@@ -299,6 +299,9 @@ pub struct Agent {
     pub(crate) session_error: Mutex<String>,
     /// When the current (or last) control session came up.
     connected_at: Mutex<Option<std::time::Instant>>,
+    /// The heartbeat period of the registration held (zero before the first): while disconnected, a
+    /// registered node retries at least this often, so that it resumes before its lease can expire.
+    heartbeat_period: Mutex<Duration>,
     pub(crate) recent_ms: Mutex<f64>,
     ready_changed: Notify,
     /// Prometheus metrics (served when `--metrics-listen` is given).
@@ -349,6 +352,7 @@ impl Agent {
             connected: AtomicBool::new(false),
             session_error: Mutex::new("not connected yet".to_string()),
             connected_at: Mutex::new(None),
+            heartbeat_period: Mutex::new(Duration::ZERO),
             recent_ms: Mutex::new(0.0),
             ready_changed: Notify::new(),
         });
@@ -468,7 +472,10 @@ impl Agent {
 
     /// Keeps a control session up for ever: register (or resume), then heartbeat and follow assignments and
     /// routes. When a session ends, the next control-plane address is tried after a [`Backoff`] (300 ms
-    /// between addresses, doubling up to 5 s after each round in which all failed).
+    /// between addresses, doubling up to 5 s after each round in which all failed, but never longer than
+    /// the heartbeat period while the node holds a registration: the lease is only a few heartbeats long,
+    /// and the store keeps it through its own outage, so an agent that waited 5 s after a long outage
+    /// would come back to an expired lease and register as a new node).
     pub async fn run_control_session(self: Arc<Self>) {
         let addresses = &self.config.control_planes;
         let mut backoff = Backoff::new(
@@ -493,7 +500,12 @@ impl Agent {
             } else {
                 tracing::debug!(control_plane = %address, %error, "control plane unreachable");
             }
-            tokio::time::sleep(backoff.failed()).await;
+            let mut pause = backoff.failed();
+            let period = *self.heartbeat_period.lock();
+            if !self.node_id().is_empty() && !period.is_zero() {
+                pause = pause.min(period);
+            }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -555,6 +567,7 @@ impl Agent {
         };
         *self.node_id.write() = node_id.clone();
         let period = Duration::from_millis((ttl_ms / 3).clamp(100, 10_000));
+        *self.heartbeat_period.lock() = period;
         // Both watches open before the session counts as connected: a session that cannot follow its
         // assignments is not a session.
         let mut assignments_client = ControlClient::new(channel.clone());

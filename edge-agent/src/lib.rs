@@ -1,7 +1,8 @@
 //! Strata's node agent, one binary for edge boxes and cloud nodes: it registers with the control plane, keeps
 //! its lease, fetches and loads the stages assigned to its tier (content hash checked), serves inference,
 //! forwards to the next tier's least-loaded agent, sheds load with `RESOURCE_EXHAUSTED` instead of queueing
-//! without bound, and drains in-flight requests on shutdown.
+//! without bound, and drains in-flight requests on shutdown. Besides Strata's own API it speaks the Open
+//! Inference Protocol v2 over gRPC ([`serve::OipService`]), so `tritonclient.grpc` calls it unchanged.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod stages;
 use std::future::Future;
 use std::sync::Arc;
 
+use strata_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use strata_proto::server::MessageLimits;
 pub use strata_proto::server::SidePorts;
 use strata_proto::task::AbortOnDrop;
@@ -21,7 +23,7 @@ use strata_proto::v1::{inference_server::InferenceServer, routes_server::RoutesS
 use tokio::net::TcpListener;
 
 pub use agent::{Agent, AgentConfig};
-use serve::AgentService;
+use serve::{AgentService, OipService};
 
 /// Serves an agent on `listener` until `shutdown` completes: then deregisters (so routes drop it at once),
 /// reports NOT_SERVING, stops accepting, and waits for in-flight requests to finish.
@@ -78,9 +80,19 @@ pub async fn serve_with(
     let limits = strata_proto::server::ServerLimits {
         max_streams_per_connection: agent.config.max_streams_per_connection,
     };
+    // An Open Inference Protocol call carries all its tensors in one message: it may be as large as the
+    // agent's cap on a request's tensor bytes (--max-request-mib), plus room for the rest of the message.
+    let oip_message_bytes = usize::try_from(agent.config.max_request_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
     let router = strata_proto::server::builder_with(limits)
         .add_service(health)
         .add_service(InferenceServer::new(service.clone()).with_limits())
+        .add_service(
+            GrpcInferenceServiceServer::new(OipService::new(service.clone()))
+                .max_decoding_message_size(oip_message_bytes)
+                .max_encoding_message_size(oip_message_bytes),
+        )
         .add_service(RoutesServer::new(service).with_limits());
     let transport = agent.config.transport.clone();
     strata_proto::server::run(router, listener, transport, shutdown, &stopping).await

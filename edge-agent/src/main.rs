@@ -96,7 +96,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    strata_proto::logging::init("info");
+    let _telemetry = strata_proto::logging::init("strata-edge-agent", "info");
     let args = Args::parse();
     let tier = match args.tier.parse::<Tier>() {
         Ok(t @ (Tier::Edge | Tier::Cloud)) => t,

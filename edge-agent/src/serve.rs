@@ -1,6 +1,7 @@
-//! The agent's gRPC services: `Inference` (run a stage, forward to the next, return model outputs) and
+//! The agent's gRPC services: `Inference` (run a stage, forward to the next, return model outputs),
 //! `Routes` (route tables and blobs from the agent's cache, so devices keep working while the control plane is
-//! down).
+//! down), and the Open Inference Protocol's `inference.GRPCInferenceService` ([`OipService`]: a request
+//! entering a plan at this agent, through the same stage run and forwarding).
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -17,14 +18,17 @@ use strata_proto::v1::{self, inference_server::Inference, routes_server::Routes}
 use strata_proto::{TensorAssembler, tensor_chunks};
 use strata_runtime::RuntimeError;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::agent::{Agent, RouteEvent};
 use crate::metrics::RequestLabels;
 
 mod intake;
+mod oip;
 
 use intake::Intake;
 pub use intake::Refusal;
+pub use oip::OipService;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -49,6 +53,16 @@ impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One stage of one request, as [`AgentService::run_stage`] runs it.
+struct StageRun<'a> {
+    table: &'a v1::RouteTable,
+    plan: &'a v1::Plan,
+    stage: &'a v1::Stage,
+    header: &'a v1::InferHeader,
+    digest: Digest,
+    loaded: crate::stages::Stage,
 }
 
 /// The longest request-time cap honoured (so that adding it to the clock cannot overflow): a year.
@@ -172,7 +186,21 @@ impl AgentService {
         )))
     }
 
-    #[tracing::instrument(skip_all, fields(model = %header.model, plan = %header.plan_id, stage = header.stage, request = %header.request_id))]
+    #[tracing::instrument(skip_all, fields(
+        otel.name = format!("stage {}", header.stage),
+        model = %header.model,
+        version = strata_proto::trace::int(header.version),
+        plan = %header.plan_id,
+        stage = i64::from(header.stage),
+        request = %header.request_id,
+        tier = %self.agent.config.tier,
+        node = tracing::field::Empty,
+        bytes_in = tracing::field::Empty,
+        bytes_out = tracing::field::Empty,
+        predicted_ms = tracing::field::Empty,
+        queue_ms = tracing::field::Empty,
+        compute_ms = tracing::field::Empty,
+    ))]
     async fn run_request(
         &self,
         header: v1::InferHeader,
@@ -182,6 +210,8 @@ impl AgentService {
     ) -> Result<Vec<v1::InferResponse>, Status> {
         let agent = &self.agent;
         let node_id = agent.node_id();
+        let span = tracing::Span::current();
+        span.record("node", node_id.as_str());
         let table = agent.table_for(&header.model, header.version).map_err(|current| {
             match current {
                 None => Status::not_found(format!(
@@ -234,18 +264,7 @@ impl AgentService {
             ))
         })?;
 
-        // Admission: bounded queue, then a clear refusal.
-        let limit = agent.config.slots + agent.config.queue;
-        if agent.in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
-            agent.in_flight.fetch_sub(1, Ordering::Relaxed);
-            agent.rejected.fetch_add(1, Ordering::Relaxed);
-            agent.metrics.shed(&header.model);
-            return Err(Status::resource_exhausted(format!(
-                "agent {node_id} is at capacity ({} slots, {} queued); retry on another agent",
-                agent.config.slots, agent.config.queue
-            )));
-        }
-        let _admitted = Admitted(agent);
+        let _admitted = self.admit(&header.model)?;
 
         // Each tensor's name, dtype and shape are checked on its header, and the limits before its data is kept.
         let intake = Intake::new(&table, plan, header.stage as usize, privacy, &node_id);
@@ -269,13 +288,68 @@ impl AgentService {
                 }
             }
         }
-        let mut values: HashMap<String, TensorData> = assembler
+        let values: HashMap<String, TensorData> = assembler
             .finish()
             .map_err(frame_status)?
             .into_iter()
             .collect();
+        let run = StageRun {
+            table: &table,
+            plan,
+            stage,
+            header: &header,
+            digest,
+            loaded,
+        };
+        self.run_stage(run, values, labels, deadline).await
+    }
+
+    /// Admits one more request, or answers `RESOURCE_EXHAUSTED` when the agent's slots and queue are full
+    /// (a clear refusal rather than a queue without bound). The request counts as in flight until the guard
+    /// drops.
+    fn admit(&self, model: &str) -> Result<Admitted<'_>, Status> {
+        let agent = &*self.agent;
+        let limit = agent.config.slots + agent.config.queue;
+        if agent.in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
+            agent.in_flight.fetch_sub(1, Ordering::Relaxed);
+            agent.rejected.fetch_add(1, Ordering::Relaxed);
+            agent.metrics.shed(model);
+            return Err(Status::resource_exhausted(format!(
+                "agent {} is at capacity ({} slots, {} queued); retry on another agent",
+                agent.node_id(),
+                agent.config.slots,
+                agent.config.queue
+            )));
+        }
+        Ok(Admitted(agent))
+    }
+
+    /// Runs `run.stage` of an admitted request on the tensors it brought (`values`: what this stage and the
+    /// later ones read), forwards what the later stages read to an agent of the next stage, and answers the
+    /// model outputs (tensor frames) with one report per stage. Both entries of a request end here: a
+    /// `strata.v1.Inference` stream, and an Open Inference Protocol call ([`oip`]).
+    async fn run_stage(
+        &self,
+        run: StageRun<'_>,
+        mut values: HashMap<String, TensorData>,
+        labels: &RequestLabels,
+        deadline: Deadline,
+    ) -> Result<Vec<v1::InferResponse>, Status> {
+        let StageRun {
+            table,
+            plan,
+            stage,
+            header,
+            digest,
+            loaded,
+        } = run;
+        let agent = &self.agent;
+        let node_id = agent.node_id();
+        let span = tracing::Span::current();
         agent.received.lock().record(values.keys());
         let received: u64 = values.values().map(|t| t.data.len() as u64).sum();
+        span.record("bytes_in", strata_proto::trace::int(received));
+        span.record("predicted_ms", stage.predicted_ms);
         agent.metrics.bytes(&header.model, "received", received);
         let mut inputs = HashMap::new();
         for name in &stage.inputs {
@@ -293,6 +367,7 @@ impl AgentService {
         let queued_context = format!(" while queued at agent {node_id}");
         let permit = match deadline.remaining(&queued_context) {
             Ok(left) => tokio::time::timeout(left, agent.slots.acquire())
+                .instrument(tracing::info_span!("queue", node = %node_id))
                 .await
                 .map_err(|_| deadline.exceeded(&queued_context)),
             Err(status) => Err(status),
@@ -302,11 +377,21 @@ impl AgentService {
         let queue_ms = queued_at.elapsed().as_secs_f64() * 1e3;
 
         let started = Instant::now();
+        let compute = tracing::info_span!(
+            "compute",
+            stage = i64::from(stage.index),
+            predicted_ms = stage.predicted_ms,
+            measured_ms = tracing::field::Empty,
+        );
         let outputs = tokio::task::spawn_blocking(move || loaded.run(&inputs))
+            .instrument(compute.clone())
             .await
             .map_err(|e| Status::internal(format!("stage task failed: {e}")))?
             .map_err(|e| runtime_status(stage.index, e))?;
         let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+        compute.record("measured_ms", compute_ms);
+        span.record("queue_ms", queue_ms);
+        span.record("compute_ms", compute_ms);
         drop(_permit);
         agent.metrics.ran(labels, queue_ms, compute_ms);
         agent.stages.record_run(&digest, compute_ms);
@@ -349,7 +434,7 @@ impl AgentService {
             };
             let up_bytes: u64 = carry.iter().map(|(_, t)| t.data.len() as u64).sum();
             let hop = self
-                .forward(&table, next, next_header, chunks_of(carry), deadline)
+                .forward(table, next, next_header, chunks_of(carry), deadline)
                 .await?;
             let down_bytes: u64 = hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
             // The call that succeeded only: failed attempts on other agents are not network time.
@@ -387,6 +472,7 @@ impl AgentService {
         });
         agent.served.fetch_add(1, Ordering::Relaxed);
         agent.metrics.bytes(&header.model, "answered", answered);
+        span.record("bytes_out", strata_proto::trace::int(answered));
         Ok(response)
     }
 

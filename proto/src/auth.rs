@@ -95,6 +95,13 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("strata.v1.Routes", "FetchBlob") => roles(&[Admin, Device, Node, Controller]),
         ("strata.v1.Inference", "Infer") => roles(&[Device, Node, Admin]),
         ("strata.v1.Inference", "Status") => roles(&[Admin, Reader, Controller]),
+        // The Open Inference Protocol: whoever may send a request into a plan (an app's device certificate,
+        // a node, the administrator) may enter one here; the read-only metadata calls follow the same rule.
+        (
+            "inference.GRPCInferenceService",
+            "ServerLive" | "ServerReady" | "ModelReady" | "ServerMetadata" | "ModelMetadata"
+            | "ModelInfer",
+        ) => roles(&[Device, Node, Admin]),
         _ => None,
     }
 }
@@ -308,6 +315,25 @@ mod tests {
         assert!(check("/strata.v1.Control/Register", &known(Role::Admin)).is_err());
         assert!(check("/strata.v1.Inference/Infer", &known(Role::Device)).is_ok());
         assert!(check("/strata.v1.Inference/Infer", &known(Role::Reader)).is_err());
+        let oip = "/inference.GRPCInferenceService/ModelInfer";
+        assert!(check(oip, &known(Role::Device)).is_ok());
+        assert!(check(oip, &known(Role::Node(Tier::Edge))).is_ok());
+        assert!(check(oip, &known(Role::Reader)).is_err());
+        assert!(
+            check(
+                "/inference.GRPCInferenceService/ModelMetadata",
+                &known(Role::Device)
+            )
+            .is_ok()
+        );
+        // Triton's own extensions are not served, so not allowed either.
+        assert!(
+            check(
+                "/inference.GRPCInferenceService/RepositoryIndex",
+                &known(Role::Admin)
+            )
+            .is_err()
+        );
         assert!(check("/strata.v1.Routes/GetRoutes", &known(Role::Reader)).is_ok());
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
+use tracing::Instrument;
 
 use crate::balance::Balancer;
 use crate::transport::{Connector, Expect, Transport};
@@ -113,7 +114,8 @@ impl Channels {
     }
 }
 
-/// Runs stage `header.stage` (and those after it) on the agent behind `channel`.
+/// Runs stage `header.stage` (and those after it) on the agent behind `channel`, under the current span's
+/// trace context ([`crate::trace::inject`]).
 pub async fn infer(
     channel: Channel,
     header: InferHeader,
@@ -133,6 +135,7 @@ pub async fn infer(
     if let Some(t) = timeout {
         request.set_timeout(t);
     }
+    crate::trace::inject(&mut request);
     let mut client = InferenceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -304,15 +307,47 @@ impl Hop<'_> {
                 },
             };
             let _in_flight = self.balancer.start(&id);
-            match infer(
+            // One client span per attempt: the next agent's spans are its children.
+            let span = tracing::info_span!(
+                "hop",
+                otel.name = format!("hop to stage {}", stage.index),
+                otel.kind = "client",
+                model = %header.model,
+                version = crate::trace::int(header.version),
+                plan = %header.plan_id,
+                stage = i64::from(stage.index),
+                tier = crate::convert::tier_name(stage.tier),
+                node = %id,
+                address = %node.address,
+                bytes_up = crate::trace::int(chunks.iter().map(|c| c.data.len() as u64).sum()),
+                bytes_down = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let attempt = infer(
                 channel,
                 header.clone(),
                 chunks,
                 timeout,
                 self.max_response_bytes,
             )
-            .await
-            {
+            .instrument(span.clone())
+            .await;
+            match &attempt {
+                Ok(hop) => {
+                    span.record(
+                        "bytes_down",
+                        crate::trace::int(
+                            hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum(),
+                        ),
+                    );
+                    span.record("elapsed_ms", hop.elapsed_ms);
+                }
+                Err(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            match attempt {
                 Ok(hop) => {
                     for r in &hop.reports {
                         if let Some(load) = &r.load {

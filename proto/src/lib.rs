@@ -3,7 +3,8 @@
 //! header and ≤ [`CHUNK_BYTES`] data chunks), the client side of a hop with its retry policy ([`call`]), the
 //! least-loaded choice of a peer ([`balance`]), the one server builder and shutdown plumbing ([`server`]),
 //! the transport on the sockets ([`transport`]: plain or mutual TLS, the caller's identity) and who may call
-//! what ([`auth`]), and the Prometheus `/metrics` endpoint ([`metrics`]). Trace context will plug in at
+//! what ([`auth`]), the Prometheus `/metrics` endpoint ([`metrics`]), and the Open Inference Protocol v2
+//! (package `inference`, [`inference`]) with its tensor conversions ([`oip`]). Trace context will plug in at
 //! [`call::channel`] and [`server::builder`].
 
 #![forbid(unsafe_code)]
@@ -20,14 +21,23 @@ pub mod framing;
 pub mod logging;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod oip;
 pub mod server;
 pub mod task;
+pub mod trace;
 pub mod transport;
 
 /// Generated code for `strata.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("strata.v1");
+}
+
+/// Generated code for `inference`: the Open Inference Protocol v2 (KServe's `grpc_predict_v2.proto`, vendored
+/// in `proto/`), which agents serve so that `tritonclient.grpc` works unchanged; [`oip`] converts its tensors.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod inference {
+    tonic::include_proto!("inference");
 }
 
 pub use framing::{FrameError, TensorAssembler, tensor_chunks};

@@ -2,7 +2,7 @@
 //! `TCP_NODELAY` on accepted sockets), the message-size limits of every service ([`MessageLimits`]), and the
 //! shutdown plumbing ([`shutdown_signal`], [`Stopping`], a bounded drain in [`run`]). The control plane and
 //! the agent both serve through here, so the transport ([`Transport`]: plain or mutual TLS, in [`run`]) and
-//! the tower layers (authorisation, [`AuthLayer`]; metrics and trace context to come) are added once.
+//! the tower layers (trace context, [`crate::trace::TraceLayer`]; authorisation, [`AuthLayer`]) are added once.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,7 +15,10 @@ use crate::auth::AuthLayer;
 use crate::transport::Transport;
 
 /// The layers every Strata server runs its services under.
-pub type Layers = tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>;
+pub type Layers = tower::layer::util::Stack<
+    AuthLayer,
+    tower::layer::util::Stack<crate::trace::TraceLayer, tower::layer::util::Identity>,
+>;
 
 /// Concurrent HTTP/2 streams one client connection may have open by default (tonic's default is unbounded):
 /// requests beyond it wait in the client for a stream to finish. [`ServerLimits`] sets another.
@@ -56,6 +59,9 @@ pub fn builder_with(limits: ServerLimits) -> Server<Layers> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection.max(1)))
+        // Layers added later run inside: each RPC's server span (under the caller's trace) encloses its
+        // authorisation and its handler.
+        .layer(crate::trace::TraceLayer)
         .layer(AuthLayer)
 }
 

@@ -54,12 +54,20 @@ pub enum RuntimeError {
     Tensor(#[from] strata_core::TensorError),
 }
 
+/// An output's dtype and dimensions as a loaded stage declares them (`None`: known only when run).
+pub type OutputFact = (DType, Vec<Option<usize>>);
+
 /// A loaded, ready-to-run stage.
 pub trait LoadedStage: Send + Sync {
     /// Input names, in the model's order.
     fn input_names(&self) -> &[String];
     /// Output names, in the model's order.
     fn output_names(&self) -> &[String];
+    /// What the stage promises for each output, in [`LoadedStage::output_names`]' order: its dtype and
+    /// dimensions (`None` for one known only when run). Empty when the backend cannot tell before running.
+    fn output_facts(&self) -> &[OutputFact] {
+        &[]
+    }
     /// Runs the stage on named inputs and returns its outputs by name. Inputs not named by the stage are an
     /// error; so are missing ones.
     fn run(

@@ -8,6 +8,6 @@ pub mod npy;
 pub mod profile;
 pub mod tract_backend;
 
-pub use backend::{Backend, LoadedStage, RuntimeError};
+pub use backend::{Backend, LoadedStage, OutputFact, RuntimeError};
 pub use strata_core::{DType, TensorData, TensorError};
 pub use tract_backend::TractBackend;

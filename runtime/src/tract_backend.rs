@@ -7,7 +7,7 @@ use prost::Message;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{DimLike, Factoid, InferenceFact};
 
-use crate::backend::{Backend, LoadedStage, RuntimeError};
+use crate::backend::{Backend, LoadedStage, OutputFact, RuntimeError};
 use strata_core::{DType, TensorData};
 
 /// Tract on the CPU.
@@ -20,6 +20,8 @@ pub struct TractStage {
     inputs: Vec<String>,
     outputs: Vec<String>,
     input_facts: Vec<(DType, Vec<Option<usize>>)>,
+    /// Empty when an output's type is one Strata has no dtype for (the run would refuse it anyway).
+    output_facts: Vec<OutputFact>,
 }
 
 impl Backend for TractBackend {
@@ -72,6 +74,18 @@ impl TractStage {
             let dims = fact.shape.iter().map(|d| d.to_usize().ok()).collect();
             input_facts.push((dtype, dims));
         }
+        let mut output_facts = Vec::new();
+        for ix in 0..outputs.len() {
+            let fact = typed.output_fact(ix).map_err(load_err)?;
+            let Some(dtype) = dtype_of(fact.datum_type) else {
+                output_facts.clear();
+                break;
+            };
+            output_facts.push((
+                dtype,
+                fact.shape.iter().map(|d| d.to_usize().ok()).collect(),
+            ));
+        }
         let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())
@@ -81,6 +95,7 @@ impl TractStage {
             inputs,
             outputs,
             input_facts,
+            output_facts,
         })
     }
 
@@ -145,6 +160,10 @@ impl LoadedStage for TractStage {
 
     fn output_names(&self) -> &[String] {
         &self.outputs
+    }
+
+    fn output_facts(&self) -> &[OutputFact] {
+        &self.output_facts
     }
 
     #[tracing::instrument(skip_all, name = "tract_run")]

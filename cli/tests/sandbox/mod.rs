@@ -259,6 +259,8 @@ pub struct Sandbox {
     cp_args: Vec<String>,
     /// The cluster CA, when the sandbox runs with mutual TLS (the default).
     pub ca: Option<strata_trust::ca::Ca>,
+    /// Environment variables for every control plane and agent the sandbox starts (OTEL_*, say).
+    env: Vec<(String, String)>,
 }
 
 fn free_address() -> String {
@@ -271,23 +273,28 @@ impl Sandbox {
     /// registered.
     /// Every process has a certificate from the sandbox's CA, and every call is mutual TLS.
     pub fn start(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms, &[], true)
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[], true, &[])
+    }
+
+    /// Like [`Sandbox::start`] with `env` set for every control plane and agent.
+    pub fn start_with_env(tiers: &[&'static str], ttl_ms: u64, env: &[(&str, &str)]) -> Sandbox {
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[], true, env)
     }
 
     /// Like [`Sandbox::start`] on the plain transport (no certificates, nothing authorised).
     pub fn start_plain(tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms, &[], false)
+        Sandbox::launch(None, 1, tiers, ttl_ms, &[], false, &[])
     }
 
     /// Like [`Sandbox::start`] with extra `strata control-plane` arguments.
     pub fn start_with(tiers: &[&'static str], ttl_ms: u64, cp_args: &[&str]) -> Sandbox {
-        Sandbox::launch(None, 1, tiers, ttl_ms, cp_args, true)
+        Sandbox::launch(None, 1, tiers, ttl_ms, cp_args, true, &[])
     }
 
     /// `replicas` control planes on a fresh real etcd, and agents of the given tiers that know every
     /// replica, all registered (mutual TLS).
     pub fn start_on_etcd(replicas: usize, tiers: &[&'static str], ttl_ms: u64) -> Sandbox {
-        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms, &[], true)
+        Sandbox::launch(Some(Etcd::start()), replicas, tiers, ttl_ms, &[], true, &[])
     }
 
     /// The directory of `name`'s credentials as `role` (`ca.pem`, `cert.pem`, `key.pem`), issued by the
@@ -358,6 +365,7 @@ impl Sandbox {
         ttl_ms: u64,
         cp_args: &[&str],
         tls: bool,
+        env: &[(&str, &str)],
     ) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = tls.then(|| {
@@ -393,6 +401,10 @@ impl Sandbox {
             store_generation: 0,
             cp_args: cp_args.iter().map(|a| a.to_string()).collect(),
             ca,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..sandbox.replicas.len() {
             sandbox.start_replica(i);
@@ -446,6 +458,7 @@ impl Sandbox {
             })
             .find(|p| !p.exists())
             .expect("a free log name");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(&name, cmd, &log);
         let id_line = proc.wait_line("control plane replica", Duration::from_secs(30));
         let id = id_line
@@ -546,7 +559,8 @@ impl Sandbox {
         .args(self.tls_args(strata_trust::Role::Node(tier.parse().expect("tier")), &name))
         .args(extra)
         .arg("--data-dir")
-        .arg(self.dir.path().join(&name));
+        .arg(self.dir.path().join(&name))
+        .envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(&name, cmd, &self.dir.path().join(format!("{name}.log")));
         let address = address_of(&proc.wait_line("listening on", Duration::from_secs(30)));
         self.agents.push(Agent {

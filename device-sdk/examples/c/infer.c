@@ -200,6 +200,18 @@ int main(int argc, char **argv) {
     printf("], %zu bytes written to %s\n", output.data_len, output_file);
 
     if (check_error_paths(client, model, &input, &constraints) != 0) goto done;
+
+    /* What the client did: the request that succeeded and the one refused above. */
+    strata_counters counters;
+    status = strata_client_counters(client, &counters);
+    if (status != STRATA_OK) {
+        report("strata_client_counters", status);
+        goto done;
+    }
+    printf("counters requests %" PRIu64 " succeeded %" PRIu64 " failed %" PRIu64 " on_device %" PRIu64
+           " offloaded %" PRIu64 " bytes_sent %" PRIu64 " bytes_received %" PRIu64 " latency_ms %.3f\n",
+           counters.requests, counters.succeeded, counters.failed, counters.on_device, counters.offloaded,
+           counters.bytes_sent, counters.bytes_received, counters.latency_ms);
     code = 0;
 
 done:

@@ -60,6 +60,23 @@ pub enum Refusal {
         /// This agent.
         node: String,
     },
+    /// An Open Inference Protocol request, which brings the model's raw inputs to this agent, for a model
+    /// whose level keeps them on the device.
+    #[error(
+        "model \"{model}\" has privacy level {privacy}: its raw inputs never leave the device, and an Open \
+         Inference Protocol request brings them to agent {node} ({tier}); send it through the Strata device \
+         SDK, which runs the model's device stage on the device"
+    )]
+    RawEntry {
+        /// The model.
+        model: String,
+        /// Its level.
+        privacy: Privacy,
+        /// This agent.
+        node: String,
+        /// Its tier.
+        tier: Tier,
+    },
     /// A tensor that neither this stage nor a later one reads (or that a later stage produces itself).
     #[error(
         "stage {stage} of plan \"{plan}\" does not take tensor \"{tensor}\": a request to it may carry only \
@@ -97,7 +114,10 @@ impl Refusal {
     pub fn is_denial(&self) -> bool {
         matches!(
             self,
-            Refusal::TierForbidden { .. } | Refusal::NoPrivacy { .. } | Refusal::RawInput { .. }
+            Refusal::TierForbidden { .. }
+                | Refusal::NoPrivacy { .. }
+                | Refusal::RawInput { .. }
+                | Refusal::RawEntry { .. }
         )
     }
 

@@ -367,7 +367,7 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    strata_proto::logging::init("warn");
+    let _telemetry = strata_proto::logging::init("strata-drive", "warn");
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
