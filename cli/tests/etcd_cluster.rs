@@ -185,6 +185,26 @@ fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
         !out.status.success() && stderr.contains("is up but cannot reach its state store"),
         "{stderr}"
     );
+    // A replica started during the outage is alive but not ready until it has reached the store.
+    let late = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    sandbox.replicas.push(sandbox::Replica {
+        address: late.clone(),
+        id: String::new(),
+        proc: None,
+    });
+    sandbox.start_replica(1);
+    for _ in 0..5 {
+        assert_eq!(
+            sandbox.health(&late, "strata.v1.Control"),
+            Some(NotServing),
+            "a replica that never reached its store must not report ready"
+        );
+        assert_eq!(sandbox.health(&late, ""), Some(Serving), "alive");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The outage lasts 30 s (the scenario itself, not a wait for a condition); requests go on meanwhile.
     std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
     sandbox.etcd.as_mut().expect("etcd").restart();
@@ -199,9 +219,12 @@ fn an_etcd_outage_of_30_s_does_not_stop_serving_and_the_cluster_recovers() {
         stopped.elapsed()
     );
     sandbox.wait_until(
-        "the control plane reports the store back",
+        "the control planes report the store back",
         Duration::from_secs(10),
-        |s| s.health(&control_plane, "strata.v1.Control") == Some(Serving),
+        |s| {
+            s.health(&control_plane, "strata.v1.Control") == Some(Serving)
+                && s.health(&late, "strata.v1.Control") == Some(Serving)
+        },
     );
     assert_eq!(
         ids(&sandbox),

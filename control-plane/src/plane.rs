@@ -111,8 +111,8 @@ pub struct ControlPlane {
     led_since: Mutex<Instant>,
     /// The lease of this replica's candidacy and controller key, revoked on a graceful stop.
     pub(crate) replica_lease: Mutex<Option<LeaseId>>,
-    /// Whether the store answered this replica's last lease renewal (the health service reports
-    /// `strata.v1.Control` as NOT_SERVING while it does not).
+    /// Whether the store answered this replica's last lease call (the health service reports
+    /// `strata.v1.Control` as NOT_SERVING while it does not); false until the first answer.
     pub(crate) store_reachable: watch::Sender<bool>,
     /// The published route tables, for `WatchRoutes` (fed by one store watch, run by `server::serve`).
     pub(crate) route_cache: Arc<crate::route_cache::RouteCache>,
@@ -170,7 +170,7 @@ impl ControlPlane {
             leadership: Mutex::new(None),
             led_since: Mutex::new(Instant::now()),
             replica_lease: Mutex::new(None),
-            store_reachable: watch::channel(true).0,
+            store_reachable: watch::channel(false).0,
             route_cache: Arc::new(crate::route_cache::RouteCache::new(corrupt.clone())),
             corrupt,
             replan_backoff: Mutex::new(HashMap::new()),

@@ -77,7 +77,7 @@ fn reachable(plane: &ControlPlane, outcome: Result<(), &StoreError>) {
     let now = outcome.is_ok();
     let was = plane.store_reachable.send_replace(now);
     match outcome {
-        Ok(()) if !was => tracing::info!("the store is reachable again"),
+        Ok(()) if !was => tracing::info!("the store is reachable"),
         Err(e) if was => {
             tracing::warn!(error = %e, "the store is unreachable: serving reads from what agents cache; writes wait")
         }

@@ -167,9 +167,17 @@ pub async fn serve_with(
         shutdown.await;
         let _ = stop.send(true);
     };
-    reporter
-        .set_serving::<ControlServer<ControlService>>()
-        .await;
+    // Not ready until the store has answered once: a replica started while its store is down must not take
+    // traffic as if it could write.
+    if plane.store_reachable() {
+        reporter
+            .set_serving::<ControlServer<ControlService>>()
+            .await;
+    } else {
+        reporter
+            .set_not_serving::<ControlServer<ControlService>>()
+            .await;
+    }
     reporter.set_serving::<RoutesServer<ControlService>>().await;
     // `strata.v1.Control` is NOT_SERVING while the store is unreachable (a readiness signal); the server
     // as a whole ("") stays SERVING: it is alive, and waits for the store.

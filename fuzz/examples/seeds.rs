@@ -1,5 +1,5 @@
 //! Writes the seed inputs of the fuzz targets that need structure to start from (tensor streams, route
-//! tables, stored records, join requests) into `DIR/TARGET/seed-*`:
+//! tables, stored records, join requests, Open Inference Protocol requests) into `DIR/TARGET/seed-*`:
 //! `cargo run -p strata-fuzz --example seeds -- fuzz/corpus`. The ONNX, `.npy` and TOML seeds are copies
 //! of the corpus's small models, its sample inputs and `examples/clusters/` (see fuzz/README.md).
 
@@ -7,6 +7,8 @@ use std::path::Path;
 
 use prost::Message;
 use strata_core::{DType, TensorData};
+use strata_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use strata_proto::inference::{InferParameter, InferTensorContents, ModelInferRequest};
 use strata_proto::v1;
 
 fn write(root: &Path, target: &str, name: &str, bytes: &[u8]) {
@@ -129,4 +131,114 @@ fn main() {
     write(root, "join_request", "token", token.to_string().as_bytes());
     let request = strata_trust::ca::request().expect("csr");
     write(root, "join_request", "csr", request.cert_pem.as_bytes());
+
+    // Open Inference Protocol requests, as tritonclient sends them (raw contents) and with typed contents.
+    let input =
+        |name: &str, datatype: &str, shape: &[i64], contents: Option<InferTensorContents>| {
+            InferInputTensor {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape: shape.to_vec(),
+                contents,
+                ..Default::default()
+            }
+        };
+    let typed = ModelInferRequest {
+        model_name: "m".into(),
+        id: "typed".into(),
+        inputs: vec![
+            input(
+                "x",
+                "FP32",
+                &[1, 4],
+                Some(InferTensorContents {
+                    fp32_contents: vec![0.5, -1.0, 2.0, 3.5],
+                    ..Default::default()
+                }),
+            ),
+            input(
+                "ids",
+                "INT64",
+                &[2, 2],
+                Some(InferTensorContents {
+                    int64_contents: vec![1, -2, i64::MAX, 0],
+                    ..Default::default()
+                }),
+            ),
+            input(
+                "small",
+                "INT8",
+                &[2, 1],
+                Some(InferTensorContents {
+                    int_contents: vec![-128, 127],
+                    ..Default::default()
+                }),
+            ),
+            input(
+                "bytes",
+                "UINT8",
+                &[3],
+                Some(InferTensorContents {
+                    uint_contents: vec![0, 1, 255],
+                    ..Default::default()
+                }),
+            ),
+            input(
+                "mask",
+                "BOOL",
+                &[2],
+                Some(InferTensorContents {
+                    bool_contents: vec![true, false],
+                    ..Default::default()
+                }),
+            ),
+        ],
+        outputs: vec![InferRequestedOutputTensor {
+            name: "y".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    write(root, "oip_request", "typed", &typed.encode_to_vec());
+    let raw = ModelInferRequest {
+        model_name: "m".into(),
+        model_version: "1".into(),
+        id: "raw".into(),
+        inputs: vec![
+            input("x", "FP32", &[1, 4], None),
+            input("h", "FP16", &[1, 2], None),
+            input("mask", "BOOL", &[2], None),
+            input("big", "UINT64", &[0, 5], None),
+        ],
+        raw_input_contents: vec![
+            [0.5f32, -1.0, 2.0, 3.5]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec![0, 60, 0, 188],
+            vec![1, 0],
+            Vec::new(),
+        ],
+        parameters: [(
+            "binary_data_output".to_string(),
+            InferParameter {
+                parameter_choice: Some(
+                    strata_proto::inference::infer_parameter::ParameterChoice::BoolParam(true),
+                ),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    write(root, "oip_request", "raw", &raw.encode_to_vec());
+    // Refusals: a shape whose size overflows, and raw contents not one per input.
+    let refused = ModelInferRequest {
+        inputs: vec![
+            input("x", "FP32", &[i64::MAX, 2], None),
+            input("y", "BYTES", &[1], None),
+        ],
+        raw_input_contents: vec![vec![0; 8]],
+        ..Default::default()
+    };
+    write(root, "oip_request", "refused", &refused.encode_to_vec());
 }

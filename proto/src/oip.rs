@@ -35,13 +35,41 @@ const DATATYPES: [(&str, DType); 12] = [
 /// The protocol's datatypes Strata does not run.
 const UNSUPPORTED: [&str; 2] = ["BYTES", "BF16"];
 
+/// At most this many characters of a client's name or datatype are repeated in an error message.
+const ECHO_CHARS: usize = 64;
+
+/// At most this many dimensions of a client's shape are repeated in an error message.
+const ECHO_DIMS: usize = 8;
+
+/// A client's text as an error message repeats it: the first [`ECHO_CHARS`] characters, the rest elided.
+/// A status message travels in a response header, which peers cap (gRPC's default is 8 KiB): a message
+/// quoting a client's megabytes would reach it as a broken response, not as the refusal.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+    }
+}
+
+/// A client's shape as an error message repeats it: `[1, 3, 224, 224]`, or its first [`ECHO_DIMS`]
+/// dimensions and its rank (`[1, 1, 1, 1, 1, 1, 1, 1, …] (rank 5000)`).
+pub fn echo_shape<T: std::fmt::Debug>(dims: &[T]) -> String {
+    if dims.len() <= ECHO_DIMS {
+        return format!("{dims:?}");
+    }
+    let head: Vec<String> = dims[..ECHO_DIMS].iter().map(|d| format!("{d:?}")).collect();
+    format!("[{}, …] (rank {})", head.join(", "), dims.len())
+}
+
 /// Why a request's tensors were refused (all `INVALID_ARGUMENT`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OipError {
     /// A datatype name the protocol does not define.
     #[error(
-        "input \"{input}\": datatype \"{datatype}\" is not an Open Inference Protocol datatype (one of BOOL, \
-         UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES, BF16)"
+        "input \"{}\": datatype \"{}\" is not an Open Inference Protocol datatype (one of BOOL, UINT8, \
+         UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES, BF16)",
+        echo(.input),
+        echo(.datatype)
     )]
     UnknownDatatype {
         /// The input.
@@ -51,8 +79,9 @@ pub enum OipError {
     },
     /// A datatype of the protocol's that Strata does not run.
     #[error(
-        "input \"{input}\": datatype {datatype} is not supported by Strata (it runs numeric and BOOL tensors; \
-         no strings or bfloat16)"
+        "input \"{}\": datatype {datatype} is not supported by Strata (it runs numeric and BOOL tensors; no \
+         strings or bfloat16)",
+        echo(.input)
     )]
     UnsupportedDatatype {
         /// The input.
@@ -61,7 +90,11 @@ pub enum OipError {
         datatype: String,
     },
     /// A negative dimension, or a shape whose size overflows.
-    #[error("input \"{input}\": shape {shape:?} is not a tensor shape (negative or too large)")]
+    #[error(
+        "input \"{}\": shape {} is not a tensor shape (negative or too large)",
+        echo(.input),
+        echo_shape(.shape)
+    )]
     BadShape {
         /// The input.
         input: String,
@@ -69,7 +102,7 @@ pub enum OipError {
         shape: Vec<i64>,
     },
     /// Two inputs of one name.
-    #[error("input \"{input}\" appears twice in the request")]
+    #[error("input \"{}\" appears twice in the request", echo(.input))]
     DuplicateInput {
         /// The input.
         input: String,
@@ -87,8 +120,9 @@ pub enum OipError {
     },
     /// Typed contents for an input of a request that uses raw contents.
     #[error(
-        "input \"{input}\" has typed contents, and the request has raw_input_contents: the protocol allows one \
-         or the other, not both"
+        "input \"{}\" has typed contents, and the request has raw_input_contents: the protocol allows one or \
+         the other, not both",
+        echo(.input)
     )]
     MixedContents {
         /// The input.
@@ -96,7 +130,9 @@ pub enum OipError {
     },
     /// Raw contents whose size is not the shape's.
     #[error(
-        "input \"{input}\": {datatype} {shape:?} takes {expected} bytes, its raw contents hold {got}"
+        "input \"{}\": {datatype} {} takes {expected} bytes, its raw contents hold {got}",
+        echo(.input),
+        echo_shape(.shape)
     )]
     ByteCount {
         /// The input.
@@ -112,7 +148,9 @@ pub enum OipError {
     },
     /// Typed contents whose count is not the shape's.
     #[error(
-        "input \"{input}\": {datatype} {shape:?} holds {expected} elements, its `{field}` holds {got}"
+        "input \"{}\": {datatype} {} holds {expected} elements, its `{field}` holds {got}",
+        echo(.input),
+        echo_shape(.shape)
     )]
     ElementCount {
         /// The input.
@@ -130,7 +168,8 @@ pub enum OipError {
     },
     /// Typed contents in a field that is not the datatype's.
     #[error(
-        "input \"{input}\": {datatype} contents belong in `{field}`, the request filled `{got}`"
+        "input \"{}\": {datatype} contents belong in `{field}`, the request filled `{got}`",
+        echo(.input)
     )]
     WrongContents {
         /// The input.
@@ -144,14 +183,18 @@ pub enum OipError {
     },
     /// FP16 in typed contents, which have no field for it.
     #[error(
-        "input \"{input}\": FP16 data must be sent as raw_input_contents (the protocol has no typed field for it)"
+        "input \"{}\": FP16 data must be sent as raw_input_contents (the protocol has no typed field for it)",
+        echo(.input)
     )]
     TypedFp16 {
         /// The input.
         input: String,
     },
     /// An INT8/INT16/UINT8/UINT16 element outside its type's range.
-    #[error("input \"{input}\": element {index} ({value}) is out of range for {datatype}")]
+    #[error(
+        "input \"{}\": element {index} ({value}) is out of range for {datatype}",
+        echo(.input)
+    )]
     OutOfRange {
         /// The input.
         input: String,
@@ -163,7 +206,7 @@ pub enum OipError {
         value: i64,
     },
     /// A raw BOOL byte other than 0 or 1.
-    #[error("input \"{input}\": raw BOOL bytes must be 0 or 1")]
+    #[error("input \"{}\": raw BOOL bytes must be 0 or 1", echo(.input))]
     NotBool {
         /// The input.
         input: String,
@@ -670,6 +713,54 @@ mod tests {
             assert_eq!(e.status().code(), tonic::Code::InvalidArgument);
             assert!(e.to_string().contains(needle), "{e} lacks {needle}");
         }
+    }
+
+    #[test]
+    fn refusals_repeat_only_a_bounded_part_of_what_the_client_sent() {
+        // A name of a megabyte, in multi-byte characters; shapes of 100,000 dimensions.
+        let name = "é".repeat(1 << 19);
+        let mut huge = vec![1i64; 100_000];
+        huge[99_999] = -1;
+        let requests = [
+            ModelInferRequest {
+                inputs: vec![input(&name, "FP32", &huge, None)],
+                ..Default::default()
+            },
+            ModelInferRequest {
+                inputs: vec![input(&name, &name, &[1], None)],
+                ..Default::default()
+            },
+            ModelInferRequest {
+                inputs: vec![input(&name, "FP32", &vec![1; 100_000], None)],
+                raw_input_contents: vec![vec![0; 3]],
+                ..Default::default()
+            },
+            ModelInferRequest {
+                inputs: vec![input(&name, "FP32", &vec![1; 100_000], None)],
+                ..Default::default()
+            },
+        ];
+        for request in requests {
+            let status = inputs(&request).expect_err("refused").status();
+            let message = status.message();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(message.len() < 1024, "{} bytes", message.len());
+            assert!(message.contains(&"é".repeat(ECHO_CHARS)), "{message}");
+            assert!(message.contains("… (1048576 bytes)"), "{message}");
+        }
+        let e = inputs(&ModelInferRequest {
+            inputs: vec![input("x", "FP32", &huge, None)],
+            ..Default::default()
+        })
+        .expect_err("negative");
+        assert!(
+            e.to_string()
+                .contains("shape [1, 1, 1, 1, 1, 1, 1, 1, …] (rank 100000) is not"),
+            "{e}"
+        );
+        // What fits is repeated whole.
+        assert_eq!(echo("x"), "x");
+        assert_eq!(echo_shape(&[1i64, -3]), "[1, -3]");
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl OipService {
             let mut known: Vec<&str> = routes.keys().map(String::as_str).collect();
             known.sort_unstable();
             Status::not_found(format!(
-                "agent {node_id} serves no model \"{model}\" (known here: {})",
+                "agent {node_id} serves no model \"{}\" (known here: {})",
+                oip::echo(model),
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -98,13 +99,18 @@ impl OipService {
             ))
         };
         if version.is_empty() {
-            return agent.routes.read().get(model).cloned().ok_or_else(unknown);
+            // The read guard must be gone before `unknown` reads again: parking_lot's locks are fair, so a
+            // second read while a route update waits to write would wait for ever.
+            let current = agent.routes.read().get(model).cloned();
+            return current.ok_or_else(unknown);
         }
         let current = || agent.routes.read().get(model).map(|t| t.version);
         let no_version = |current: Option<u64>| match current {
             None => unknown(),
             Some(c) => Status::not_found(format!(
-                "model \"{model}\" has no version \"{version}\" at agent {node_id} (it serves version {c})"
+                "model \"{}\" has no version \"{}\" at agent {node_id} (it serves version {c})",
+                oip::echo(model),
+                oip::echo(version)
             )),
         };
         let Ok(number) = version.parse::<u64>() else {
@@ -176,6 +182,11 @@ impl OipService {
         let tier = agent.config.tier;
         let table = self.table(&request.model_name, &request.model_version)?;
         let model = table.model.as_str();
+        // A known model from here on: what ends the request is counted under it (no plan or stage yet).
+        *labels = Some(RequestLabels {
+            model: model.to_string(),
+            ..Default::default()
+        });
         // Before anything else: whether the raw inputs this call brings may be here at all.
         let privacy =
             entry_level(&table, tier, &node_id).map_err(|r| self.service.refuse(r, model))?;
@@ -205,6 +216,11 @@ impl OipService {
         let received: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
         tracing::Span::current().record("bytes_in", received);
         let _admitted = self.service.admit(model)?;
+        // The raw inputs are here whichever plan runs (a forwarded one too): the audit lists them.
+        agent
+            .received
+            .lock()
+            .record(tensors.iter().map(|(name, _)| name));
         let request_id = if request.id.is_empty() {
             format!("oip-{:016x}", rand_id())
         } else {
@@ -245,10 +261,21 @@ impl OipService {
                 self.run_here(&table, plan, first, &header, carry, labels, deadline)
                     .await
             } else {
+                // Counted as a stage run here counts its input and its forward: on the call that succeeded.
+                let up_bytes: u64 = carry.iter().map(|(_, t)| t.data.len() as u64).sum();
                 self.service
                     .forward(&table, first, header, chunks_of(carry), deadline)
                     .await
-                    .map(|hop| hop.tensors.into_iter().collect())
+                    .map(|hop| {
+                        let down_bytes: u64 =
+                            hop.tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+                        let metrics = &agent.metrics;
+                        metrics.forwarded(model, first.index, hop.elapsed_ms);
+                        metrics.bytes(model, "received", up_bytes);
+                        metrics.bytes(model, "forwarded", up_bytes);
+                        metrics.bytes(model, "answered", down_bytes);
+                        hop.tensors.into_iter().collect()
+                    })
             };
             match result {
                 Ok(answered) => {
@@ -386,9 +413,9 @@ fn entry_level(table: &v1::RouteTable, tier: Tier, node: &str) -> Result<Privacy
     }
 }
 
-/// `dtype [d0, d1]` in the protocol's words.
+/// `dtype [d0, d1]` in the protocol's words (a client's datatype and shape as [`oip::echo`] repeats them).
 fn describe(dtype: &str, shape: &[i64]) -> String {
-    format!("{dtype} {shape:?}")
+    format!("{} {}", oip::echo(dtype), oip::echo_shape(shape))
 }
 
 /// The request's inputs against the model's: each a model input, declared with its datatype and shape, and
@@ -416,17 +443,24 @@ fn check_declared(table: &v1::RouteTable, request: &ModelInferRequest) -> Result
         let Some(expected) = table.inputs.iter().find(|i| i.name == input.name) else {
             return Err(Status::invalid_argument(format!(
                 "model \"{model}\" has no input \"{}\" (its inputs: {})",
-                input.name,
+                oip::echo(&input.name),
                 all()
             )));
         };
-        oip::dtype(&input.name, &input.datatype).map_err(|e| e.status())?;
-        let want = takes(expected);
-        let got = describe(&input.datatype, &input.shape);
-        if want != got {
+        let dtype = oip::dtype(&input.name, &input.datatype).map_err(|e| e.status())?;
+        // Compared as values, not as text: a declared shape is the client's, of any length.
+        let same_shape = expected.shape.len() == input.shape.len()
+            && expected
+                .shape
+                .iter()
+                .zip(&input.shape)
+                .all(|(&e, &d)| u64::try_from(d) == Ok(e));
+        if convert::dtype(expected.dtype, "dtype").ok() != Some(dtype) || !same_shape {
             return Err(Status::invalid_argument(format!(
-                "input \"{}\": model \"{model}\" takes {want}, the request declares {got}",
-                input.name
+                "input \"{}\": model \"{model}\" takes {}, the request declares {}",
+                input.name,
+                takes(expected),
+                describe(&input.datatype, &input.shape)
             )));
         }
     }
@@ -457,7 +491,7 @@ fn requested_outputs(
             return Err(Status::invalid_argument(format!(
                 "model \"{}\" has no output \"{}\" (its outputs: {})",
                 table.model,
-                output.name,
+                oip::echo(&output.name),
                 table.outputs.join(", ")
             )));
         }
@@ -812,6 +846,106 @@ mod tests {
         }
     }
 
+    /// `strata_agent_requests_total` by model and plan.
+    fn requests(agent: &Agent) -> Vec<(String, String, u64)> {
+        let mut counted = Vec::new();
+        for family in agent.metrics.registry().gather() {
+            if family.name() != "strata_agent_requests_total" {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                counted.push((
+                    label("model"),
+                    label("plan"),
+                    metric.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        counted.sort();
+        counted
+    }
+
+    #[tokio::test]
+    async fn refused_and_forwarded_calls_are_counted_under_their_model_and_their_inputs_audited() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = crate::AgentConfig::new(
+            Tier::Edge,
+            vec!["127.0.0.1:1".into()],
+            "127.0.0.1:2".into(),
+            dir.path().to_path_buf(),
+        );
+        config.max_request_time = std::time::Duration::from_secs(5);
+        let agent = Agent::new(config).expect("agent");
+        let (_stop, stopping) = strata_proto::Stopping::new();
+        let service = OipService::new(AgentService::new(agent.clone(), stopping));
+        // An open model whose one plan runs on the cloud (forwarded from here, to an agent that is down),
+        // and a features model (refused here).
+        let mut open = table(
+            Privacy::Open,
+            vec![plan(
+                "cloud",
+                1.0,
+                &[Privacy::Open],
+                vec![stage(0, Tier::Cloud, &"c".repeat(64))],
+            )],
+        );
+        open.nodes = vec![v1::NodeRef {
+            id: "cloud-node".into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        }];
+        let mut features = table(Privacy::Features, Vec::new());
+        features.model = "f".into();
+        agent
+            .routes
+            .write()
+            .extend([("m".to_string(), open), ("f".to_string(), features)]);
+        agent.routes_loaded.store(true, Ordering::Relaxed);
+        let call = |model: &str| {
+            Request::new(ModelInferRequest {
+                model_name: model.into(),
+                inputs: vec![
+                    strata_proto::inference::model_infer_request::InferInputTensor {
+                        name: "x".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, 4],
+                        contents: Some(strata_proto::inference::InferTensorContents {
+                            fp32_contents: vec![1.0; 4],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            })
+        };
+        let denied = service.model_infer(call("f")).await.expect_err("denied");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(agent.received.lock().names().is_empty());
+        let down = service
+            .model_infer(call("m"))
+            .await
+            .expect_err("cloud down");
+        assert_ne!(down.code(), tonic::Code::InvalidArgument, "{down:?}");
+        // The raw input reached this agent, though no stage ran here.
+        assert_eq!(agent.received.lock().names(), ["x"]);
+        assert_eq!(
+            requests(&agent),
+            [
+                ("f".to_string(), String::new(), 1),
+                ("m".to_string(), "cloud".to_string(), 1)
+            ]
+        );
+    }
+
     #[test]
     fn declared_inputs_must_be_the_models() {
         let t = table(Privacy::Open, Vec::new());
@@ -842,9 +976,18 @@ mod tests {
                 "not an Open Inference Protocol datatype",
             ),
             (ModelInferRequest::default(), "needs input \"x\""),
+            (
+                request("x", "FP32", &vec![1; 100_000]),
+                "the request declares FP32 [1, 1, 1, 1, 1, 1, 1, 1, …] (rank 100000)",
+            ),
+            (
+                request(&"x".repeat(1 << 20), "FP32", &[1, 4]),
+                "… (1048576 bytes)\" (its inputs: \"x\" FP32 [1, 4])",
+            ),
         ] {
             let status = check_declared(&t, &r).expect_err(needle);
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().len() < 1024, "{}", status.message().len());
             assert!(status.message().contains(needle), "{}", status.message());
         }
     }
