@@ -133,6 +133,8 @@ fn runtime_status(stage: u32, e: RuntimeError) -> Status {
     let message = format!("stage {stage}: {e}");
     match e {
         RuntimeError::Run(_) | RuntimeError::Load(_) => Status::internal(message),
+        // This agent cannot run it (a backend's library or provider is missing): another agent may.
+        RuntimeError::Unavailable { .. } => Status::unavailable(message),
         _ => Status::invalid_argument(message),
     }
 }

@@ -49,6 +49,15 @@ pub enum RuntimeError {
     /// The backend failed while running.
     #[error("execution failed: {0}")]
     Run(String),
+    /// The backend cannot be used on this machine (a missing library or execution provider); the reason says
+    /// what to install or set.
+    #[error("backend {backend} is unavailable: {reason}")]
+    Unavailable {
+        /// The backend asked for (`ort-cpu`, `ort-cuda`, ...).
+        backend: String,
+        /// Why, and what to do about it.
+        reason: String,
+    },
     /// The backend produced bytes that do not make a tensor.
     #[error("execution produced a malformed tensor: {0}")]
     Tensor(#[from] strata_core::TensorError),
