@@ -8,35 +8,19 @@
 //! onnxruntime wheel, `scripts/setup.sh`). `STRATA_BENCH_ROUNDS` sets the rounds per model (default 10).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use serde::Deserialize;
 use strata_core::Tier;
 use strata_planner::analyse::{self, InputShape};
 use strata_planner::model::Model;
 use strata_planner::{plan, split};
 use strata_runtime::profile::median;
 use strata_runtime::{Backend, LoadedStage, OrtBackend, OrtConfig, TensorData, TractBackend, npy};
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-#[derive(Deserialize)]
-struct Entry {
-    name: String,
-    file: String,
-    inputs: Vec<InputEntry>,
-}
-
-#[derive(Deserialize)]
-struct InputEntry {
-    name: String,
-    shape: Vec<usize>,
-    npy: String,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use support::{Entry, manifest, root};
 
 /// One thing to time: ONNX bytes, the input shapes and the inputs.
 struct Case {
@@ -135,9 +119,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let text = std::fs::read_to_string(root().join("corpus/models/manifest.json"))
-        .expect("corpus/models/manifest.json (run python3 corpus/fetch.py)");
-    let manifest: Vec<Entry> = serde_json::from_str(&text).expect("manifest parses");
+    let manifest: Vec<Entry> = manifest();
     let ort = |threads: usize| {
         OrtBackend::new(OrtConfig {
             intra_threads: threads,

@@ -9,48 +9,17 @@
 //! install (`scripts/setup.sh` installs the wheel from `corpus/requirements.txt`); it never skips quietly.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 
 use prost::Message;
-use serde::Deserialize;
 use strata_core::{DType, Tier};
 use strata_planner::analyse::{self, Analysis, InputShape};
 use strata_planner::model::Model;
 use strata_planner::plan;
 use strata_planner::split;
 use strata_runtime::{Backend, LoadedStage, RuntimeError, TensorData, TractBackend, npy};
+mod support;
 
-/// The cluster tests' tolerance (`cli/tests/sandbox`'s `assert_outputs_match`), relative: 1e-4·(1 + |b|).
-const TOLERANCE: f64 = 1e-4;
-
-#[derive(Deserialize)]
-struct Entry {
-    name: String,
-    file: String,
-    inputs: Vec<InputEntry>,
-}
-
-#[derive(Deserialize)]
-struct InputEntry {
-    name: String,
-    shape: Vec<usize>,
-    npy: String,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn manifest() -> Vec<Entry> {
-    let path = root().join("corpus/models/manifest.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the corpus with `python3 corpus/fetch.py`",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).expect("manifest.json parses")
-}
+use support::{TOLERANCE, manifest, root};
 
 /// Every backend of this build, tract first (the reference). Intra-op threads: 1, as the suite runs tests in
 /// parallel.

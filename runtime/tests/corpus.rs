@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use serde::Deserialize;
 use strata_core::Privacy;
 use strata_core::Tier;
 use strata_planner::analyse::{self, Analysis, InputShape};
@@ -17,37 +16,9 @@ use strata_planner::partition::{Objective, PartitionError};
 use strata_planner::plan::{self, PlanError, PlanFile, PlanOptions, PlannedModel, Timings};
 use strata_planner::split;
 use strata_runtime::{Backend, TensorData, TractBackend, npy};
+mod support;
 
-const TOLERANCE: f64 = 1e-4;
-
-#[derive(Deserialize)]
-struct Entry {
-    name: String,
-    file: String,
-    inputs: Vec<InputEntry>,
-}
-
-#[derive(Deserialize)]
-struct InputEntry {
-    name: String,
-    shape: Vec<usize>,
-    npy: String,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn manifest() -> Vec<Entry> {
-    let path = root().join("corpus/models/manifest.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the corpus with `python3 corpus/fetch.py`",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).expect("manifest.json parses")
-}
+use support::{Entry, TOLERANCE, manifest, root};
 
 fn clusters() -> Vec<(String, Cluster)> {
     let dir = root().join("examples/clusters");
