@@ -169,15 +169,7 @@ pub async fn serve_with(
     };
     // Not ready until the store has answered once: a replica started while its store is down must not take
     // traffic as if it could write.
-    if plane.store_reachable() {
-        reporter
-            .set_serving::<ControlServer<ControlService>>()
-            .await;
-    } else {
-        reporter
-            .set_not_serving::<ControlServer<ControlService>>()
-            .await;
-    }
+    report_store(&reporter, plane.store_reachable()).await;
     reporter.set_serving::<RoutesServer<ControlService>>().await;
     // `strata.v1.Control` is NOT_SERVING while the store is unreachable (a readiness signal); the server
     // as a whole ("") stays SERVING: it is alive, and waits for the store.
@@ -185,15 +177,7 @@ pub async fn serve_with(
     let health_task = AbortOnDrop::spawn(async move {
         while reachable.changed().await.is_ok() {
             let up = *reachable.borrow_and_update();
-            if up {
-                reporter
-                    .set_serving::<ControlServer<ControlService>>()
-                    .await;
-            } else {
-                reporter
-                    .set_not_serving::<ControlServer<ControlService>>()
-                    .await;
-            }
+            report_store(&reporter, up).await;
         }
     });
     let limits = strata_proto::server::ServerLimits {
@@ -217,4 +201,17 @@ pub async fn serve_with(
     ));
     crate::replica::step_down(&plane).await;
     Ok(result?)
+}
+
+/// `strata.v1.Control`'s health: SERVING while the store answers, NOT_SERVING while it does not.
+async fn report_store(reporter: &tonic_health::server::HealthReporter, up: bool) {
+    if up {
+        reporter
+            .set_serving::<ControlServer<ControlService>>()
+            .await;
+    } else {
+        reporter
+            .set_not_serving::<ControlServer<ControlService>>()
+            .await;
+    }
 }
