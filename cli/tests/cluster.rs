@@ -1480,3 +1480,159 @@ fn a_blob_directory_belongs_to_one_control_plane() {
         "the refusal says why: {log}"
     );
 }
+
+/// Issue 13: a tier whose agents run different backends (ONNX Runtime on one, tract on the other) serves one
+/// model with equal answers; every agent reports the backend it runs and how often it ran each stage, and
+/// `auto` picks ONNX Runtime where its library is (the wheel CI installs) and says so.
+#[test]
+fn agents_on_onnx_runtime_and_on_tract_serve_one_model_with_equal_outputs() {
+    let mut sandbox = Sandbox::start(&[], 1500);
+    sandbox.add_agent_args("edge", &["--backend", "ort", "--backend-threads", "1"]);
+    sandbox.add_agent_args("edge", &["--backend", "tract"]);
+    sandbox.add_agent_args("cloud", &["--backend", "auto"]);
+    sandbox.wait_until("every agent registered", Duration::from_secs(30), |s| {
+        s.nodes().len() == 3
+    });
+    let backend_of = |sandbox: &Sandbox, name: &str| -> Vec<String> {
+        let nodes = sandbox.nodes();
+        let node = nodes
+            .iter()
+            .find(|n| n.spec.as_ref().is_some_and(|s| s.name == name))
+            .unwrap_or_else(|| panic!("{name} not registered"));
+        node.spec.as_ref().expect("spec").backends.clone()
+    };
+    assert_eq!(backend_of(&sandbox, "edge0"), ["ort-cpu"]);
+    assert_eq!(backend_of(&sandbox, "edge1"), ["tract"]);
+    let auto = backend_of(&sandbox, "cloud2");
+    assert!(
+        matches!(auto.as_slice(), [b] if b.starts_with("ort-")),
+        "auto should find the onnxruntime wheel: {auto:?}"
+    );
+    assert!(
+        sandbox
+            .log("cloud2")
+            .contains(&format!("stages run on {}", auto[0])),
+        "auto says what it picked:\n{}",
+        sandbox.log("cloud2")
+    );
+    for agent in &sandbox.agents {
+        let status = sandbox.status(&agent.address);
+        assert_eq!(status.backends.len(), 1, "{}", agent.address);
+    }
+
+    sandbox.push(&corpus("squeezenet.onnx"), "squeezenet", "features");
+    let table = sandbox.wait_served("squeezenet", 2);
+    let edge = v1::Tier::Edge as i32;
+    let plan = table
+        .plans
+        .iter()
+        .filter(|p| p.stages.iter().any(|s| s.tier == edge))
+        .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms))
+        .expect("a plan with an edge stage");
+    let forced = Constraints {
+        plan: Some(plan.id.clone()),
+        ..Constraints::default()
+    };
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let want = reference("squeezenet");
+    let ids: HashMap<String, String> = sandbox
+        .nodes()
+        .into_iter()
+        .map(|n| (n.id.clone(), n.spec.map(|s| s.name).unwrap_or_default()))
+        .collect();
+    let mut served_by: HashMap<String, Vec<Vec<(String, TensorData)>>> = HashMap::new();
+    for i in 0..16 {
+        let r = sandbox
+            .runtime
+            .block_on(client.infer("squeezenet", want.inputs.clone(), forced.clone()))
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_outputs_match(&r.outputs, &want.outputs, &format!("request {i}"));
+        let edge_node = r
+            .stages
+            .iter()
+            .find(|s| s.tier == "edge")
+            .and_then(|s| s.node.clone())
+            .expect("an edge stage with its node");
+        served_by
+            .entry(ids.get(&edge_node).cloned().unwrap_or(edge_node))
+            .or_default()
+            .push(r.outputs);
+    }
+    let (ort, tract) = (
+        served_by.get("edge0").expect("the ONNX Runtime agent served"),
+        served_by.get("edge1").expect("the tract agent served"),
+    );
+    // The two backends' answers to the same request agree with each other, not only with the reference.
+    for (name, a) in &ort[0] {
+        let (_, b) = tract[0].iter().find(|(n, _)| n == name).expect("same outputs");
+        let diff = a.max_relative_diff(b).expect("comparable");
+        assert!(diff <= 1e-4, "{name}: ONNX Runtime and tract differ by {diff}");
+    }
+    // Heartbeats carry each stage's runs, so the control plane weighs each agent by what it served.
+    sandbox.wait_until("edge agents report their runs", Duration::from_secs(10), |s| {
+        let nodes = s.nodes();
+        ["edge0", "edge1"].iter().all(|name| {
+            nodes.iter().any(|n| {
+                n.spec.as_ref().is_some_and(|sp| sp.name == *name)
+                    && n.stage_runs.values().sum::<u64>() >= 2
+                    && n.stage_runs.keys().all(|d| n.stage_ms.contains_key(d))
+            })
+        })
+    });
+}
+
+/// `--backend ort` without the library is an error at start-up that says what to install; `auto` without it
+/// serves on tract and says why.
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error_or_auto_serves_on_tract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no/libonnxruntime.so");
+    let agent = |backend: &str| {
+        let mut cmd = std::process::Command::new(sandbox::agent_bin());
+        cmd.args(["--tier", "edge", "--control-plane", "127.0.0.1:9"])
+            .args(["--listen", "127.0.0.1:0", "--backend", backend])
+            .arg("--data-dir")
+            .arg(dir.path().join(backend.replace(':', "-")))
+            .env("ORT_DYLIB_PATH", &missing)
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    };
+    for backend in ["ort", "ort:cuda", "ort:tensorrt"] {
+        let out = agent(backend)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{backend}: {stderr}");
+        for needed in [
+            &format!("--backend {backend}"),
+            "pip install onnxruntime",
+            "ORT_DYLIB_PATH",
+            missing.to_str().expect("utf-8 path"),
+        ] {
+            assert!(stderr.contains(needed), "{backend}: no {needed:?} in: {stderr}");
+        }
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+            "{backend}: it must not serve"
+        );
+    }
+    let out = agent("gpu").output().expect("run the agent");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: auto, tract, ort"));
+
+    let log = dir.path().join("auto.log");
+    let mut auto = sandbox::Proc::spawn("auto", agent("auto"), &log);
+    auto.wait_line("listening on", Duration::from_secs(30));
+    auto.kill();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("stages run on tract"), "{text}");
+    for passed in ["ort-tensorrt", "ort-cuda", "ort-cpu"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("backend passed over") && l.contains(passed)),
+            "auto says why it passed over {passed}: {text}"
+        );
+    }
+}

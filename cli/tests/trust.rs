@@ -299,7 +299,7 @@ fn nodes_are_what_their_certificates_say_and_act_only_as_themselves() {
             ..Default::default()
         }),
         ready: vec![],
-        stage_ms: Default::default(),
+        ..Default::default()
     };
     let e = rt.block_on(control.heartbeat(hijack)).expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");

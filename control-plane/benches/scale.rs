@@ -786,7 +786,7 @@ async fn agent(index: usize, channel: Channel, fleet: Arc<Fleet>) {
             node_id: node_id.clone(),
             load: Some(v1::Load::default()),
             ready: Vec::new(),
-            stage_ms: HashMap::new(),
+            ..Default::default()
         };
         let started = Instant::now();
         let call = tokio::time::timeout(HEARTBEAT_PERIOD * 2, client.heartbeat(request)).await;
@@ -1355,7 +1355,7 @@ async fn instant_agent(channel: Channel, name: &str, port: u16) -> (String, Task
                         node_id: id.clone(),
                         load: Some(v1::Load::default()),
                         ready: ready.clone(),
-                        stage_ms: HashMap::new(),
+                        ..Default::default()
                     };
                     if let Err(s) = control.heartbeat(request).await {
                         eprintln!("  {id}: heartbeat failed: {}", s.message());

@@ -1,8 +1,10 @@
 //! Tier calibration from what agents measure: each edge or cloud agent reports, with its heartbeat, the recent
 //! mean compute time of every stage it ran; against the stages' predicted times (as planned, divided by the
 //! calibration they were planned with) they give each tier a speed factor, measured ÷ profiled, weighted by
-//! time (Σ measured ÷ Σ predicted over the tier's measured stages, so long stages count most and a 0.1 ms
-//! stage's jitter does not). A model is planned again when a tier's live factor leaves the dead band around
+//! time and traffic (Σ runs × measured ÷ Σ runs × predicted over the tier's agents and their measured stages,
+//! so long stages count most and a 0.1 ms stage's jitter does not, and a tier of mixed agents (one on a GPU
+//! or ONNX Runtime, one on tract) is planned at the speed its requests were served at: each agent weighs by
+//! the runs it served). A model is planned again when a tier's live factor leaves the dead band around
 //! the factor its plans were made with (±25 % by default), which is the hysteresis: a factor that wobbles
 //! inside the band never re-plans, and after a re-plan the band is centred on the new factor. The device tier
 //! is never calibrated here: every device is different, and each calibrates itself (see the SDK's estimator).
@@ -46,14 +48,32 @@ impl Default for Settings {
     }
 }
 
+/// One stage's time on one agent, as its heartbeat reported it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timed {
+    /// Recent mean compute time, ms.
+    pub ms: f64,
+    /// Runs since the agent loaded the stage (its share of the traffic).
+    pub runs: u64,
+}
+
+/// One live agent's report: its tier and its measured stages, by digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The agent's tier.
+    pub tier: Tier,
+    /// Its stages' times.
+    pub stages: BTreeMap<String, Timed>,
+}
+
 /// No calibration: every tier as profiled.
 pub const NONE: [f64; 3] = [1.0; 3];
 
 /// Each tier's live factor (measured ÷ profiled compute time), by [`Tier::index`]; `None` where too few of
-/// its stages were measured. `reports` are the live agents' tiers and per-stage mean times (ms by digest).
+/// its stages were measured. `reports` are the live agents' tiers and per-stage times.
 pub fn live_factors(
     plans: &HashMap<String, PlansRecord>,
-    reports: &[(Tier, BTreeMap<String, f64>)],
+    reports: &[Report],
     settings: &Settings,
 ) -> [Option<f64>; 3] {
     // Each stage's profiled time on each tier: its planned time over the factor it was planned with.
@@ -70,18 +90,19 @@ pub fn live_factors(
         }
     }
     let mut sums = [(0.0, 0.0, 0usize); 3];
-    for (tier, times) in reports {
-        if *tier == Tier::Device {
+    for report in reports {
+        if report.tier == Tier::Device {
             continue;
         }
-        for (digest, &ms) in times {
-            if let Some(&p) = profiled.get(&(digest.as_str(), *tier))
-                && ms.is_finite()
-                && ms > 0.0
+        for (digest, timed) in &report.stages {
+            if let Some(&p) = profiled.get(&(digest.as_str(), report.tier))
+                && timed.ms.is_finite()
+                && timed.ms > 0.0
             {
-                let s = &mut sums[tier.index()];
-                s.0 += ms;
-                s.1 += p;
+                let weight = timed.runs.max(1) as f64;
+                let s = &mut sums[report.tier.index()];
+                s.0 += weight * timed.ms;
+                s.1 += weight * p;
                 s.2 += 1;
             }
         }
@@ -182,11 +203,11 @@ mod tests {
         // Planned with the cloud at twice its profiled time: c's profiled time is 4 ms.
         let plans = HashMap::from([("m".to_string(), record(vec![a, b, c], [1.0, 1.0, 2.0]))]);
         let reports = vec![
-            (Tier::Edge, BTreeMap::from([(da, 30.0), (db, 170.0)])),
-            (Tier::Cloud, BTreeMap::from([(dc.clone(), 6.0)])),
+            report(Tier::Edge, &[(&da, 30.0, 1), (&db, 170.0, 1)]),
+            report(Tier::Cloud, &[(&dc, 6.0, 1)]),
             // A stage nobody planned on this tier, and a device report, count for nothing.
-            (Tier::Cloud, BTreeMap::from([("unknown".to_string(), 1e6)])),
-            (Tier::Device, BTreeMap::from([(dc, 1e6)])),
+            report(Tier::Cloud, &[("unknown", 1e6, 1)]),
+            report(Tier::Device, &[(&dc, 1e6, 1)]),
         ];
         let any = Settings {
             min_profiled_ms: 0.0,
@@ -215,6 +236,41 @@ mod tests {
         let floored = live_factors(&plans, &reports, &floor);
         assert_eq!(floored[Tier::Cloud.index()], None);
         assert!(floored[Tier::Edge.index()].is_some());
+    }
+
+    fn report(tier: Tier, stages: &[(&str, f64, u64)]) -> Report {
+        Report {
+            tier,
+            stages: stages
+                .iter()
+                .map(|&(d, ms, runs)| (d.to_string(), Timed { ms, runs }))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_tier_of_mixed_agents_is_calibrated_at_the_speed_its_requests_were_served_at() {
+        let s = stage(Tier::Cloud, "s", 10.0);
+        let d = s.digest.to_string();
+        let plans = HashMap::from([("m".to_string(), record(vec![s], [1.0; 3]))]);
+        let any = Settings {
+            min_profiled_ms: 0.0,
+            ..Settings::default()
+        };
+        let cloud = |reports: &[Report]| {
+            live_factors(&plans, reports, &any)[Tier::Cloud.index()].expect("measured")
+        };
+        // A fast agent (ONNX Runtime, 2 ms) and a slow one (tract, 10 ms) serving the same stage.
+        let fast = |runs| report(Tier::Cloud, &[(&d, 2.0, runs)]);
+        let slow = |runs| report(Tier::Cloud, &[(&d, 10.0, runs)]);
+        // An even split of the traffic: the mean of the two speeds.
+        assert!((cloud(&[fast(50), slow(50)]) - 0.6).abs() < 1e-9);
+        // The fast agent served 9 requests in 10: the tier is planned near its speed.
+        assert!((cloud(&[fast(90), slow(10)]) - 0.28).abs() < 1e-9);
+        // Nine in ten on the slow agent: near the slow speed.
+        assert!((cloud(&[fast(10), slow(90)]) - 0.92).abs() < 1e-9);
+        // Runs not reported (an older agent) weigh as one each.
+        assert!((cloud(&[fast(0), slow(0)]) - 0.6).abs() < 1e-9);
     }
 
     #[test]

@@ -89,6 +89,7 @@ struct Live {
     ready: Vec<Digest>,
     load: v1::Load,
     stage_ms: BTreeMap<String, f64>,
+    stage_runs: BTreeMap<String, u64>,
     last_seen: Instant,
 }
 
@@ -264,12 +265,32 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
-    /// The tier and per-stage compute times (ms by digest) of every node in `nodes` connected here.
-    pub fn stage_reports(&self, nodes: &[NodeRecord]) -> Vec<(Tier, BTreeMap<String, f64>)> {
+    /// The per-stage runs a node last reported (by stage digest).
+    pub fn stage_runs_of(&self, node_id: &str) -> BTreeMap<String, u64> {
+        self.live()
+            .get(node_id)
+            .map(|l| l.stage_runs.clone())
+            .unwrap_or_default()
+    }
+
+    /// The tier and per-stage compute times of every node in `nodes` connected here.
+    pub fn stage_reports(&self, nodes: &[NodeRecord]) -> Vec<crate::calibration::Report> {
         let live = self.live();
         nodes
             .iter()
-            .filter_map(|n| live.get(&n.id).map(|l| (n.tier, l.stage_ms.clone())))
+            .filter_map(|n| {
+                live.get(&n.id).map(|l| crate::calibration::Report {
+                    tier: n.tier,
+                    stages: l
+                        .stage_ms
+                        .iter()
+                        .map(|(d, &ms)| {
+                            let runs = l.stage_runs.get(d).copied().unwrap_or(1);
+                            (d.clone(), crate::calibration::Timed { ms, runs })
+                        })
+                        .collect(),
+                })
+            })
             .collect()
     }
 
@@ -358,6 +379,7 @@ impl ControlPlane {
                 ready: Vec::new(),
                 load: v1::Load::default(),
                 stage_ms: BTreeMap::new(),
+                stage_runs: BTreeMap::new(),
                 last_seen: Instant::now(),
             },
         );
@@ -431,6 +453,12 @@ impl ControlPlane {
             .filter(|(d, ms)| d.parse::<Digest>().is_ok() && ms.is_finite() && **ms >= 0.0)
             .map(|(d, ms)| (d.clone(), *ms))
             .collect();
+        let stage_runs: BTreeMap<String, u64> = req
+            .stage_runs
+            .iter()
+            .filter(|(d, _)| stage_ms.contains_key(*d))
+            .map(|(d, runs)| (d.clone(), *runs))
+            .collect();
         let cached = self
             .live()
             .get(&req.node_id)
@@ -467,6 +495,7 @@ impl ControlPlane {
                 ready: new_ready,
                 load: req.load.unwrap_or_default(),
                 stage_ms,
+                stage_runs,
                 last_seen: Instant::now(),
             },
         );

@@ -179,6 +179,7 @@ impl Control for ControlService {
                 load: self.plane.load_of(&n.id),
                 last_seen_ms: self.plane.last_seen_ms(&n.id).unwrap_or(0),
                 stage_ms: self.plane.stage_ms_of(&n.id).into_iter().collect(),
+                stage_runs: self.plane.stage_runs_of(&n.id).into_iter().collect(),
                 ready: n.ready.iter().map(ToString::to_string).collect(),
                 spec: Some(v1::NodeSpec {
                     tier: v1::Tier::from(n.tier) as i32,

@@ -478,7 +478,7 @@ async fn overhead(bench: &Bench, iterations: usize) -> Option<f64> {
 /// Part 4: the cost of recording one served, forwarded request's metrics, and of a scrape.
 fn metrics_cost(served_ms: Option<f64>, repetitions: usize) {
     use strata_edge_agent::metrics::{AgentMetrics, RequestLabels};
-    let metrics = AgentMetrics::new(strata_core::Tier::Edge).expect("metrics");
+    let metrics = AgentMetrics::new(strata_core::Tier::Edge, "tract").expect("metrics");
     let labels = RequestLabels {
         model: "squeezenet".to_string(),
         plan: "p3".to_string(),

@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub cache_grace: Duration,
     /// How it serves and dials (plain, or mutual TLS with a node certificate whose tier must be `tier`).
     pub transport: strata_proto::transport::Transport,
+    /// The backend stages are loaded into (`--backend`; see [`crate::backend`]).
+    pub backend: crate::backend::Selected,
 }
 
 impl AgentConfig {
@@ -74,7 +76,7 @@ impl AgentConfig {
     /// taking at most [`DEFAULT_MAX_REQUEST_TIME`], 256 streams per connection
     /// ([`strata_proto::server::MAX_STREAMS_PER_CONNECTION`]), the default [`RetryPolicy`], 500 ms connect
     /// timeout, unused
-    /// cached stages kept 10 minutes, the plain transport.
+    /// cached stages kept 10 minutes, the plain transport, tract.
     pub fn new(
         tier: Tier,
         control_planes: Vec<String>,
@@ -99,6 +101,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_millis(500),
             cache_grace: Duration::from_secs(600),
             transport: Default::default(),
+            backend: crate::backend::Selected::tract(),
         }
     }
 }
@@ -326,8 +329,8 @@ impl Agent {
             }
             config.name = identity.name;
         }
-        let stages = StageStore::open(config.data_dir.join("stages"))?;
-        let metrics = crate::metrics::AgentMetrics::new(config.tier)?;
+        let stages = StageStore::open(config.data_dir.join("stages"), config.backend.backend.clone())?;
+        let metrics = crate::metrics::AgentMetrics::new(config.tier, config.backend.backend.name())?;
         let agent = Arc::new(Agent {
             metrics,
             slots: Semaphore::new(config.slots.max(1) as usize),
@@ -605,6 +608,7 @@ impl Agent {
     }
 
     fn heartbeat_request(&self, node_id: &str) -> v1::HeartbeatRequest {
+        let timed = self.stages.compute_ms();
         v1::HeartbeatRequest {
             node_id: node_id.to_string(),
             load: Some(self.load()),
@@ -614,11 +618,13 @@ impl Agent {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            stage_ms: self
-                .stages
-                .compute_ms()
-                .into_iter()
-                .map(|(d, ms)| (d.to_string(), ms))
+            stage_ms: timed
+                .iter()
+                .map(|(d, (ms, _))| (d.to_string(), *ms))
+                .collect(),
+            stage_runs: timed
+                .iter()
+                .map(|(d, (_, runs))| (d.to_string(), *runs))
                 .collect(),
         }
     }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod backend;
 pub mod join;
 pub mod metrics;
 pub mod serve;

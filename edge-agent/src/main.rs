@@ -34,6 +34,14 @@ struct Args {
     /// Where stage files are cached.
     #[arg(long, default_value = "strata-agent-data")]
     data_dir: PathBuf,
+    /// What runs the stages: auto (the fastest that works here: ONNX Runtime on TensorRT, CUDA or the CPU,
+    /// else tract), tract, or ort[:cpu|:cuda|:tensorrt] (an error at start-up if it is not there; ONNX
+    /// Runtime's library comes from ORT_DYLIB_PATH or the onnxruntime wheel, see docs/backends.md).
+    #[arg(long, env = "STRATA_BACKEND", default_value = "auto", value_name = "BACKEND")]
+    backend: strata_edge_agent::backend::BackendChoice,
+    /// Intra-op threads per ONNX Runtime session (default: its own, one per physical core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    backend_threads: usize,
     /// Stages computed at once (default: number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -143,7 +151,16 @@ async fn main() -> Result<()> {
             bound.to_string()
         }
     });
+    let (choice, threads) = (args.backend, args.backend_threads);
+    let backend = tokio::task::spawn_blocking(move || strata_edge_agent::backend::select(choice, threads))
+        .await
+        .context("the backend probe failed")??;
+    for (candidate, why) in &backend.tried {
+        tracing::info!(%candidate, reason = %why, "backend passed over");
+    }
+    tracing::info!(backend = backend.backend.name(), asked = %choice, "stages run on {}", backend.backend.name());
     let mut config = AgentConfig::new(tier, args.control_plane, advertise, args.data_dir);
+    config.backend = backend;
     if let Some(name) = args.name {
         config.name = name;
     }

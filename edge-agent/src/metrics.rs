@@ -39,14 +39,26 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// The metrics of an agent of `tier`.
-    pub fn new(tier: Tier) -> Result<AgentMetrics, MetricError> {
+    /// The metrics of an agent of `tier` running stages on `backend`.
+    pub fn new(tier: Tier, backend: &str) -> Result<AgentMetrics, MetricError> {
         let tier = tier.to_string();
         let registry = m::registry(
             "strata-edge-agent",
             env!("CARGO_PKG_VERSION"),
             &[("tier", &tier)],
         )?;
+        let info = m::register(
+            &registry,
+            prometheus::IntGauge::with_opts(
+                Opts::new(
+                    "strata_agent_backend_info",
+                    "Always 1; the label says which backend this agent runs its stages on (tract, ort-cpu, \
+                     ort-cuda, ort-tensorrt).",
+                )
+                .const_label("backend", backend),
+            )?,
+        )?;
+        info.set(1);
         let counter = |name: &str, help: &str, labels: &[&str]| {
             m::register(
                 &registry,

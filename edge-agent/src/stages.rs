@@ -10,7 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_blob::{BlobError, BlobStore, DirBlobStore};
 use strata_core::Digest;
-use strata_runtime::{Backend, LoadedStage, RuntimeError, TractBackend};
+use strata_runtime::{Backend, LoadedStage, RuntimeError};
 
 /// A loaded stage.
 pub type Stage = Arc<dyn LoadedStage>;
@@ -50,18 +50,19 @@ pub enum StageError {
 /// Blob cache plus loaded stages.
 pub struct StageStore {
     blobs: DirBlobStore,
-    backend: TractBackend,
+    backend: Arc<dyn Backend>,
     loaded: Mutex<HashMap<Digest, Stage>>,
     /// Recent mean compute time per loaded stage, ms (exponentially weighted), and its runs.
     compute_ms: Mutex<HashMap<Digest, (f64, u64)>>,
 }
 
 impl StageStore {
-    /// A store caching blobs under `dir`. Blocking (it creates the directory).
-    pub fn open(dir: PathBuf) -> Result<StageStore, BlobError> {
+    /// A store caching blobs under `dir` and loading stages into `backend`. Blocking (it creates the
+    /// directory).
+    pub fn open(dir: PathBuf, backend: Arc<dyn Backend>) -> Result<StageStore, BlobError> {
         Ok(StageStore {
             blobs: DirBlobStore::open(dir)?,
-            backend: TractBackend,
+            backend,
             loaded: Mutex::new(HashMap::new()),
             compute_ms: Mutex::new(HashMap::new()),
         })
@@ -108,13 +109,14 @@ impl StageStore {
         }
     }
 
-    /// Recent mean compute time of every stage run at least twice, ms (the first, cold run left out).
-    pub fn compute_ms(&self) -> HashMap<Digest, f64> {
+    /// Recent mean compute time of every stage run at least twice, ms (the first, cold run left out), and its
+    /// runs since it was loaded (the cold one included).
+    pub fn compute_ms(&self) -> HashMap<Digest, (f64, u64)> {
         self.compute_ms
             .lock()
             .iter()
             .filter(|(_, (_, runs))| *runs >= 2)
-            .map(|(d, (ms, _))| (d.clone(), *ms))
+            .map(|(d, &timed)| (d.clone(), timed))
             .collect()
     }
 
@@ -212,7 +214,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_keeps_what_is_used_or_recent_and_drops_the_rest() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let stages = StageStore::open(dir.path().to_path_buf()).expect("open");
+        let stages = StageStore::open(dir.path().to_path_buf(), Arc::new(strata_runtime::TractBackend)).expect("open");
         let (used, unused) = (Bytes::from_static(b"used"), Bytes::from_static(b"unused"));
         let (u, x) = (Digest::of(&used), Digest::of(&unused));
         stages.put_blob(&u, used).await.expect("put");

@@ -80,8 +80,8 @@ impl ExecutionProvider {
         }
     }
 
-    /// The backend name a backend on this provider reports (`ort-cpu`, ...).
-    fn backend_name(self) -> &'static str {
+    /// The backend's name with this provider (`ort-cpu`, `ort-cuda`, `ort-tensorrt`), as agents report it.
+    pub fn backend_name(self) -> &'static str {
         match self {
             ExecutionProvider::Cpu => "ort-cpu",
             ExecutionProvider::Cuda => "ort-cuda",

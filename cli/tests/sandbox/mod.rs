@@ -557,6 +557,15 @@ impl Sandbox {
         ])
         .args(["--slots", &slots.to_string(), "--queue", &queue.to_string()])
         .args(self.tls_args(strata_trust::Role::Node(tier.parse().expect("tier")), &name))
+        // tract unless a test asks for another backend: the suites compare served answers with tract's
+        // whole-model ones, and ONNX Runtime's threads would crowd a 2-core machine running several agents.
+        // The backend tests (cluster.rs) run agents on ONNX Runtime.
+        .args(
+            (!extra.contains(&"--backend"))
+                .then_some(["--backend", "tract"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .arg("--data-dir")
         .arg(self.dir.path().join(&name))
