@@ -73,6 +73,14 @@ enum ModelCommand {
         /// Concrete shape for a symbolic model input: NAME=d0,d1,.. (repeatable).
         #[arg(long = "input", value_name = "NAME=D0,D1,..")]
         inputs: Vec<String>,
+        /// Dynamic batching on agents: run up to N concurrent requests for one stage as one call (Triton's
+        /// max_batch_size; 0 or 1: none).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_batch: u32,
+        /// How long the first request of a batch may wait for more, in microseconds (Triton's
+        /// max_queue_delay_microseconds; never past a request's deadline).
+        #[arg(long, value_name = "US", default_value_t = 0)]
+        max_queue_delay_us: u64,
     },
     /// List models.
     Ls,
@@ -663,7 +671,15 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 name,
                 privacy,
                 inputs,
-            } => remote::push(&target()?, &file, &name, &privacy, &inputs),
+                max_batch,
+                max_queue_delay_us,
+            } => {
+                let batching = (max_batch > 1).then_some(strata_proto::v1::Batching {
+                    max_batch,
+                    max_queue_delay_us,
+                });
+                remote::push(&target()?, &file, &name, &privacy, &inputs, batching)
+            }
             ModelCommand::Ls => remote::list(&target()?),
             ModelCommand::Rm { name } => remote::remove(&target()?, &name),
         },

@@ -106,6 +106,7 @@ pub fn push(
     name: &str,
     privacy: &str,
     input_shapes: &[String],
+    batching: Option<v1::Batching>,
 ) -> Result<()> {
     let privacy: Privacy = privacy.parse()?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -115,6 +116,7 @@ pub fn push(
         size_bytes: bytes.len() as u64,
         privacy: v1::Privacy::from(privacy) as i32,
         input_shapes: input_shapes.to_vec(),
+        batching,
     };
     let bar = (bytes.len() > 8 << 20 && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(bytes.len() as u64);

@@ -284,6 +284,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
                 size_bytes: bytes.len() as u64,
                 privacy: v1::Privacy::from(Privacy::Features) as i32,
                 input_shapes: vec![],
+                batching: None,
             };
             plane.push_model(meta, bytes.into()).await.with_context(|| format!("cannot push {}", path.display()))?;
             wait_ready(&plane, &name).await?;

@@ -909,6 +909,7 @@ fn bad_input_gets_a_clear_status_and_the_servers_keep_serving() {
             size_bytes: bytes.len() as u64,
             privacy: v1::Privacy::Open as i32,
             input_shapes: vec![],
+            batching: None,
         };
         let mut messages = vec![v1::PushModelRequest {
             part: Some(v1::push_model_request::Part::Meta(meta)),
@@ -1559,26 +1560,38 @@ fn agents_on_onnx_runtime_and_on_tract_serve_one_model_with_equal_outputs() {
             .push(r.outputs);
     }
     let (ort, tract) = (
-        served_by.get("edge0").expect("the ONNX Runtime agent served"),
+        served_by
+            .get("edge0")
+            .expect("the ONNX Runtime agent served"),
         served_by.get("edge1").expect("the tract agent served"),
     );
     // The two backends' answers to the same request agree with each other, not only with the reference.
     for (name, a) in &ort[0] {
-        let (_, b) = tract[0].iter().find(|(n, _)| n == name).expect("same outputs");
+        let (_, b) = tract[0]
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("same outputs");
         let diff = a.max_relative_diff(b).expect("comparable");
-        assert!(diff <= 1e-4, "{name}: ONNX Runtime and tract differ by {diff}");
+        assert!(
+            diff <= 1e-4,
+            "{name}: ONNX Runtime and tract differ by {diff}"
+        );
     }
     // Heartbeats carry each stage's runs, so the control plane weighs each agent by what it served.
-    sandbox.wait_until("edge agents report their runs", Duration::from_secs(10), |s| {
-        let nodes = s.nodes();
-        ["edge0", "edge1"].iter().all(|name| {
-            nodes.iter().any(|n| {
-                n.spec.as_ref().is_some_and(|sp| sp.name == *name)
-                    && n.stage_runs.values().sum::<u64>() >= 2
-                    && n.stage_runs.keys().all(|d| n.stage_ms.contains_key(d))
+    sandbox.wait_until(
+        "edge agents report their runs",
+        Duration::from_secs(10),
+        |s| {
+            let nodes = s.nodes();
+            ["edge0", "edge1"].iter().all(|name| {
+                nodes.iter().any(|n| {
+                    n.spec.as_ref().is_some_and(|sp| sp.name == *name)
+                        && n.stage_runs.values().sum::<u64>() >= 2
+                        && n.stage_runs.keys().all(|d| n.stage_ms.contains_key(d))
+                })
             })
-        })
-    });
+        },
+    );
 }
 
 /// `--backend ort` without the library is an error at start-up that says what to install; `auto` without it
@@ -1611,7 +1624,10 @@ fn a_missing_onnx_runtime_is_a_clear_error_or_auto_serves_on_tract() {
             "ORT_DYLIB_PATH",
             missing.to_str().expect("utf-8 path"),
         ] {
-            assert!(stderr.contains(needed), "{backend}: no {needed:?} in: {stderr}");
+            assert!(
+                stderr.contains(needed),
+                "{backend}: no {needed:?} in: {stderr}"
+            );
         }
         assert!(
             !String::from_utf8_lossy(&out.stdout).contains("listening on"),
@@ -1634,5 +1650,152 @@ fn a_missing_onnx_runtime_is_a_clear_error_or_auto_serves_on_tract() {
                 .any(|l| l.contains("backend passed over") && l.contains(passed)),
             "auto says why it passed over {passed}: {text}"
         );
+    }
+}
+
+/// Issue 13: dynamic batching. A model pushed with `--max-batch` has its stages' concurrent requests run as
+/// batches on the agents: every caller gets the answer to its own input (each request's input differs), the
+/// responses say that batches ran, a request whose deadline is shorter than the batching delay is not held
+/// for the batch to fill, and a malformed request among good ones fails alone.
+#[test]
+fn concurrent_requests_are_batched_and_each_caller_gets_its_own_answer() {
+    let mut sandbox = Sandbox::start(&[], 3000);
+    // One slot: while a batch computes, the next one fills.
+    sandbox.add_agent_with("edge", 1, 64);
+    sandbox.add_agent_with("cloud", 1, 64);
+    sandbox.wait_until("every agent registered", Duration::from_secs(30), |s| {
+        s.nodes().len() == 2
+    });
+    // A 1.5 s delay: far longer than the tests' requests take, so a batch that closed on the delay, not on
+    // deadlines or size, would show.
+    sandbox.push_with(
+        &corpus("squeezenet.onnx"),
+        "squeezenet",
+        "open",
+        &["--max-batch", "8", "--max-queue-delay-us", "1500000"],
+    );
+    let table = sandbox.wait_served("squeezenet", 1);
+    assert_eq!(
+        table.batching.map(|b| (b.max_batch, b.max_queue_delay_us)),
+        Some((8, 1_500_000))
+    );
+    let device = v1::Tier::Device as i32;
+    let plan = table
+        .plans
+        .iter()
+        .filter(|p| p.stages.iter().all(|s| s.tier != device))
+        .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms))
+        .expect("a plan with no device stage");
+    let forced = || Constraints {
+        plan: Some(plan.id.clone()),
+        ..Constraints::default()
+    };
+    let client = sandbox.client(std::slice::from_ref(&sandbox.cp_address));
+    let base = reference("squeezenet");
+    let (name, x) = base.inputs.iter().next().expect("one input");
+    let bytes = std::fs::read(corpus("squeezenet.onnx")).expect("model");
+    let local = strata_runtime::Backend::load(
+        &strata_runtime::TractBackend,
+        &bytes,
+        &HashMap::from([(name.clone(), x.shape.clone())]),
+    )
+    .expect("load");
+    // Each request's input is the sample scaled differently, and its answer is checked against its own.
+    let scaled = |k: usize| {
+        let f = 0.5 + k as f32 * 0.1;
+        let values: Vec<f32> = x
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * f)
+            .collect();
+        HashMap::from([(
+            name.clone(),
+            TensorData::from_f32(x.shape.clone(), &values).expect("input"),
+        )])
+    };
+    // A first request makes the agents build (and check) the batched stages; then wait for them.
+    sandbox
+        .runtime
+        .block_on(client.infer("squeezenet", scaled(0), forced()))
+        .expect("first request");
+    sandbox.wait_until(
+        "the batched stages are ready",
+        Duration::from_secs(60),
+        |s| {
+            ["edge0", "cloud1"].iter().all(|a| {
+                let log = s.log(a);
+                !log.contains("stage served one request at a time") && log.contains("stage batches")
+            }) || plan.stages.len() == 1
+                && (s.log("edge0") + &s.log("cloud1")).contains("stage batches")
+        },
+    );
+
+    let n = 16;
+    let wants: Vec<HashMap<String, TensorData>> = (0..n)
+        .map(|k| local.run(&scaled(k)).expect("local run"))
+        .collect();
+    let started = Instant::now();
+    let answers = sandbox.runtime.block_on(futures::future::join_all(
+        (0..n).map(|k| client.infer("squeezenet", scaled(k), forced())),
+    ));
+    let took = started.elapsed();
+    let mut largest = 0;
+    for (k, answer) in answers.into_iter().enumerate() {
+        let r = answer.unwrap_or_else(|e| panic!("request {k}: {e}"));
+        assert_outputs_match(
+            &r.outputs,
+            &wants[k],
+            &format!("request {k}, its own input"),
+        );
+        largest = largest.max(r.stages.iter().map(|s| s.batch).max().unwrap_or(0));
+    }
+    assert!(
+        largest > 1,
+        "no request ran in a batch:\n{}\n{}",
+        sandbox.log("edge0"),
+        sandbox.log("cloud1")
+    );
+    assert!(largest <= 8, "a batch above max_batch: {largest}");
+    assert!(
+        took < Duration::from_millis(1500 * 3),
+        "16 requests took {took:?}: batches waited for the delay though full"
+    );
+
+    // A deadline shorter than the delay: the batch closes for it, it is not held 1.5 s and failed.
+    let started = Instant::now();
+    let hurried = sandbox.client_with_timeout(
+        std::slice::from_ref(&sandbox.cp_address),
+        Duration::from_millis(800),
+    );
+    let r = sandbox
+        .runtime
+        .block_on(hurried.infer("squeezenet", scaled(3), forced()))
+        .expect("a lone request with a short deadline is served");
+    assert_outputs_match(&r.outputs, &wants[3], "the lone request");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "held {:?}",
+        started.elapsed()
+    );
+
+    // A malformed request among good ones fails alone.
+    let bad = HashMap::from([(
+        name.clone(),
+        TensorData::from_f32(vec![1, 3, 2, 2], &[0.0; 12]).expect("bad"),
+    )]);
+    let mut calls: Vec<_> = (0..6)
+        .map(|k| client.infer("squeezenet", scaled(k), forced()))
+        .collect();
+    calls.insert(3, client.infer("squeezenet", bad, forced()));
+    let answers = sandbox.runtime.block_on(futures::future::join_all(calls));
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i == 3 {
+            let e = answer.expect_err("the malformed request fails");
+            assert!(e.to_string().contains("shape"), "{e}");
+        } else {
+            let k = if i < 3 { i } else { i - 1 };
+            let r = answer.unwrap_or_else(|e| panic!("good request {k} failed: {e}"));
+            assert_outputs_match(&r.outputs, &wants[k], &format!("good request {k}"));
+        }
     }
 }

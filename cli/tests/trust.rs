@@ -66,6 +66,7 @@ fn push(sandbox: &Sandbox, channel: Channel, name: &str) -> Result<(), tonic::St
         size_bytes: bytes.len() as u64,
         privacy: v1::Privacy::Open as i32,
         input_shapes: vec![],
+        batching: None,
     };
     let messages = vec![
         v1::PushModelRequest {

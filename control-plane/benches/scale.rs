@@ -553,6 +553,7 @@ async fn push(
         size_bytes: bytes.len() as u64,
         privacy: privacy as i32,
         input_shapes: Vec::new(),
+        batching: None,
     };
     let mut messages = vec![v1::PushModelRequest {
         part: Some(v1::push_model_request::Part::Meta(meta)),

@@ -86,6 +86,7 @@ pub fn route_table(
         } else {
             plans.calibration.to_vec()
         },
+        batching: None,
     };
     refresh_nodes(&table, nodes, load_of)
 }

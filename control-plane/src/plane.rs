@@ -562,6 +562,13 @@ impl ControlPlane {
                 meta.name
             ))
         })?;
+        let batching =
+            crate::records::BatchingRecord::from_wire(meta.batching.as_ref()).map_err(|e| {
+                ControlError::InvalidArgument(format!(
+                    "model \"{}\": batching: {e}; nothing was stored",
+                    meta.name
+                ))
+            })?;
         let shapes = meta.input_shapes.clone();
         let check_bytes = bytes.clone();
         let checked = tokio::task::spawn_blocking(move || {
@@ -582,6 +589,7 @@ impl ControlPlane {
                     if old.digest == actual
                         && old.privacy == privacy
                         && old.input_shapes == meta.input_shapes
+                        && old.batching == batching
                     {
                         return Ok(old);
                     }
@@ -596,6 +604,7 @@ impl ControlPlane {
                 size_bytes: bytes.len() as u64,
                 privacy,
                 input_shapes: meta.input_shapes.clone(),
+                batching,
             };
             let txn = Txn {
                 compare: vec![Compare {

@@ -472,7 +472,8 @@ async fn publish(
             }
             continue;
         }
-        let table = route_table(record, model.privacy, nodes, |id| plane.load_of(id));
+        let mut table = route_table(record, model.privacy, nodes, |id| plane.load_of(id));
+        table.batching = model.batching.to_wire();
         let old = current.get(&model.name);
         let mut ops = Vec::new();
         let (table, note) = match old {

@@ -58,6 +58,58 @@ pub struct ModelRecord {
     pub privacy: Privacy,
     /// Shapes for symbolic input dims, `NAME=d0,d1,..`.
     pub input_shapes: Vec<String>,
+    /// Dynamic batching of its stages on agents (absent in records written before it existed: none).
+    #[serde(default)]
+    pub batching: BatchingRecord,
+}
+
+/// A model's dynamic batching settings (`strata_proto::v1::Batching`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchingRecord {
+    /// Most requests one call takes; 0 or 1: no batching.
+    pub max_batch: u32,
+    /// Longest the first request of a batch waits for more, µs.
+    pub max_queue_delay_us: u64,
+}
+
+impl BatchingRecord {
+    /// The most requests one batch may take.
+    pub const MAX_BATCH: u32 = 1024;
+    /// The longest a request may wait for a batch to fill, µs (10 s).
+    pub const MAX_QUEUE_DELAY_US: u64 = 10_000_000;
+
+    /// The settings a push asked for, checked against the limits; absent: none.
+    pub fn from_wire(wire: Option<&strata_proto::v1::Batching>) -> Result<BatchingRecord, String> {
+        let Some(w) = wire else {
+            return Ok(BatchingRecord::default());
+        };
+        if w.max_batch > Self::MAX_BATCH {
+            return Err(format!(
+                "max_batch {} is more than {}",
+                w.max_batch,
+                Self::MAX_BATCH
+            ));
+        }
+        if w.max_queue_delay_us > Self::MAX_QUEUE_DELAY_US {
+            return Err(format!(
+                "max_queue_delay_us {} is more than {} (10 s)",
+                w.max_queue_delay_us,
+                Self::MAX_QUEUE_DELAY_US
+            ));
+        }
+        Ok(BatchingRecord {
+            max_batch: w.max_batch,
+            max_queue_delay_us: w.max_queue_delay_us,
+        })
+    }
+
+    /// The wire form; `None` when there is no batching.
+    pub fn to_wire(self) -> Option<strata_proto::v1::Batching> {
+        (self.max_batch > 1).then_some(strata_proto::v1::Batching {
+            max_batch: self.max_batch,
+            max_queue_delay_us: self.max_queue_delay_us,
+        })
+    }
 }
 
 /// A model input as plans fix it.
@@ -232,5 +284,37 @@ mod tests {
     fn digests_in_records_are_validated_on_read() {
         let json = r#"{"name":"m","version":1,"digest":"../etc/passwd","size_bytes":1,"privacy":"open","input_shapes":[]}"#;
         assert!(serde_json::from_str::<ModelRecord>(json).is_err());
+    }
+
+    #[test]
+    fn batching_settings_are_checked_against_their_limits() {
+        use strata_proto::v1::Batching;
+        let ok = Batching {
+            max_batch: 8,
+            max_queue_delay_us: 2000,
+        };
+        assert_eq!(
+            BatchingRecord::from_wire(Some(&ok)).expect("ok").to_wire(),
+            Some(ok)
+        );
+        assert_eq!(
+            BatchingRecord::from_wire(None),
+            Ok(BatchingRecord::default())
+        );
+        assert_eq!(BatchingRecord::default().to_wire(), None, "no batching");
+        let big = Batching {
+            max_batch: BatchingRecord::MAX_BATCH + 1,
+            ..ok
+        };
+        assert!(BatchingRecord::from_wire(Some(&big)).is_err_and(|e| e.contains("max_batch")));
+        let slow = Batching {
+            max_queue_delay_us: BatchingRecord::MAX_QUEUE_DELAY_US + 1,
+            ..ok
+        };
+        assert!(BatchingRecord::from_wire(Some(&slow)).is_err_and(|e| e.contains("10 s")));
+        // A record written before batching existed reads as none.
+        let old = r#"{"name":"m","version":1,"digest":"0000000000000000000000000000000000000000000000000000000000000000","size_bytes":1,"privacy":"open","input_shapes":[]}"#;
+        let record: ModelRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(record.batching, BatchingRecord::default());
     }
 }

@@ -114,6 +114,7 @@ impl ControlService {
             state: state as i32,
             state_message,
             routes,
+            batching: record.batching.to_wire(),
         }
     }
 }

@@ -51,6 +51,7 @@ fn meta(name: &str, bytes: &[u8]) -> v1::ModelMeta {
         size_bytes: bytes.len() as u64,
         privacy: v1::Privacy::from(Privacy::Open) as i32,
         input_shapes: vec![],
+        batching: None,
     }
 }
 

@@ -79,6 +79,7 @@ async fn push(channel: &Channel, name: &str, privacy: i32) -> Result<(), tonic::
         size_bytes: bytes.len() as u64,
         privacy,
         input_shapes: vec![],
+        batching: None,
     };
     let messages = vec![
         v1::PushModelRequest {
@@ -161,6 +162,7 @@ async fn a_model_over_the_size_limit_is_refused_before_its_data_and_nothing_is_s
             size_bytes: 1 << 40,
             privacy: v1::Privacy::Open as i32,
             input_shapes: vec![],
+            batching: None,
         })),
     };
     let e = v1::control_client::ControlClient::new(channel.clone())

@@ -159,6 +159,7 @@ fn table() -> v1::RouteTable {
             .into(),
         ),
         tier_calibration: vec![1.0, 0.8, 1.2],
+        batching: None,
     }
 }
 

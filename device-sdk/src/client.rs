@@ -94,6 +94,9 @@ pub struct StageTiming {
     pub compute_ms: f64,
     /// Compute predicted for it at the profiled speed, ms.
     pub predicted_ms: f64,
+    /// Requests in the run that computed it: 1 alone, more when the agent batched it with others (dynamic
+    /// batching; `compute_ms` is then the batch's run).
+    pub batch: u32,
 }
 
 /// One network hop of a finished request.
@@ -1348,6 +1351,7 @@ impl Inner {
                 queue_ms: 0.0,
                 compute_ms,
                 predicted_ms: stage.predicted_ms,
+                batch: 1,
             });
             for (name, t) in produced {
                 if table.outputs.contains(&name) {
@@ -1403,6 +1407,7 @@ impl Inner {
                             .stages
                             .get(r.stage as usize)
                             .map_or(0.0, |s| s.predicted_ms),
+                        batch: r.batch.max(1),
                     }
                 }));
                 outputs.extend(hop.tensors);

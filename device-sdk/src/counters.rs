@@ -170,6 +170,7 @@ mod tests {
             queue_ms: 0.0,
             compute_ms: 2.5,
             predicted_ms: 3.0,
+            batch: 1,
         }];
         let mut hops = Vec::new();
         if remote {
@@ -180,6 +181,7 @@ mod tests {
                 queue_ms: 0.1,
                 compute_ms: 4.0,
                 predicted_ms: 4.0,
+                batch: 1,
             });
             hops.push(HopTiming {
                 link: Link::DeviceEdge,

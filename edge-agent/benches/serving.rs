@@ -150,6 +150,7 @@ impl Bench {
             size_bytes: bytes.len() as u64,
             privacy: v1::Privacy::Open as i32,
             input_shapes: vec![],
+            batching: None,
         };
         self.plane
             .push_model(meta, bytes.into())

@@ -289,7 +289,11 @@ pub struct Agent {
     pub(crate) routes_loaded: AtomicBool,
     pub(crate) balancer: Balancer,
     pub(crate) channels: strata_proto::call::Channels,
-    pub(crate) slots: Semaphore,
+    pub(crate) slots: Arc<Semaphore>,
+    /// The running batchers, by stage and settings (models whose tables ask for dynamic batching; two models
+    /// with the same stage bytes but different settings get one each).
+    pub(crate) batchers:
+        Mutex<HashMap<(strata_core::Digest, crate::batcher::Settings), crate::batcher::Handle>>,
     pub(crate) in_flight: AtomicU32,
     pub(crate) queued: AtomicU32,
     pub(crate) served: AtomicU64,
@@ -329,11 +333,16 @@ impl Agent {
             }
             config.name = identity.name;
         }
-        let stages = StageStore::open(config.data_dir.join("stages"), config.backend.backend.clone())?;
-        let metrics = crate::metrics::AgentMetrics::new(config.tier, config.backend.backend.name())?;
+        let stages = StageStore::open(
+            config.data_dir.join("stages"),
+            config.backend.backend.clone(),
+        )?;
+        let metrics =
+            crate::metrics::AgentMetrics::new(config.tier, config.backend.backend.name())?;
         let agent = Arc::new(Agent {
             metrics,
-            slots: Semaphore::new(config.slots.max(1) as usize),
+            slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+            batchers: Mutex::new(HashMap::new()),
             channels: strata_proto::call::Channels::new(
                 config.connect_timeout,
                 config.transport.clone(),
@@ -705,6 +714,7 @@ impl Agent {
                 }
             }
             self.stages.retain(&current);
+            self.batchers.lock().retain(|(d, _), _| current.contains(d));
             self.ready_changed.notify_one();
             self.collect_cache(&current).await;
         }

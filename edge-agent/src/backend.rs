@@ -15,7 +15,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use strata_core::{DType, TensorData};
-use strata_runtime::{Backend, ExecutionProvider, OrtBackend, OrtConfig, RuntimeError, TractBackend};
+use strata_runtime::{
+    Backend, ExecutionProvider, OrtBackend, OrtConfig, RuntimeError, TractBackend,
+};
 
 /// A three-node model (MatMul, Add, Relu; input `x` f32 [1, 4], output `y` f32 [1, 3]) every candidate runs
 /// before it is chosen.
@@ -35,9 +37,7 @@ pub enum BackendChoice {
 
 /// A `--backend` value that is none of the known ones.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown backend \"{0}\" (known: auto, tract, ort, ort:cpu, ort:cuda, ort:tensorrt)"
-)]
+#[error("unknown backend \"{0}\" (known: auto, tract, ort, ort:cpu, ort:cuda, ort:tensorrt)")]
 pub struct UnknownBackend(String);
 
 impl FromStr for BackendChoice {
@@ -170,7 +170,8 @@ fn ort(provider: ExecutionProvider, threads: usize) -> Result<Arc<dyn Backend>, 
 /// Runs the probe model on `backend` and compares its answer with the one worked out by hand.
 fn probe(choice: BackendChoice, backend: &dyn Backend) -> Result<(), SelectError> {
     let failed = |reason: String| SelectError::Probe { choice, reason };
-    let x = TensorData::from_f32(vec![1, 4], &[1.0, 2.0, 3.0, 4.0]).map_err(|e| failed(e.to_string()))?;
+    let x = TensorData::from_f32(vec![1, 4], &[1.0, 2.0, 3.0, 4.0])
+        .map_err(|e| failed(e.to_string()))?;
     let stage = backend
         .load(PROBE, &HashMap::new())
         .map_err(|e| failed(e.to_string()))?;
@@ -212,11 +213,17 @@ mod tests {
             ("ort", BackendChoice::Ort(ExecutionProvider::Cpu)),
             ("ort:cpu", BackendChoice::Ort(ExecutionProvider::Cpu)),
             ("ORT:CUDA", BackendChoice::Ort(ExecutionProvider::Cuda)),
-            ("ort:tensorrt", BackendChoice::Ort(ExecutionProvider::TensorRt)),
+            (
+                "ort:tensorrt",
+                BackendChoice::Ort(ExecutionProvider::TensorRt),
+            ),
         ] {
             let got: BackendChoice = text.parse().expect(text);
             assert_eq!(got, want, "{text}");
-            assert_eq!(got.to_string().parse::<BackendChoice>().expect("again"), want);
+            assert_eq!(
+                got.to_string().parse::<BackendChoice>().expect("again"),
+                want
+            );
         }
         for bad in ["", "gpu", "ort:", "ort:rocm", "tract:cpu", "auto:cuda"] {
             let e = bad.parse::<BackendChoice>().expect_err(bad).to_string();

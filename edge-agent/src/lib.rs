@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod batcher;
 pub mod join;
 pub mod metrics;
 pub mod serve;

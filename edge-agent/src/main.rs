@@ -37,7 +37,12 @@ struct Args {
     /// What runs the stages: auto (the fastest that works here: ONNX Runtime on TensorRT, CUDA or the CPU,
     /// else tract), tract, or ort[:cpu|:cuda|:tensorrt] (an error at start-up if it is not there; ONNX
     /// Runtime's library comes from ORT_DYLIB_PATH or the onnxruntime wheel, see docs/backends.md).
-    #[arg(long, env = "STRATA_BACKEND", default_value = "auto", value_name = "BACKEND")]
+    #[arg(
+        long,
+        env = "STRATA_BACKEND",
+        default_value = "auto",
+        value_name = "BACKEND"
+    )]
     backend: strata_edge_agent::backend::BackendChoice,
     /// Intra-op threads per ONNX Runtime session (default: its own, one per physical core).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -152,9 +157,10 @@ async fn main() -> Result<()> {
         }
     });
     let (choice, threads) = (args.backend, args.backend_threads);
-    let backend = tokio::task::spawn_blocking(move || strata_edge_agent::backend::select(choice, threads))
-        .await
-        .context("the backend probe failed")??;
+    let backend =
+        tokio::task::spawn_blocking(move || strata_edge_agent::backend::select(choice, threads))
+            .await
+            .context("the backend probe failed")??;
     for (candidate, why) in &backend.tried {
         tracing::info!(%candidate, reason = %why, "backend passed over");
     }

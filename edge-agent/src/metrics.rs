@@ -36,6 +36,7 @@ pub struct AgentMetrics {
     forward_seconds: HistogramVec,
     tensor_bytes: IntCounterVec,
     stage_load_seconds: prometheus::Histogram,
+    batch_size: prometheus::Histogram,
 }
 
 impl AgentMetrics {
@@ -119,7 +120,18 @@ impl AgentMetrics {
             "strata_agent_stage_load_duration_seconds",
             "Time to load an assigned stage into the runtime (fetching excluded).",
         )?;
+        let batch_size = m::register(
+            &registry,
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "strata_agent_batch_size",
+                    "Requests per run of a stage whose model batches (dynamic batching; 1: it ran alone).",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+            )?,
+        )?;
         Ok(AgentMetrics {
+            batch_size,
             registry,
             requests,
             shed,
@@ -205,6 +217,11 @@ impl AgentMetrics {
         self.compute_seconds
             .with_label_values(&values)
             .observe(compute_ms / 1e3);
+    }
+
+    /// A run of `requests` requests as one batch.
+    pub fn batch(&self, requests: usize) {
+        self.batch_size.observe(requests as f64);
     }
 
     /// A forward to stage `next` answered in `elapsed_ms`.

@@ -202,6 +202,7 @@ impl AgentService {
         predicted_ms = tracing::field::Empty,
         queue_ms = tracing::field::Empty,
         compute_ms = tracing::field::Empty,
+        batch = tracing::field::Empty,
     ))]
     async fn run_request(
         &self,
@@ -364,39 +365,89 @@ impl AgentService {
             inputs.insert(name.clone(), t.clone());
         }
 
-        let queued_at = Instant::now();
-        agent.queued.fetch_add(1, Ordering::Relaxed);
         let queued_context = format!(" while queued at agent {node_id}");
-        let permit = match deadline.remaining(&queued_context) {
-            Ok(left) => tokio::time::timeout(left, agent.slots.acquire())
-                .instrument(tracing::info_span!("queue", node = %node_id))
-                .await
-                .map_err(|_| deadline.exceeded(&queued_context)),
-            Err(status) => Err(status),
-        };
-        agent.queued.fetch_sub(1, Ordering::Relaxed);
-        let _permit = permit?.map_err(|_| Status::unavailable("agent is shutting down"))?;
-        let queue_ms = queued_at.elapsed().as_secs_f64() * 1e3;
+        let batching = crate::batcher::Settings::of(table)
+            .and_then(|settings| Some((settings, agent.stages.batched(&digest)?)));
+        let (outputs, queue_ms, compute_ms, batch) = match batching {
+            // Batched: the batcher queues, runs and times it (and records the run).
+            Some((settings, batched)) => {
+                let answer = {
+                    let mut batchers = agent.batchers.lock();
+                    let handle = batchers
+                        .entry((digest.clone(), settings))
+                        .and_modify(|h| {
+                            if !h.runs(&batched) {
+                                *h = crate::batcher::Handle::start(
+                                    agent,
+                                    digest.clone(),
+                                    settings,
+                                    loaded.clone(),
+                                    batched.clone(),
+                                );
+                            }
+                        })
+                        .or_insert_with(|| {
+                            crate::batcher::Handle::start(
+                                agent,
+                                digest.clone(),
+                                settings,
+                                loaded.clone(),
+                                batched.clone(),
+                            )
+                        });
+                    handle.submit(inputs, deadline.at)
+                };
+                agent.queued.fetch_add(1, Ordering::Relaxed);
+                let waited = match deadline.remaining(&queued_context) {
+                    Ok(left) => tokio::time::timeout(left, answer)
+                        .instrument(tracing::info_span!("queue", node = %node_id, batched = true))
+                        .await
+                        .map_err(|_| deadline.exceeded(&queued_context)),
+                    Err(status) => Err(status),
+                };
+                agent.queued.fetch_sub(1, Ordering::Relaxed);
+                let ran = waited?
+                    .map_err(|_| Status::unavailable("agent is shutting down"))?
+                    .map_err(|e| runtime_status(stage.index, e))?;
+                span.record("batch", ran.batch as i64);
+                (ran.outputs, ran.queue_ms, ran.compute_ms, ran.batch)
+            }
+            None => {
+                let queued_at = Instant::now();
+                agent.queued.fetch_add(1, Ordering::Relaxed);
+                let permit = match deadline.remaining(&queued_context) {
+                    Ok(left) => tokio::time::timeout(left, agent.slots.acquire())
+                        .instrument(tracing::info_span!("queue", node = %node_id))
+                        .await
+                        .map_err(|_| deadline.exceeded(&queued_context)),
+                    Err(status) => Err(status),
+                };
+                agent.queued.fetch_sub(1, Ordering::Relaxed);
+                let _permit = permit?.map_err(|_| Status::unavailable("agent is shutting down"))?;
+                let queue_ms = queued_at.elapsed().as_secs_f64() * 1e3;
 
-        let started = Instant::now();
-        let compute = tracing::info_span!(
-            "compute",
-            stage = i64::from(stage.index),
-            predicted_ms = stage.predicted_ms,
-            measured_ms = tracing::field::Empty,
-        );
-        let outputs = tokio::task::spawn_blocking(move || loaded.run(&inputs))
-            .instrument(compute.clone())
-            .await
-            .map_err(|e| Status::internal(format!("stage task failed: {e}")))?
-            .map_err(|e| runtime_status(stage.index, e))?;
-        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
-        compute.record("measured_ms", compute_ms);
+                let started = Instant::now();
+                let compute = tracing::info_span!(
+                    "compute",
+                    stage = i64::from(stage.index),
+                    predicted_ms = stage.predicted_ms,
+                    measured_ms = tracing::field::Empty,
+                );
+                let outputs = tokio::task::spawn_blocking(move || loaded.run(&inputs))
+                    .instrument(compute.clone())
+                    .await
+                    .map_err(|e| Status::internal(format!("stage task failed: {e}")))?
+                    .map_err(|e| runtime_status(stage.index, e))?;
+                let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+                compute.record("measured_ms", compute_ms);
+                drop(_permit);
+                agent.stages.record_run(&digest, compute_ms);
+                (outputs, queue_ms, compute_ms, 1)
+            }
+        };
         span.record("queue_ms", queue_ms);
         span.record("compute_ms", compute_ms);
-        drop(_permit);
         agent.metrics.ran(labels, queue_ms, compute_ms);
-        agent.stages.record_run(&digest, compute_ms);
         {
             let mut recent = agent.recent_ms.lock();
             *recent = if *recent == 0.0 {
@@ -470,6 +521,7 @@ impl AgentService {
                 forward_ms: forward.0,
                 forward_up_bytes: forward.1,
                 forward_down_bytes: forward.2,
+                batch: batch as u32,
             })),
         });
         agent.served.fetch_add(1, Ordering::Relaxed);

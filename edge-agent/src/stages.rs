@@ -47,11 +47,24 @@ pub enum StageError {
     },
 }
 
+/// A stage's batched form.
+#[derive(Clone)]
+enum Batched {
+    /// Being rewritten, loaded and checked.
+    Loading,
+    /// Ready: it answers each item of a batch as the stage answers it alone.
+    Ready(Stage),
+    /// The stage cannot be batched (why); it is served one request at a time.
+    Refused,
+}
+
 /// Blob cache plus loaded stages.
 pub struct StageStore {
     blobs: DirBlobStore,
     backend: Arc<dyn Backend>,
     loaded: Mutex<HashMap<Digest, Stage>>,
+    /// Stages rewritten with a free batch dimension, for models that batch (made on first use).
+    batched: Mutex<HashMap<Digest, Batched>>,
     /// Recent mean compute time per loaded stage, ms (exponentially weighted), and its runs.
     compute_ms: Mutex<HashMap<Digest, (f64, u64)>>,
 }
@@ -64,6 +77,7 @@ impl StageStore {
             blobs: DirBlobStore::open(dir)?,
             backend,
             loaded: Mutex::new(HashMap::new()),
+            batched: Mutex::new(HashMap::new()),
             compute_ms: Mutex::new(HashMap::new()),
         })
     }
@@ -93,7 +107,81 @@ impl StageStore {
     /// Forgets loaded stages (and their times) not in `keep`.
     pub fn retain(&self, keep: &[Digest]) {
         self.loaded.lock().retain(|d, _| keep.contains(d));
+        self.batched.lock().retain(|d, _| keep.contains(d));
         self.compute_ms.lock().retain(|d, _| keep.contains(d));
+    }
+
+    /// The batched form of a loaded stage, when it is ready. The first call starts making it (off the async
+    /// threads: the stage rewritten with a free batch dimension, loaded, and checked on a batch of two against
+    /// the stage itself, [`strata_runtime::batch`]) and answers `None`, as does every call until it is ready
+    /// and every call for a stage that cannot be batched (logged once, with why).
+    pub fn batched(self: &Arc<Self>, digest: &Digest) -> Option<Stage> {
+        let mut batched = self.batched.lock();
+        match batched.get(digest) {
+            Some(Batched::Ready(stage)) => return Some(stage.clone()),
+            Some(Batched::Loading | Batched::Refused) => return None,
+            None => {}
+        }
+        let single = self.get(digest)?;
+        batched.insert(digest.clone(), Batched::Loading);
+        drop(batched);
+        let store = self.clone();
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let made = match store.cached_blob(&digest).await {
+                Ok(Some(bytes)) => {
+                    let backend = store.backend.clone();
+                    tokio::task::spawn_blocking(move || {
+                        StageStore::make_batched(backend.as_ref(), &bytes, single.as_ref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(strata_runtime::batch::NotBatchable(format!(
+                            "the check failed: {e}"
+                        )))
+                    })
+                }
+                Ok(None) => Err(strata_runtime::batch::NotBatchable(
+                    "the stage is no longer cached".into(),
+                )),
+                Err(e) => Err(strata_runtime::batch::NotBatchable(e.to_string())),
+            };
+            let state = match made {
+                Ok(stage) => {
+                    tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "stage batches");
+                    Batched::Ready(stage)
+                }
+                Err(e) => {
+                    tracing::info!(%digest, reason = %e, "stage served one request at a time");
+                    Batched::Refused
+                }
+            };
+            // Unless the stage was dropped meanwhile.
+            if let Some(entry) = store.batched.lock().get_mut(&digest) {
+                *entry = state;
+            }
+        });
+        None
+    }
+
+    fn make_batched(
+        backend: &dyn Backend,
+        bytes: &[u8],
+        single: &dyn LoadedStage,
+    ) -> Result<Stage, strata_runtime::batch::NotBatchable> {
+        use strata_runtime::batch::{self, NotBatchable};
+        let rewritten = batch::with_batch_dim(bytes)?;
+        let stage = backend
+            .load(&rewritten, &HashMap::new())
+            .map_err(|e| NotBatchable(e.to_string()))?;
+        batch::verify(single, stage.as_ref())?;
+        Ok(stage.into())
+    }
+
+    /// The backend stages run on.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// Records one run of a stage. The first run of a loaded stage is cold (allocations, caches) and is
@@ -214,7 +302,11 @@ mod tests {
     #[tokio::test]
     async fn the_cache_keeps_what_is_used_or_recent_and_drops_the_rest() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let stages = StageStore::open(dir.path().to_path_buf(), Arc::new(strata_runtime::TractBackend)).expect("open");
+        let stages = StageStore::open(
+            dir.path().to_path_buf(),
+            Arc::new(strata_runtime::TractBackend),
+        )
+        .expect("open");
         let (used, unused) = (Bytes::from_static(b"used"), Bytes::from_static(b"unused"));
         let (u, x) = (Digest::of(&used), Digest::of(&unused));
         stages.put_blob(&u, used).await.expect("put");

@@ -87,6 +87,7 @@ async fn push(plane: &ControlPlane, name: &str, privacy: v1::Privacy) {
         size_bytes: bytes.len() as u64,
         privacy: privacy as i32,
         input_shapes: vec![],
+        batching: None,
     };
     plane
         .push_model(meta, bytes.into())

@@ -72,6 +72,11 @@ pub trait LoadedStage: Send + Sync {
     fn input_names(&self) -> &[String];
     /// Output names, in the model's order.
     fn output_names(&self) -> &[String];
+    /// What the stage takes for each input, in [`LoadedStage::input_names`]' order: its dtype and dimensions
+    /// (`None` for a free one). Empty when the backend cannot tell.
+    fn input_facts(&self) -> &[OutputFact] {
+        &[]
+    }
     /// What the stage promises for each output, in [`LoadedStage::output_names`]' order: its dtype and
     /// dimensions (`None` for one known only when run). Empty when the backend cannot tell before running.
     fn output_facts(&self) -> &[OutputFact] {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod batch;
 pub mod npy;
 #[cfg(feature = "ort")]
 pub mod ort_backend;

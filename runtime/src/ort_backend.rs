@@ -419,6 +419,10 @@ impl LoadedStage for OrtStage {
         &self.output_facts
     }
 
+    fn input_facts(&self) -> &[OutputFact] {
+        &self.input_facts
+    }
+
     #[tracing::instrument(skip_all, name = "ort_run")]
     fn run(
         &self,

@@ -166,6 +166,10 @@ impl LoadedStage for TractStage {
         &self.output_facts
     }
 
+    fn input_facts(&self) -> &[OutputFact] {
+        &self.input_facts
+    }
+
     #[tracing::instrument(skip_all, name = "tract_run")]
     fn run(
         &self,

@@ -656,3 +656,126 @@ mod ort {
         );
     }
 }
+
+/// Dynamic batching (issue 13): the stages of a middle cut of each model, rewritten with a free batch
+/// dimension, answer a batch of two different items as the original answers each alone, on every backend.
+/// The image models must batch; every other stage batches or says why not, never a panic or a wrong answer.
+#[test]
+fn stages_rewritten_with_a_batch_dimension_answer_each_item_as_alone() {
+    use strata_runtime::batch;
+    let backends = backends();
+    let must_batch = ["squeezenet", "shufflenet"];
+    let models = [
+        "squeezenet",
+        "shufflenet",
+        "multi_io",
+        "int_tensors",
+        "fanout",
+        "shape_chain",
+        "skip_long",
+        "shared_init",
+    ];
+    let mut refused = Vec::new();
+    let mut batched = 0;
+    for name in models {
+        let c = load(name);
+        let Some(cut) = cuts(&c.model, &c.analysis).into_iter().next() else {
+            panic!("{name}: no cut");
+        };
+        let stage_of = split::stage_assignment(&c.model, &c.analysis, &cut).expect("cut");
+        let tiers = [Tier::Edge, Tier::Cloud];
+        let specs =
+            plan::stages_from_assignment(&c.model, &c.analysis, &stage_of, &tiers).expect("stages");
+        let (stages, protos) =
+            plan::build_stages(&c.model, &c.analysis, &specs, None, None).expect("build");
+        for (stage, proto) in stages.iter().zip(&protos) {
+            let bytes = proto.encode_to_vec();
+            let rewritten = batch::with_batch_dim(&bytes);
+            for backend in &backends {
+                let what = format!("{name} stage {} on {}", stage.index, backend.name());
+                let single = backend.load(&bytes, &HashMap::new()).expect(&what);
+                let outcome = rewritten.clone().and_then(|r| {
+                    let b = backend
+                        .load(&r, &HashMap::new())
+                        .map_err(|e| batch::NotBatchable(e.to_string()))?;
+                    batch::verify(single.as_ref(), b.as_ref())
+                });
+                match outcome {
+                    Ok(()) => batched += 1,
+                    Err(e) => {
+                        assert!(!must_batch.contains(&name), "{what}: {e}");
+                        assert!(!e.0.is_empty());
+                        refused.push(format!("{what}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{batched} stage loads batch; refused:\n{}",
+        refused.join("\n")
+    );
+    assert!(batched >= 4 * backends.len(), "too few batch: {refused:?}");
+}
+
+/// A stage that mixes the items of a batch (a sum over dimension 0) is caught by the check, not served wrong.
+#[test]
+fn a_stage_that_mixes_the_batch_is_refused() {
+    use strata_runtime::batch;
+    use tract_onnx::pb;
+    let dims = |d: &[i64]| pb::TypeProto {
+        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+            elem_type: pb::tensor_proto::DataType::Float as i32,
+            shape: Some(pb::TensorShapeProto {
+                dim: d
+                    .iter()
+                    .map(|&v| pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })),
+        ..Default::default()
+    };
+    let value = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(dims(&[1, 4])),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "mix".into(),
+            node: vec![pb::NodeProto {
+                op_type: "Softmax".into(),
+                name: "mix".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                attribute: vec![pb::AttributeProto {
+                    name: "axis".into(),
+                    r#type: pb::attribute_proto::AttributeType::Int as i32,
+                    i: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            input: vec![value("x")],
+            output: vec![value("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = model.encode_to_vec();
+    let rewritten = batch::with_batch_dim(&bytes).expect("rewrites");
+    for backend in backends() {
+        let single = backend.load(&bytes, &HashMap::new()).expect("single");
+        let b = backend.load(&rewritten, &HashMap::new()).expect("batched");
+        let e = batch::verify(single.as_ref(), b.as_ref()).expect_err(backend.name());
+        assert!(e.0.contains("differs"), "{}: {e}", backend.name());
+    }
+}

@@ -597,15 +597,15 @@ impl Sandbox {
     }
 
     pub fn push(&self, file: &Path, name: &str, privacy: &str) {
-        let out = self.strata(&[
-            "model",
-            "push",
-            &file.to_string_lossy(),
-            "--name",
-            name,
-            "--privacy",
-            privacy,
-        ]);
+        self.push_with(file, name, privacy, &[]);
+    }
+
+    /// `strata model push` with `extra` flags (`--max-batch 8`, say).
+    pub fn push_with(&self, file: &Path, name: &str, privacy: &str, extra: &[&str]) {
+        let file = file.to_string_lossy();
+        let mut args = vec!["model", "push", &file, "--name", name, "--privacy", privacy];
+        args.extend_from_slice(extra);
+        let out = self.strata(&args);
         assert!(
             out.status.success(),
             "push {name}: {}",
@@ -702,9 +702,15 @@ impl Sandbox {
 
     /// A device SDK client (a device certificate under TLS).
     pub fn client(&self, endpoints: &[String]) -> Client {
+        self.client_with_timeout(endpoints, ClientConfig::new(vec![]).request_timeout)
+    }
+
+    /// A device SDK client whose requests have `timeout` as their deadline.
+    pub fn client_with_timeout(&self, endpoints: &[String], timeout: Duration) -> Client {
         let _guard = self.runtime.enter();
         let config = ClientConfig {
             transport: self.transport_as(strata_trust::Role::Device, "device"),
+            request_timeout: timeout,
             ..ClientConfig::new(endpoints.to_vec())
         };
         Client::new(config).expect("client")

@@ -676,6 +676,7 @@ impl GrpcInferenceService for OipService {
             predicted_ms = tracing::field::Empty,
             queue_ms = tracing::field::Empty,
             compute_ms = tracing::field::Empty,
+            batch = tracing::field::Empty,
         );
         let context = format!(" at agent {node_id}");
         let mut labels = None;
