@@ -190,10 +190,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure every node's time on this machine with tract (warm-up, then the median of N runs).
+    /// Measure every node's time on this machine with tract (warm-up, then the median of N runs); with
+    /// --fit, fit this machine's roofline (peak GFLOP/s, memory bandwidth, per-operator overhead) to them.
     Profile {
-        /// The ONNX model.
-        model: PathBuf,
+        /// The ONNX model(s); --fit fits one roofline over all of them (more models, a better fit).
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
         /// Concrete shape for a model input: NAME=d0,d1,.. (repeatable).
         #[arg(long = "input", value_name = "NAME=D0,D1,..")]
         inputs: Vec<InputShape>,
@@ -203,9 +205,22 @@ enum Command {
         /// Untimed warm-up runs.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
-        /// Write the profile as JSON here (for `strata plan --profile`).
+        /// Write the profile as JSON here (for `strata plan --profile`; one model only).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The runtime that runs the model and times its nodes.
+        #[arg(long, value_enum, default_value_t = ProfileBackend::Tract)]
+        backend: ProfileBackend,
+        /// Fit the roofline to the measured times and print it as a `[tiers.TIER]` section for a cluster file
+        /// (docs/cost-model.md).
+        #[arg(long)]
+        fit: bool,
+        /// Also write the fitted section to this file (implies --fit).
+        #[arg(long, value_name = "FILE")]
+        fit_out: Option<PathBuf>,
+        /// The tier the fitted section describes.
+        #[arg(long, default_value = "device")]
+        tier: strata_core::Tier,
     },
     /// Find the best device→edge→cloud split for a cluster and write the stages.
     Plan {
@@ -494,6 +509,13 @@ enum Command {
     },
 }
 
+/// Runtimes `strata profile` can time node by node.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProfileBackend {
+    /// tract, the runtime stages run on by default.
+    Tract,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ObjectiveArg {
     Latency,
@@ -538,12 +560,25 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             json,
         } => inspect::run(&model, &inputs, json),
         Command::Profile {
-            model,
+            models,
             inputs,
             runs,
             warmup,
             out,
-        } => profile::run(&model, &inputs, runs, warmup, out.as_deref()),
+            backend: ProfileBackend::Tract,
+            fit,
+            fit_out,
+            tier,
+        } => profile::run(&profile::ProfileArgs {
+            models: &models,
+            inputs: &inputs,
+            runs,
+            warmup,
+            out: out.as_deref(),
+            fit,
+            fit_out: fit_out.as_deref(),
+            tier,
+        }),
         Command::Plan {
             model,
             cluster,

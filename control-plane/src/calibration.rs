@@ -132,13 +132,15 @@ pub fn drifted(planned_with: [f64; 3], live: [Option<f64>; 3], settings: &Settin
 }
 
 /// `cluster` with each tier's compute `factors` applied: a tier measured twice as slow as profiled (factor
-/// 2) gets half the GFLOP/s and twice the per-operator overhead, so every node's predicted time doubles.
+/// 2) gets half the GFLOP/s, half the memory bandwidth (when it has one) and twice the per-operator overhead,
+/// so every node's predicted time doubles.
 pub fn apply(cluster: &Cluster, factors: [f64; 3]) -> Cluster {
     let mut out = cluster.clone();
     for (tier, spec) in out.tiers.iter_mut() {
         let f = factors[tier.index()];
         if f.is_finite() && f > 0.0 && f != 1.0 {
             spec.gflops /= f;
+            spec.bandwidth_gbs = spec.bandwidth_gbs.map(|bw| bw / f);
             spec.op_overhead_us *= f;
         }
     }
@@ -315,5 +317,44 @@ mod tests {
         assert_eq!(slow.tiers[&Tier::Edge].gflops, 20.0);
         assert_eq!(slow.tiers[&Tier::Edge].op_overhead_us, 20.0);
         assert_eq!(slow.tiers[&Tier::Device], cluster.tiers[&Tier::Device]);
+        assert_eq!(slow.tiers[&Tier::Edge].bandwidth_gbs, None);
+    }
+
+    #[test]
+    fn applying_a_factor_scales_a_roofline_tier_s_bandwidth_too() {
+        let cluster = Cluster::from_toml(
+            r#"
+            [tiers.device]
+            gflops = 10
+            memory_mib = 100
+            [tiers.cloud]
+            gflops = 400
+            bandwidth_gbs = 50
+            op_overhead_us = 4
+            memory_mib = 100
+            [[links]]
+            from = "device"
+            to = "cloud"
+            up_mbps = 10
+            rtt_ms = 5
+            "#,
+        )
+        .expect("a cluster");
+        let slow = apply(&cluster, [1.0, 1.0, 2.0]);
+        let cloud = &slow.tiers[&Tier::Cloud];
+        assert_eq!(cloud.gflops, 200.0);
+        assert_eq!(cloud.bandwidth_gbs, Some(25.0));
+        assert_eq!(cloud.op_overhead_us, 8.0);
+        // Memory-bound and compute-bound nodes alike take twice as long.
+        let fast = strata_planner::roofline::Roofline::of(&cluster.tiers[&Tier::Cloud]);
+        let slow = strata_planner::roofline::Roofline::of(cloud);
+        for (flops, bytes) in [(1e9, 1e3), (1e3, 1e9)] {
+            let work = strata_planner::roofline::NodeWork {
+                flops,
+                bytes,
+                pays_overhead: true,
+            };
+            assert!((slow.node_ms(&work) - 2.0 * fast.node_ms(&work)).abs() < 1e-9);
+        }
     }
 }

@@ -13,8 +13,13 @@ pub struct TierSpec {
     /// What the hardware is (free text, for tables).
     #[serde(default)]
     pub name: String,
-    /// Sustained throughput on CNN inference, GFLOP/s (not the datasheet peak).
+    /// Sustained throughput on CNN inference, GFLOP/s (not the datasheet peak); with `bandwidth_gbs`, the peak
+    /// compute throughput of the roofline (see [`crate::roofline`]; `strata profile --fit` measures both).
     pub gflops: f64,
+    /// Memory bandwidth, GB/s: when given, a node takes `max(FLOPs / gflops, bytes moved / bandwidth)` plus
+    /// the overhead (the roofline); when absent, `FLOPs / gflops` plus the overhead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_gbs: Option<f64>,
     /// Fixed cost per operator (kernel launch, dispatch), microseconds.
     #[serde(default)]
     pub op_overhead_us: f64,
@@ -123,6 +128,9 @@ impl Cluster {
         for (tier, spec) in &self.tiers {
             positive(&format!("tiers.{tier}.gflops"), spec.gflops)?;
             positive(&format!("tiers.{tier}.memory_mib"), spec.memory_mib)?;
+            if let Some(bw) = spec.bandwidth_gbs {
+                positive(&format!("tiers.{tier}.bandwidth_gbs"), bw)?;
+            }
             for (field, v) in [
                 ("op_overhead_us", spec.op_overhead_us),
                 ("active_w", spec.active_w),

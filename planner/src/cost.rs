@@ -1,6 +1,7 @@
 //! The cost model: per node and tier, predicted milliseconds (from FLOPs and the tier's sustained GFLOP/s, or
-//! from a measured profile scaled to the tier) and device energy; per hop, RTT and per-byte costs. Turns a model,
-//! its analysis, a cluster and a privacy level into the partitioner's [`Problem`].
+//! the tier's roofline when it gives a memory bandwidth — see [`crate::roofline`] — or from a measured profile
+//! scaled to the tier) and device energy; per hop, RTT and per-byte costs. Turns a model, its analysis, a
+//! cluster and a privacy level into the partitioner's [`Problem`].
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +9,7 @@ use crate::analyse::Analysis;
 use crate::cluster::Cluster;
 use crate::model::{Model, Origin};
 use crate::partition::{CostLayer, HopCost, Problem, TIER_COUNT, Tensor};
+use crate::roofline::{self, Roofline};
 use strata_core::Privacy;
 use strata_core::Tier;
 use strata_core::recost::{DevicePower, Link, LinkState, ms_per_byte};
@@ -50,7 +52,11 @@ pub enum CostError {
     ProfileMismatch(String),
 }
 
-/// Predicted milliseconds for each node on each tier (INFINITY where the tier is absent).
+/// Predicted milliseconds for each node on each tier (INFINITY where the tier is absent). With a profile, its
+/// measured times (scaled by the tier's GFLOP/s against the profiled machine's effective GFLOP/s unless the
+/// tier is `measured_here`) plus the tier's overhead; without, the tier's [`Roofline`]: `FLOPs / gflops +
+/// overhead`, or `max(FLOPs / gflops, bytes moved / bandwidth) + overhead` when the tier gives
+/// `bandwidth_gbs`. Layout-only operators pay no overhead.
 pub fn node_ms(
     model: &Model,
     analysis: &Analysis,
@@ -76,6 +82,7 @@ pub fn node_ms(
         }
         None => None,
     };
+    let work = roofline::work(model, analysis);
     Ok((0..model.nodes.len())
         .map(|v| {
             let mut row = [f64::INFINITY; TIER_COUNT];
@@ -86,22 +93,51 @@ pub fn node_ms(
                         row[tier.index()] = 0.0;
                         continue;
                     }
-                    let compute = match (&measured, profile) {
-                        (Some(ms), Some(_)) if spec.measured_here => ms[v],
-                        (Some(ms), Some(p)) => ms[v] * p.effective_gflops / spec.gflops,
-                        _ => analysis.node_flops[v] / (spec.gflops * 1e9) * 1e3,
-                    };
                     let overhead = if is_layout_only(&model.nodes[v].op_type) {
                         0.0
                     } else {
                         spec.op_overhead_us * 1e-3
                     };
-                    row[tier.index()] = compute + overhead;
+                    row[tier.index()] = match (&measured, profile) {
+                        (Some(ms), Some(_)) if spec.measured_here => ms[v] + overhead,
+                        (Some(ms), Some(p)) => ms[v] * p.effective_gflops / spec.gflops + overhead,
+                        // Layout-only nodes still pay their FLOPs (one per output element), as before.
+                        _ => Roofline::of(spec).node_ms(&roofline::NodeWork {
+                            flops: analysis.node_flops[v],
+                            ..work[v]
+                        }),
+                    };
                 }
             }
             row
         })
         .collect())
+}
+
+/// Attributes the per-node times of a tract model (by tract node name, as
+/// `strata_runtime::profile::measure` gives them) to the ONNX nodes they came from ([`crate::analyse::owner_of`]):
+/// per ONNX node (index as [`Model::nodes`]), ms. Time of nodes tract created itself is spread over all nodes
+/// in proportion to their FLOPs; nodes tract fused into a neighbour get 0 (their time is the neighbour's).
+pub fn attribute_times(model: &Model, analysis: &Analysis, tract_ms: &[(String, f64)]) -> Vec<f64> {
+    let by_tract_name: std::collections::HashMap<&str, usize> = model
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.tract_name.as_str(), i))
+        .collect();
+    let mut ms = vec![0f64; model.nodes.len()];
+    let mut unattributed = 0f64;
+    for (name, t) in tract_ms {
+        match crate::analyse::owner_of(name, &by_tract_name) {
+            Some(i) => ms[i] += t,
+            None => unattributed += t,
+        }
+    }
+    let total_flops = analysis.total_flops().max(1.0);
+    for (i, m) in ms.iter_mut().enumerate() {
+        *m += unattributed * analysis.node_flops[i] / total_flops;
+    }
+    ms
 }
 
 /// The nodes that read `tensor` and run somewhere (folded nodes run nowhere).
@@ -120,7 +156,7 @@ fn consumers(model: &Model, analysis: &Analysis, tensor: &str) -> Vec<usize> {
 
 /// Operators that runtimes turn into no-ops or views (tract declutters them away; GPU runtimes alias the
 /// buffer), so they pay no per-operator overhead.
-fn is_layout_only(op_type: &str) -> bool {
+pub(crate) fn is_layout_only(op_type: &str) -> bool {
     matches!(
         op_type,
         "Identity" | "Dropout" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Shape"

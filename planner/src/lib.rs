@@ -12,4 +12,5 @@ pub mod model;
 pub mod onnx;
 pub mod partition;
 pub mod plan;
+pub mod roofline;
 pub mod split;
