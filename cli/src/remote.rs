@@ -184,21 +184,27 @@ pub fn list(target: &Target) -> Result<()> {
         .into_inner()
         .models;
     say!(
-        "{:<20} {:>7} {:>9} {:>12} {:>6}  state",
+        "{:<20} {:>7} {:>9} {:>12} {:>6} {:>12}  state",
         "model",
         "version",
         "privacy",
         "bytes",
-        "plans"
+        "plans",
+        "batching"
     )?;
     for m in models {
+        let batching = m.batching.map_or_else(
+            || "-".to_string(),
+            |b| format!("{}/{}us", b.max_batch, b.max_queue_delay_us),
+        );
         say!(
-            "{:<20} {:>7} {:>9} {:>12} {:>6}  {}",
+            "{:<20} {:>7} {:>9} {:>12} {:>6} {:>12}  {}",
             m.name,
             m.version,
             privacy_name(m.privacy),
             m.size_bytes,
             m.routes.as_ref().map_or(0, |r| r.plans.len()),
+            batching,
             state(&m)
         )?;
     }

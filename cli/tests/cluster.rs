@@ -1660,9 +1660,12 @@ fn a_missing_onnx_runtime_is_a_clear_error_or_auto_serves_on_tract() {
 #[test]
 fn concurrent_requests_are_batched_and_each_caller_gets_its_own_answer() {
     let mut sandbox = Sandbox::start(&[], 3000);
-    // One slot: while a batch computes, the next one fills.
-    sandbox.add_agent_with("edge", 1, 64);
-    sandbox.add_agent_with("cloud", 1, 64);
+    // One slot: while a batch computes, the next one fills. tract runs a batch slower per request than
+    // requests alone (so an agent would not batch by default): this test is about what batching does.
+    let control_planes = sandbox.replica_addresses();
+    for tier in ["edge", "cloud"] {
+        sandbox.add_agent_full(tier, 1, 64, &control_planes, &["--batch-always"]);
+    }
     sandbox.wait_until("every agent registered", Duration::from_secs(30), |s| {
         s.nodes().len() == 2
     });
@@ -1679,6 +1682,25 @@ fn concurrent_requests_are_batched_and_each_caller_gets_its_own_answer() {
         table.batching.map(|b| (b.max_batch, b.max_queue_delay_us)),
         Some((8, 1_500_000))
     );
+    let ls = String::from_utf8_lossy(&sandbox.strata(&["model", "ls"]).stdout).to_string();
+    assert!(ls.contains("8/1500000us"), "{ls}");
+    // Settings past the limits are refused, and nothing is stored.
+    let out = sandbox.strata(&[
+        "model",
+        "push",
+        &corpus("squeezenet.onnx").to_string_lossy(),
+        "--name",
+        "too-big",
+        "--max-batch",
+        "5000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("max_batch 5000"),
+        "{stderr}"
+    );
+    let ls = String::from_utf8_lossy(&sandbox.strata(&["model", "ls"]).stdout).to_string();
+    assert!(!ls.contains("too-big"), "{ls}");
     let device = v1::Tier::Device as i32;
     let plan = table
         .plans

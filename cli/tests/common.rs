@@ -35,6 +35,16 @@ pub fn strata(args: &[&str]) -> Output {
         .expect("the strata binary runs")
 }
 
+/// `out`'s stdout, after asserting that the command succeeded (its stderr in the message if not).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "strata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asserts a clean failure: non-zero exit, one `error:` line naming every `needles`, no panic.
 pub fn assert_clean_error(out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -60,15 +60,6 @@ fn run(target: &Path, input: &str, out: &Path) -> String {
     ]))
 }
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "strata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[test]
 fn plan_then_run_matches_whole_model() {
     let dir = tempfile::tempdir().expect("tmp");

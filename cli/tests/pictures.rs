@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cluster, corpus, node, root, strata, tiny_model};
+use common::{cluster, corpus, node, ok, root, strata, tiny_model};
 use serde_json::Value;
 
 /// The tier colours docs/pictures.md documents.
@@ -135,15 +135,6 @@ fn tool<'a>(name: &'a str, package: &str) -> &'a str {
         "{name} is missing: run scripts/setup.sh (Debian package {package})"
     );
     name
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "strata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Parses `svg` (and renders it to PNG with rsvg-convert at `zoom`, when given) and returns the checker's

@@ -7,15 +7,6 @@ use std::path::Path;
 
 use common::*;
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "strata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }

@@ -22,6 +22,14 @@
 //!    request sampled, exported over OTLP/gRPC to a real receiver, `cli/tests/otlp_receiver.py`, which
 //!    writes every span to a file). Requests alternate between the three in rotating order.
 //!
+//! 6. **Dynamic batching** (issue 13): squeezenet pushed twice, without batching and with `max_batch` 16 and
+//!    a 2 ms queue delay (the same stage bytes), served by one edge agent (a slot per core; its stages on
+//!    tract, then on ONNX Runtime's CPU when the wheel is there, a session per slot), batching forced on
+//!    (`--batch-always`: tract measures slower batched and would otherwise not batch) to 1, 4, 16 and 64 concurrent clients, each sending its
+//!    next request as soon as the last is answered (the bare hop, as part 2), for a fixed window: throughput,
+//!    p50 and p99 latency and the mean batch, the two models alternating at each client count.
+//!    `cargo bench -p strata-edge-agent --bench serving -- batching` runs it alone.
+//!
 //! A real in-process cluster: the control plane on an embedded store, one edge agent, the device SDK. The
 //! cluster profile gives the device 0.001 GFLOP/s and a 1 s cost per operator, so every model's best plan is
 //! a single edge stage. The kinds of measurement are interleaved, in rotating order, so that drift in the
@@ -88,7 +96,13 @@ fn transports(dir: &Path, tls: bool) -> [Transport; 3] {
     })
 }
 
+/// A cluster whose edge agent runs its stages on tract.
 async fn start(tls: bool) -> Bench {
+    start_on(tls, strata_edge_agent::backend::Selected::tract()).await
+}
+
+/// [`start`] with the edge agent's stages on `backend`.
+async fn start_on(tls: bool, backend: strata_edge_agent::backend::Selected) -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let [cp_transport, edge_transport, device] = transports(dir.path(), tls);
     let (state, blobs) =
@@ -114,6 +128,11 @@ async fn start(tls: bool) -> Bench {
     );
     config.name = "bench-edge".into();
     config.transport = edge_transport;
+    config.backend = backend;
+    // Part 6 measures batching whether or not it is faster here.
+    config.batch_always = true;
+    // Room for part 6's 64 clients.
+    config.queue = config.queue.max(256);
     let agent = Agent::new(config).expect("agent");
     tokio::spawn(strata_edge_agent::serve(
         agent,
@@ -144,13 +163,17 @@ async fn start(tls: bool) -> Bench {
 
 impl Bench {
     async fn push(&self, name: &str, bytes: Vec<u8>) {
+        self.push_batched(name, bytes, None).await;
+    }
+
+    async fn push_batched(&self, name: &str, bytes: Vec<u8>, batching: Option<v1::Batching>) {
         let meta = v1::ModelMeta {
             name: name.to_string(),
             digest: strata_core::Digest::of(&bytes).to_string(),
             size_bytes: bytes.len() as u64,
             privacy: v1::Privacy::Open as i32,
             input_shapes: vec![],
-            batching: None,
+            batching,
         };
         self.plane
             .push_model(meta, bytes.into())
@@ -883,14 +906,171 @@ fn tracing_cost(iterations: usize) {
     }
 }
 
+/// One client count's run: requests answered per second, latency quantiles and the mean batch.
+struct Load {
+    per_s: f64,
+    p50: f64,
+    p99: f64,
+    batch: f64,
+}
+
+/// `clients` concurrent clients send requests to `target` back to back for `window`.
+async fn load(
+    target: &Target,
+    chunks: &Arc<Vec<v1::TensorChunk>>,
+    clients: usize,
+    window: Duration,
+) -> Load {
+    let started = Instant::now();
+    let stop = started + window;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (target, chunks) = (target.clone(), chunks.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < stop {
+                    let t0 = Instant::now();
+                    let hop = call::infer(
+                        target.channel.clone(),
+                        target.header.clone(),
+                        &chunks,
+                        Some(TIMEOUT),
+                        strata_proto::MAX_REQUEST_TENSOR_BYTES,
+                    )
+                    .await
+                    .unwrap_or_else(|s| panic!("hop {}: {}", target.model, s.message()));
+                    let batch = hop
+                        .reports
+                        .iter()
+                        .map(|r| r.batch.max(1))
+                        .max()
+                        .unwrap_or(1);
+                    samples.push((t0.elapsed().as_secs_f64() * 1e3, f64::from(batch)));
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.expect("client task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    Load {
+        per_s: samples.len() as f64 / elapsed,
+        p50: quantile(&latency, 0.5),
+        p99: quantile(&latency, 0.99),
+        batch: samples.iter().map(|s| s.1).sum::<f64>() / samples.len().max(1) as f64,
+    }
+}
+
+/// Part 6: served throughput and latency with and without dynamic batching.
+async fn batching(window: Duration) {
+    let model_path = root().join("corpus/models/squeezenet.onnx");
+    let Ok(bytes) = std::fs::read(&model_path) else {
+        println!("batching: skipped, {} is missing", model_path.display());
+        return;
+    };
+    let npy = root().join("corpus/models/squeezenet.inputs/data_0.npy");
+    let input = strata_runtime::npy::decode(&std::fs::read(&npy).expect("read the sample input"))
+        .expect("decode the sample input");
+    let chunks = Arc::new(chunks_of(vec![("data_0".to_string(), input)]));
+    let mut backends = vec![strata_edge_agent::backend::Selected::tract()];
+    match strata_edge_agent::backend::select(
+        strata_edge_agent::backend::BackendChoice::Ort(strata_runtime::ExecutionProvider::Cpu),
+        // The agent's defaults: a session per slot (a slot per core), one thread each.
+        strata_edge_agent::backend::OrtSettings::for_slots(
+            strata_edge_agent::agent::cores(),
+            strata_edge_agent::agent::cores(),
+        ),
+    ) {
+        Ok(ort) => backends.push(ort),
+        Err(e) => println!("batching on ONNX Runtime: skipped: {e}"),
+    }
+    println!(
+        "\n## Dynamic batching: squeezenet, one edge agent with {} slots, max_batch 16, 2 ms delay\n",
+        strata_edge_agent::agent::cores()
+    );
+    println!(
+        "| backend | clients | unbatched req/s | batched req/s | throughput ratio | unbatched p50 / p99 ms | batched p50 / p99 ms | batched p99 ÷ unbatched p50 | mean batch |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for backend in backends {
+        let name = backend.backend.name();
+        let bench = start_on(false, backend).await;
+        bench.push("plain", bytes.clone()).await;
+        bench
+            .push_batched(
+                "batched",
+                bytes.clone(),
+                Some(v1::Batching {
+                    max_batch: 16,
+                    max_queue_delay_us: 2000,
+                }),
+            )
+            .await;
+        let plain = bench.ready("plain").await;
+        let batched = bench.ready("batched").await;
+        // Warm both, and let the agent build and check the batched stage.
+        load(&plain, &chunks, 4, Duration::from_millis(500)).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while load(&batched, &chunks, 4, Duration::from_millis(300))
+            .await
+            .batch
+            <= 1.0
+        {
+            assert!(Instant::now() < deadline, "the batched stage never batched");
+        }
+        for (i, clients) in [1usize, 4, 16, 64].into_iter().enumerate() {
+            let (p, b) = if i % 2 == 0 {
+                let p = load(&plain, &chunks, clients, window).await;
+                (p, load(&batched, &chunks, clients, window).await)
+            } else {
+                let b = load(&batched, &chunks, clients, window).await;
+                (load(&plain, &chunks, clients, window).await, b)
+            };
+            println!(
+                "| {name} | {clients} | {:.1} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} |",
+                p.per_s,
+                b.per_s,
+                b.per_s / p.per_s,
+                p.p50,
+                p.p99,
+                b.p50,
+                b.p99,
+                b.p99 / p.p50,
+                b.batch
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) is a quick smoke run.
     let full = std::env::args().any(|a| a == "--bench");
     // `cargo bench -p strata-edge-agent --bench serving -- tracing`: part 5 alone.
     let only_tracing = std::env::args().any(|a| a == "tracing");
+    // `-- batching`: part 6 alone.
+    let only_batching = std::env::args().any(|a| a == "batching");
     // Quiet unless asked (`STRATA_LOG=info`): logging is not what is measured.
     let _telemetry = strata_proto::logging::init("strata-bench", "error");
     let started = Instant::now();
+    if !only_tracing {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(batching(if full {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_millis(200)
+        }));
+        runtime.shutdown_background();
+    }
+    if only_batching {
+        return;
+    }
     if !only_tracing {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -68,6 +68,10 @@ pub struct AgentConfig {
     pub transport: strata_proto::transport::Transport,
     /// The backend stages are loaded into (`--backend`; see [`crate::backend`]).
     pub backend: crate::backend::Selected,
+    /// Batch a model that asks for it wherever its batched stages answer correctly, even where they measured
+    /// slower per request than runs alone (`--batch-always`; by default such a stage runs one request at a
+    /// time).
+    pub batch_always: bool,
 }
 
 impl AgentConfig {
@@ -102,6 +106,7 @@ impl AgentConfig {
             cache_grace: Duration::from_secs(600),
             transport: Default::default(),
             backend: crate::backend::Selected::tract(),
+            batch_always: false,
         }
     }
 }
@@ -178,7 +183,7 @@ fn hostname() -> Option<String> {
 }
 
 /// CPU cores this process may use (cgroup quotas included).
-fn cores() -> u32 {
+pub fn cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
@@ -336,6 +341,7 @@ impl Agent {
         let stages = StageStore::open(
             config.data_dir.join("stages"),
             config.backend.backend.clone(),
+            !config.batch_always,
         )?;
         let metrics =
             crate::metrics::AgentMetrics::new(config.tier, config.backend.backend.name())?;

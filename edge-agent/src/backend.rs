@@ -119,10 +119,31 @@ impl fmt::Debug for Selected {
     }
 }
 
-/// Makes the backend `choice` names, with `threads` intra-op threads per ONNX Runtime session (0: its
-/// default), and checks it on the probe model. Blocking: it may load a shared library and a GPU provider.
-#[tracing::instrument(skip_all, fields(choice = %choice, threads))]
-pub fn select(choice: BackendChoice, threads: usize) -> Result<Selected, SelectError> {
+/// How ONNX Runtime runs an agent's stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrtSettings {
+    /// Intra-op threads per session (0: ONNX Runtime's default, one per physical core).
+    pub threads: usize,
+    /// Sessions per stage: requests for one stage that run at once (0 or 1: one).
+    pub instances: usize,
+}
+
+impl OrtSettings {
+    /// An agent's defaults for `slots` compute slots on `cores` cores: a session per slot, and the cores
+    /// shared among them (at least one thread each), so that a full agent runs about one thread per core,
+    /// as it does on tract.
+    pub fn for_slots(slots: u32, cores: u32) -> OrtSettings {
+        OrtSettings {
+            threads: (cores / slots.max(1)).max(1) as usize,
+            instances: slots.max(1) as usize,
+        }
+    }
+}
+
+/// Makes the backend `choice` names, with `ort`'s threads and sessions for ONNX Runtime, and checks it on the
+/// probe model. Blocking: it may load a shared library and a GPU provider.
+#[tracing::instrument(skip_all, fields(choice = %choice, threads = ort.threads, instances = ort.instances))]
+pub fn select(choice: BackendChoice, ort: OrtSettings) -> Result<Selected, SelectError> {
     match choice {
         BackendChoice::Tract => {
             let backend: Arc<dyn Backend> = Arc::new(TractBackend);
@@ -133,13 +154,13 @@ pub fn select(choice: BackendChoice, threads: usize) -> Result<Selected, SelectE
             })
         }
         BackendChoice::Ort(provider) => Ok(Selected {
-            backend: ort(provider, threads)?,
+            backend: make_ort(provider, ort)?,
             tried: Vec::new(),
         }),
         BackendChoice::Auto => {
             let mut tried = Vec::new();
             for provider in ExecutionProvider::ALL {
-                match ort(provider, threads) {
+                match make_ort(provider, ort) {
                     Ok(backend) => return Ok(Selected { backend, tried }),
                     Err(e) => {
                         tracing::debug!(candidate = %provider.backend_name(), reason = %e, "passed over");
@@ -147,7 +168,7 @@ pub fn select(choice: BackendChoice, threads: usize) -> Result<Selected, SelectE
                     }
                 }
             }
-            select(BackendChoice::Tract, threads).map(|s| Selected {
+            select(BackendChoice::Tract, ort).map(|s| Selected {
                 backend: s.backend,
                 tried,
             })
@@ -155,12 +176,16 @@ pub fn select(choice: BackendChoice, threads: usize) -> Result<Selected, SelectE
     }
 }
 
-fn ort(provider: ExecutionProvider, threads: usize) -> Result<Arc<dyn Backend>, SelectError> {
+fn make_ort(
+    provider: ExecutionProvider,
+    ort: OrtSettings,
+) -> Result<Arc<dyn Backend>, SelectError> {
     let choice = BackendChoice::Ort(provider);
     let backend = OrtBackend::new(OrtConfig {
         library: None,
         provider,
-        intra_threads: threads,
+        intra_threads: ort.threads,
+        instances: ort.instances,
     })
     .map_err(|cause| SelectError::Unavailable { choice, cause })?;
     probe(choice, &backend)?;
@@ -232,13 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn onnx_runtime_gets_a_session_per_slot_and_shares_the_cores() {
+        assert_eq!(
+            OrtSettings::for_slots(2, 2),
+            OrtSettings {
+                threads: 1,
+                instances: 2
+            }
+        );
+        assert_eq!(OrtSettings::for_slots(2, 16).threads, 8);
+        assert_eq!(OrtSettings::for_slots(32, 16).threads, 1);
+        assert_eq!(OrtSettings::for_slots(0, 4).instances, 1);
+    }
+
+    #[test]
     fn tract_answers_the_probe_and_auto_never_fails() {
-        let tract = select(BackendChoice::Tract, 0).expect("tract");
+        let tract = select(BackendChoice::Tract, OrtSettings::default()).expect("tract");
         assert_eq!(tract.backend.name(), "tract");
         assert!(tract.tried.is_empty());
         // Whatever this machine has, auto picks something that answers the probe, and says why it passed
         // over everything faster.
-        let auto = select(BackendChoice::Auto, 1).expect("auto");
+        let auto = select(BackendChoice::Auto, OrtSettings::for_slots(2, 2)).expect("auto");
         let order = ["ort-tensorrt", "ort-cuda", "ort-cpu", "tract"];
         let picked = order
             .iter()

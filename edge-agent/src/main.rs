@@ -44,9 +44,19 @@ struct Args {
         value_name = "BACKEND"
     )]
     backend: strata_edge_agent::backend::BackendChoice,
-    /// Intra-op threads per ONNX Runtime session (default: its own, one per physical core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    backend_threads: usize,
+    /// Intra-op threads per ONNX Runtime session (default: the cores shared among the slots, at least 1; 0:
+    /// ONNX Runtime's own default, one per physical core).
+    #[arg(long, value_name = "N")]
+    backend_threads: Option<usize>,
+    /// ONNX Runtime sessions per stage, so that many requests for one stage run at once (default: one per
+    /// slot; each holds the stage's weights).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    backend_instances: Option<u64>,
+    /// Batch the models pushed with --max-batch wherever their batched stages answer correctly, even where
+    /// they measured slower per request than runs alone (by default those run one request at a time; tract's
+    /// kernels are tuned for one item).
+    #[arg(long)]
+    batch_always: bool,
     /// Stages computed at once (default: number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -156,9 +166,20 @@ async fn main() -> Result<()> {
             bound.to_string()
         }
     });
-    let (choice, threads) = (args.backend, args.backend_threads);
+    let slots = args.slots.unwrap_or_else(strata_edge_agent::agent::cores);
+    let mut ort = strata_edge_agent::backend::OrtSettings::for_slots(
+        slots,
+        strata_edge_agent::agent::cores(),
+    );
+    if let Some(threads) = args.backend_threads {
+        ort.threads = threads;
+    }
+    if let Some(instances) = args.backend_instances {
+        ort.instances = usize::try_from(instances).unwrap_or(usize::MAX);
+    }
+    let choice = args.backend;
     let backend =
-        tokio::task::spawn_blocking(move || strata_edge_agent::backend::select(choice, threads))
+        tokio::task::spawn_blocking(move || strata_edge_agent::backend::select(choice, ort))
             .await
             .context("the backend probe failed")??;
     for (candidate, why) in &backend.tried {
@@ -167,6 +188,7 @@ async fn main() -> Result<()> {
     tracing::info!(backend = backend.backend.name(), asked = %choice, "stages run on {}", backend.backend.name());
     let mut config = AgentConfig::new(tier, args.control_plane, advertise, args.data_dir);
     config.backend = backend;
+    config.batch_always = args.batch_always;
     if let Some(name) = args.name {
         config.name = name;
     }

@@ -19,17 +19,8 @@ fn node(op: &str, name: &str, input: &str, output: &str) -> proto::NodeProto {
 }
 
 /// x → Identity → Relu → y, float [1, 1000].
-fn identity_relu() -> (Vec<u8>, Model) {
-    let graph = proto::GraphProto {
-        name: Some("ir".into()),
-        node: vec![
-            node("Identity", "copy", "x", "a"),
-            node("Relu", "relu", "a", "y"),
-        ],
-        input: vec![onnx::tensor_value_info("x", 1, &[1, 1000])],
-        output: vec![onnx::tensor_value_info("y", 1, &[1, 1000])],
-        ..Default::default()
-    };
+/// `graph` as an opset-17 model: its bytes and the planner's model of them.
+fn model_of(graph: proto::GraphProto) -> (Vec<u8>, Model) {
     let bytes = proto::ModelProto {
         ir_version: Some(8),
         opset_import: vec![proto::OperatorSetIdProto {
@@ -42,6 +33,20 @@ fn identity_relu() -> (Vec<u8>, Model) {
     .encode_to_vec();
     let model = Model::from_bytes(&bytes).expect("valid model");
     (bytes, model)
+}
+
+fn identity_relu() -> (Vec<u8>, Model) {
+    let graph = proto::GraphProto {
+        name: Some("ir".into()),
+        node: vec![
+            node("Identity", "copy", "x", "a"),
+            node("Relu", "relu", "a", "y"),
+        ],
+        input: vec![onnx::tensor_value_info("x", 1, &[1, 1000])],
+        output: vec![onnx::tensor_value_info("y", 1, &[1, 1000])],
+        ..Default::default()
+    };
+    model_of(graph)
 }
 
 const CLUSTER: &str = r#"
@@ -206,18 +211,7 @@ fn relu_matmul() -> (Vec<u8>, Model) {
         output: vec![onnx::tensor_value_info("y", 1, &[1, 1000])],
         ..Default::default()
     };
-    let bytes = proto::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let model = Model::from_bytes(&bytes).expect("valid model");
-    (bytes, model)
+    model_of(graph)
 }
 
 /// One device tier: 1 GFLOP/s, 10 µs per operator, and `bandwidth` if given.

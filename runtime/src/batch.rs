@@ -167,11 +167,7 @@ pub fn unstack(batch: &TensorData, rows: &[usize]) -> Result<Vec<TensorData>, No
             "a batch of {total} cannot be split into {rows:?}"
         )));
     }
-    let row_bytes = if total == 0 {
-        0
-    } else {
-        batch.data.len() / total
-    };
+    let row_bytes = batch.data.len().checked_div(total).unwrap_or(0);
     let mut at = 0;
     rows.iter()
         .map(|&n| {
@@ -184,20 +180,52 @@ pub fn unstack(batch: &TensorData, rows: &[usize]) -> Result<Vec<TensorData>, No
         .collect()
 }
 
-/// Checks that `batched` (a stage rewritten by [`with_batch_dim`]) answers a batch of two different items as
-/// `single` (the original) answers each alone, within [`TOLERANCE`]. The items: f32 and f64 inputs get two
-/// different deterministic patterns in [-1, 1]; other inputs (indices, masks) zeros, which every index input
-/// accepts.
-pub fn verify(single: &dyn LoadedStage, batched: &dyn LoadedStage) -> Result<(), NotBatchable> {
+/// How much slower per request a batched run may be than a run alone before [`verify`] refuses the batched
+/// form: on a backend whose kernels are tuned for one item (tract's convolutions run 1.7× to 4× slower per
+/// item in a batch on x86_64), batching would only add latency and cut throughput.
+pub const SLOWEST: f64 = 1.25;
+
+/// Requests in the batch [`verify`] times.
+pub const TIMED_BATCH: usize = 4;
+
+/// A stage's speed alone and batched, as [`verify`] measured it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speed {
+    /// One request alone, ms (median of 3 runs).
+    pub alone_ms: f64,
+    /// One request's share of a batch of [`TIMED_BATCH`], ms (median of 3 runs ÷ the batch).
+    pub batched_ms: f64,
+}
+
+/// Checks that `batched` (a stage rewritten by [`with_batch_dim`]) answers each item of a batch as `single`
+/// (the original) answers it alone ([`check_answers`]), then that it is not slower per request than
+/// [`SLOWEST`] times a run alone ([`measure`]). Either failure says why; the stage is then served one request
+/// at a time.
+pub fn verify(single: &dyn LoadedStage, batched: &dyn LoadedStage) -> Result<Speed, NotBatchable> {
+    check_answers(single, batched)?;
+    let speed = measure(single, batched, TIMED_BATCH)?;
+    if speed.batched_ms > SLOWEST * speed.alone_ms {
+        return Err(not(format!(
+            "batched runs are slower on this backend: {:.2} ms per request in a batch of {TIMED_BATCH}, \
+             {:.2} ms alone",
+            speed.batched_ms, speed.alone_ms
+        )));
+    }
+    Ok(speed)
+}
+
+/// `n` different requests for `single`: f32 and f64 inputs get different deterministic patterns in [-1, 1];
+/// other inputs (indices, masks) zeros, which every index input accepts.
+fn probe_items(
+    single: &dyn LoadedStage,
+    n: usize,
+) -> Result<Vec<std::collections::HashMap<String, TensorData>>, NotBatchable> {
     let names = single.input_names();
     let facts = single.input_facts();
     if facts.len() != names.len() {
         return Err(not("the stage does not declare its inputs' shapes"));
     }
-    let mut items = [
-        std::collections::HashMap::new(),
-        std::collections::HashMap::new(),
-    ];
+    let mut items = vec![std::collections::HashMap::new(); n];
     for (name, (dtype, dims)) in names.iter().zip(facts) {
         let shape: Vec<usize> = dims
             .iter()
@@ -212,17 +240,40 @@ pub fn verify(single: &dyn LoadedStage, batched: &dyn LoadedStage) -> Result<(),
             item.insert(name.clone(), pattern(*dtype, &shape, seed as u64 + 1));
         }
     }
-    let run = |stage: &dyn LoadedStage, inputs| {
-        stage
-            .run(inputs)
-            .map_err(|e| not(format!("the batched stage failed: {e}")))
-    };
-    let alone = [run(single, &items[0])?, run(single, &items[1])?];
+    Ok(items)
+}
+
+/// `items` stacked input by input.
+fn stacked(
+    names: &[String],
+    items: &[std::collections::HashMap<String, TensorData>],
+) -> Result<std::collections::HashMap<String, TensorData>, NotBatchable> {
     let mut both = std::collections::HashMap::new();
     for name in names {
-        both.insert(name.clone(), stack(&[&items[0][name], &items[1][name]])?);
+        let parts: Vec<&TensorData> = items.iter().map(|i| &i[name]).collect();
+        both.insert(name.clone(), stack(&parts)?);
     }
-    let together = run(batched, &both)?;
+    Ok(both)
+}
+
+fn run(
+    stage: &dyn LoadedStage,
+    inputs: &std::collections::HashMap<String, TensorData>,
+) -> Result<std::collections::HashMap<String, TensorData>, NotBatchable> {
+    stage
+        .run(inputs)
+        .map_err(|e| not(format!("the batched stage failed: {e}")))
+}
+
+/// Checks that `batched` answers a batch of two different requests as `single` answers each alone, within
+/// [`TOLERANCE`].
+pub fn check_answers(
+    single: &dyn LoadedStage,
+    batched: &dyn LoadedStage,
+) -> Result<(), NotBatchable> {
+    let items = probe_items(single, 2)?;
+    let alone = [run(single, &items[0])?, run(single, &items[1])?];
+    let together = run(batched, &stacked(single.input_names(), &items)?)?;
     for name in single.output_names() {
         let t = together
             .get(name)
@@ -248,6 +299,31 @@ pub fn verify(single: &dyn LoadedStage, batched: &dyn LoadedStage) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Times `single` on one request and `batched` on `n` (after one warm-up run each; medians of 3).
+pub fn measure(
+    single: &dyn LoadedStage,
+    batched: &dyn LoadedStage,
+    n: usize,
+) -> Result<Speed, NotBatchable> {
+    let items = probe_items(single, n.max(1))?;
+    let all = stacked(single.input_names(), &items)?;
+    let median_ms = |stage: &dyn LoadedStage, inputs| -> Result<f64, NotBatchable> {
+        run(stage, inputs)?;
+        let mut times = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            run(stage, inputs)?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[1])
+    };
+    Ok(Speed {
+        alone_ms: median_ms(single, &items[0])?,
+        batched_ms: median_ms(batched, &all)? / n.max(1) as f64,
+    })
 }
 
 /// A deterministic tensor: floats in [-1, 1] that differ by `seed`, zeros for other dtypes.
@@ -306,6 +382,58 @@ mod tests {
                 .to_f64()
                 .iter()
                 .all(|v| *v == 0.0)
+        );
+    }
+
+    /// Adds 1 to `x`, taking `ms_per_row` per row of its batch.
+    struct Slow {
+        names: (Vec<String>, Vec<String>),
+        facts: Vec<crate::OutputFact>,
+        ms_per_row: f64,
+    }
+
+    impl LoadedStage for Slow {
+        fn input_names(&self) -> &[String] {
+            &self.names.0
+        }
+        fn output_names(&self) -> &[String] {
+            &self.names.1
+        }
+        fn input_facts(&self) -> &[crate::OutputFact] {
+            &self.facts
+        }
+        fn run(
+            &self,
+            inputs: &std::collections::HashMap<String, TensorData>,
+        ) -> Result<std::collections::HashMap<String, TensorData>, crate::RuntimeError> {
+            let x = &inputs["x"];
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                self.ms_per_row * x.shape[0] as f64 / 1e3,
+            ));
+            let y: Vec<f32> = x.to_f64().iter().map(|v| (v + 1.0) as f32).collect();
+            let y = TensorData::from_f32(x.shape.clone(), &y)?;
+            Ok([("y".to_string(), y)].into())
+        }
+    }
+
+    fn slow(ms_per_row: f64) -> Slow {
+        Slow {
+            names: (vec!["x".into()], vec!["y".into()]),
+            facts: vec![(DType::F32, vec![Some(1), Some(3)])],
+            ms_per_row,
+        }
+    }
+
+    #[test]
+    fn a_batched_form_slower_per_request_than_runs_alone_is_refused() {
+        // Right answers, but each row of a batch costs 3× a request alone: refused, saying so.
+        let e = verify(&slow(2.0), &slow(6.0)).expect_err("slower");
+        assert!(e.0.contains("slower on this backend"), "{e}");
+        // As fast per row: accepted, with both times.
+        let speed = verify(&slow(2.0), &slow(2.0)).expect("as fast");
+        assert!(
+            speed.alone_ms >= 2.0 && speed.batched_ms >= 2.0,
+            "{speed:?}"
         );
     }
 

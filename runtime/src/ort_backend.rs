@@ -16,7 +16,9 @@
 //! a provider that is not there is refused when it is made, and a session never falls back to the CPU quietly.
 //!
 //! **Threads**: [`OrtConfig::intra_threads`] threads per session (0: ONNX Runtime's default, one per core).
-//! A session runs one request at a time (`ort` wants `&mut` to run); stages loaded twice run in parallel.
+//! A session runs one request at a time (`ort` wants `&mut` to run), so each stage holds
+//! [`OrtConfig::instances`] sessions (Triton's instance group): that many requests for one stage run at once,
+//! each on a free session (the weights are held once per session).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -145,6 +147,8 @@ pub struct OrtConfig {
     pub provider: ExecutionProvider,
     /// Intra-op threads per session; 0 leaves ONNX Runtime's default (one per physical core).
     pub intra_threads: usize,
+    /// Sessions per loaded stage, so that many requests for one stage run at once (0 or 1: one).
+    pub instances: usize,
 }
 
 /// The loaded library and the process's one ONNX Runtime environment.
@@ -166,6 +170,7 @@ pub struct OrtBackend {
     library: Arc<Library>,
     provider: ExecutionProvider,
     intra_threads: usize,
+    instances: usize,
 }
 
 impl fmt::Debug for OrtBackend {
@@ -174,6 +179,7 @@ impl fmt::Debug for OrtBackend {
             .field("library", &self.library.path)
             .field("provider", &self.provider)
             .field("intra_threads", &self.intra_threads)
+            .field("instances", &self.instances)
             .finish()
     }
 }
@@ -210,6 +216,7 @@ impl OrtBackend {
             library,
             provider,
             intra_threads: config.intra_threads,
+            instances: config.instances.max(1),
         };
         if provider != ExecutionProvider::Cpu {
             // Registering loads the provider's own library and its CUDA dependencies, and fails without a
@@ -247,6 +254,11 @@ impl OrtBackend {
     /// Intra-op threads per session (0: ONNX Runtime's default).
     pub fn intra_threads(&self) -> usize {
         self.intra_threads
+    }
+
+    /// Sessions per loaded stage.
+    pub fn instances(&self) -> usize {
+        self.instances
     }
 
     /// The providers of [`ExecutionProvider::ALL`] the loaded library was built with (not all may start here).
@@ -293,9 +305,11 @@ impl Backend for OrtBackend {
     }
 }
 
-/// One ONNX Runtime session and its interface.
+/// A stage's ONNX Runtime sessions (one per instance) and its interface.
 pub struct OrtStage {
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    /// Where the next run starts looking for a free session.
+    next: std::sync::atomic::AtomicUsize,
     inputs: Vec<String>,
     outputs: Vec<String>,
     input_facts: Vec<(DType, Vec<Option<usize>>)>,
@@ -312,10 +326,16 @@ impl OrtStage {
         onnx: &[u8],
         input_shapes: &HashMap<String, Vec<usize>>,
     ) -> Result<OrtStage, RuntimeError> {
-        let mut builder = backend.session_builder().map_err(RuntimeError::Load)?;
-        let session = builder
-            .commit_from_memory(onnx)
-            .map_err(|e| RuntimeError::Load(one_line(&e.to_string())))?;
+        let mut sessions = Vec::with_capacity(backend.instances);
+        for _ in 0..backend.instances.max(1) {
+            let mut builder = backend.session_builder().map_err(RuntimeError::Load)?;
+            sessions.push(
+                builder
+                    .commit_from_memory(onnx)
+                    .map_err(|e| RuntimeError::Load(one_line(&e.to_string())))?,
+            );
+        }
+        let session = &sessions[0];
         let mut inputs = Vec::new();
         let mut input_facts = Vec::new();
         for outlet in session.inputs() {
@@ -355,7 +375,8 @@ impl OrtStage {
             .collect::<Option<Vec<_>>>()
             .unwrap_or_default();
         Ok(OrtStage {
-            session: Mutex::new(session),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             inputs,
             outputs,
             input_facts,
@@ -429,7 +450,19 @@ impl LoadedStage for OrtStage {
         inputs: &HashMap<String, TensorData>,
     ) -> Result<HashMap<String, TensorData>, RuntimeError> {
         let values = self.ordered_inputs(inputs)?;
-        let mut session = lock(&self.session);
+        // A free session if there is one (starting where the last run started, so runs spread), else wait
+        // for that one.
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        let free = (0..n).find_map(|k| match self.sessions[(start + k) % n].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        });
+        let mut session = match free {
+            Some(guard) => guard,
+            None => lock(&self.sessions[start]),
+        };
         let outputs = session
             .run(values)
             .map_err(|e| RuntimeError::Run(one_line(&e.to_string())))?;

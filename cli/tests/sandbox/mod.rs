@@ -534,7 +534,8 @@ impl Sandbox {
         self.add_agent_full(tier, 2, 64, &control_planes, extra);
     }
 
-    fn add_agent_full(
+    /// An agent computing `slots` stages at once, `queue` more waiting, with `extra` flags.
+    pub fn add_agent_full(
         &mut self,
         tier: &'static str,
         slots: u32,
