@@ -169,29 +169,19 @@ async fn gather(
             }
         }
         // Then wait for a slot, taking in whoever arrives meanwhile (up to the limit).
+        let mut open = true;
         let permit = loop {
-            if items.len() >= settings.max_batch {
-                match slots.clone().acquire_owned().await {
-                    Ok(p) => break p,
-                    Err(_) => return,
-                }
-            }
             tokio::select! {
                 biased;
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => break p,
-                    Err(_) => return,
-                },
-                item = rx.recv() => match item {
+                permit = slots.clone().acquire_owned() => break permit,
+                item = rx.recv(), if open && items.len() < settings.max_batch => match item {
                     Some(item) => items.push(item),
-                    None => {
-                        match slots.clone().acquire_owned().await {
-                            Ok(p) => break p,
-                            Err(_) => return,
-                        }
-                    }
+                    None => open = false,
                 },
             }
+        };
+        let Ok(permit) = permit else {
+            return;
         };
         tokio::spawn(run(
             agent.clone(),
@@ -219,11 +209,14 @@ async fn run(
         return;
     }
     let started = Instant::now();
-    let inputs: Vec<HashMap<String, TensorData>> = items.iter().map(|i| i.inputs.clone()).collect();
+    let (inputs, waiting): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .map(|i| (i.inputs, (i.joined, i.reply)))
+        .unzip();
     let outcome = tokio::task::spawn_blocking(move || compute(&single, &batched, &inputs)).await;
     let compute_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(permit);
-    let n = items.len();
+    let n = waiting.len();
     let results = match outcome {
         Ok(results) => results,
         Err(e) => (0..n)
@@ -234,9 +227,9 @@ async fn run(
         agent.stages.record_run(&digest, compute_ms);
         agent.metrics.batch(n);
     }
-    for (item, result) in items.into_iter().zip(results) {
-        let queue_ms = started.saturating_duration_since(item.joined).as_secs_f64() * 1e3;
-        let _ = item.reply.send(result.map(|outputs| Ran {
+    for ((joined, reply), result) in waiting.into_iter().zip(results) {
+        let queue_ms = started.saturating_duration_since(joined).as_secs_f64() * 1e3;
+        let _ = reply.send(result.map(|outputs| Ran {
             outputs,
             queue_ms,
             compute_ms,
@@ -268,18 +261,7 @@ fn run_batched(
     inputs: &[HashMap<String, TensorData>],
 ) -> Result<Vec<HashMap<String, TensorData>>, RuntimeError> {
     let not = |e: batch::NotBatchable| RuntimeError::Run(e.0);
-    let first = &inputs[0];
-    let mut stacked = HashMap::new();
-    for name in first.keys() {
-        let items: Vec<&TensorData> = inputs
-            .iter()
-            .map(|i| {
-                i.get(name)
-                    .ok_or_else(|| RuntimeError::Run(format!("a request lacks \"{name}\"")))
-            })
-            .collect::<Result<_, _>>()?;
-        stacked.insert(name.clone(), batch::stack(&items).map_err(not)?);
-    }
+    let stacked = batch::stacked(batched.input_names(), inputs).map_err(not)?;
     let rows: Vec<usize> = inputs
         .iter()
         .map(|i| {

@@ -243,17 +243,24 @@ fn probe_items(
     Ok(items)
 }
 
-/// `items` stacked input by input.
-fn stacked(
+/// `items` (requests for one stage) stacked input by input along dimension 0: one request for the stage's
+/// batched form. Every item must hold every one of `names`.
+pub fn stacked(
     names: &[String],
     items: &[std::collections::HashMap<String, TensorData>],
 ) -> Result<std::collections::HashMap<String, TensorData>, NotBatchable> {
-    let mut both = std::collections::HashMap::new();
+    let mut all = std::collections::HashMap::new();
     for name in names {
-        let parts: Vec<&TensorData> = items.iter().map(|i| &i[name]).collect();
-        both.insert(name.clone(), stack(&parts)?);
+        let parts: Vec<&TensorData> = items
+            .iter()
+            .map(|i| {
+                i.get(name)
+                    .ok_or_else(|| not(format!("a request lacks \"{name}\"")))
+            })
+            .collect::<Result<_, _>>()?;
+        all.insert(name.clone(), stack(&parts)?);
     }
-    Ok(both)
+    Ok(all)
 }
 
 fn run(
