@@ -373,28 +373,22 @@ impl AgentService {
             Some((settings, batched)) => {
                 let answer = {
                     let mut batchers = agent.batchers.lock();
+                    let fresh = || {
+                        crate::batcher::Handle::start(
+                            agent,
+                            digest.clone(),
+                            settings,
+                            loaded.clone(),
+                            batched.clone(),
+                        )
+                    };
                     let handle = batchers
                         .entry((digest.clone(), settings))
-                        .and_modify(|h| {
-                            if !h.runs(&batched) {
-                                *h = crate::batcher::Handle::start(
-                                    agent,
-                                    digest.clone(),
-                                    settings,
-                                    loaded.clone(),
-                                    batched.clone(),
-                                );
-                            }
-                        })
-                        .or_insert_with(|| {
-                            crate::batcher::Handle::start(
-                                agent,
-                                digest.clone(),
-                                settings,
-                                loaded.clone(),
-                                batched.clone(),
-                            )
-                        });
+                        .or_insert_with(&fresh);
+                    // A stage loaded again gets a new batcher.
+                    if !handle.runs(&batched) {
+                        *handle = fresh();
+                    }
                     handle.submit(inputs, deadline.at)
                 };
                 agent.queued.fetch_add(1, Ordering::Relaxed);
